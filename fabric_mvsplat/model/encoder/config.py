@@ -1,0 +1,85 @@
+"""Typed config of the cost-volume encoder (`config/model/encoder/costvolume.yaml`)."""
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ...errors import ConfigError
+
+
+@dataclass
+class OpacityMappingCfg:
+    initial: float = 0.0
+    final: float = 0.0
+    warm_up: int = 1
+
+    def __post_init__(self) -> None:
+        if self.warm_up < 1:
+            raise ConfigError("warm_up", self.warm_up, "an integer >= 1 (steps)")
+
+
+@dataclass
+class GaussianAdapterCfg:
+    gaussian_scale_min: float = 0.5
+    gaussian_scale_max: float = 15.0
+    sh_degree: int = 4
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.sh_degree <= 4:
+            raise ConfigError("sh_degree", self.sh_degree, "an integer in [0, 4]")
+        if not 0 < self.gaussian_scale_min < self.gaussian_scale_max:
+            raise ConfigError(
+                "gaussian_scale_min", self.gaussian_scale_min, "0 < gaussian_scale_min < gaussian_scale_max"
+            )
+
+
+@dataclass
+class VisualizerCfg:
+    """Kept for config compatibility with the original; its visualizer is disabled there too."""
+
+    num_samples: int = 8
+    min_resolution: int = 256
+    export_ply: bool = False
+
+
+@dataclass
+class EncoderCostVolumeCfg:
+    name: Literal["costvolume"] = "costvolume"
+    d_feature: int = 128
+    num_depth_candidates: int = 32
+    num_surfaces: int = 1
+    gaussians_per_pixel: int = 1
+    gaussian_adapter: GaussianAdapterCfg = field(default_factory=GaussianAdapterCfg)
+    opacity_mapping: OpacityMappingCfg = field(default_factory=OpacityMappingCfg)
+    visualizer: VisualizerCfg = field(default_factory=VisualizerCfg)
+    unimatch_weights_path: str | None = "checkpoints/gmdepth-scale1-resumeflowthings-scannet-5d9d7964.pth"
+    multiview_trans_attn_split: int = 2
+    costvolume_unet_feat_dim: int = 128
+    costvolume_unet_channel_mult: list[int] = field(default_factory=lambda: [1, 1, 1])
+    costvolume_unet_attn_res: list[int] = field(default_factory=list)
+    depth_unet_feat_dim: int = 64
+    depth_unet_attn_res: list[int] = field(default_factory=list)
+    depth_unet_channel_mult: list[int] = field(default_factory=lambda: [1, 1, 1])
+    downscale_factor: int = 4
+    shim_patch_size: int = 4
+    wo_depth_refine: bool = False
+    wo_cost_volume: bool = False
+    wo_backbone_cross_attn: bool = False
+    wo_cost_volume_refine: bool = False
+    use_epipolar_trans: bool = False
+    # Added: recompute the U-Net attention blocks in backward (the original always does).
+    gradient_checkpointing: bool = True
+
+    def __post_init__(self) -> None:
+        positive = ("d_feature", "num_depth_candidates", "num_surfaces", "gaussians_per_pixel",
+                    "multiview_trans_attn_split", "costvolume_unet_feat_dim", "depth_unet_feat_dim",
+                    "shim_patch_size")
+        for key in positive:
+            if getattr(self, key) < 1:
+                raise ConfigError(key, getattr(self, key), "a positive integer")
+        if self.downscale_factor not in (4, 8):
+            raise ConfigError("downscale_factor", self.downscale_factor, "4 or 8 (the CNN's feature stride)")
+        if self.use_epipolar_trans:
+            raise ConfigError(
+                "use_epipolar_trans", True,
+                "false: the epipolar-transformer ablation (Table B) is not supported by fabric_mvsplat",
+            )
