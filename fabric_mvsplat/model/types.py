@@ -46,3 +46,30 @@ class BatchedExample(TypedDict):
     context: BatchedViews
     target: BatchedViews
     scene: list[str]
+
+
+@dataclass
+class StepOutput:
+    """What one training forward returns to the loop.
+
+    loss: scalar the loop runs backward on (sum of the weighted losses)
+    logs: scalars to log on rank 0 after averaging over ranks, e.g. ``loss/mse``,
+          ``loss/total``, ``train/psnr``, ``info/near``, ``info/far``
+    """
+
+    loss: Tensor
+    logs: dict[str, Tensor]
+
+
+@dataclass
+class ValidationOutput:
+    """What one validation batch produces for TensorBoard.
+
+    scalars: e.g. ``val/psnr``
+    images:  name -> [3, H, W] float in [0, 1]
+    videos:  name -> [T, 3, H, W] float in [0, 1]
+    """
+
+    scalars: dict[str, float]
+    images: dict[str, Tensor]
+    videos: dict[str, Tensor]
