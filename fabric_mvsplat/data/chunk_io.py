@@ -1,0 +1,141 @@
+"""Read and write the original (pixelSplat) on-disk chunk format.
+
+Layout: ``<root>/<stage>/NNNNNN.torch`` + ``<root>/<stage>/index.json`` ({scene key: chunk file name}).
+Each chunk is ``torch.save`` of a list of scene dicts::
+
+    url         str
+    timestamps  int64   [V]
+    cameras     float32 [V, 18]  fx fy cx cy (normalised by W/H), 0 0, then the 3x4 OpenCV
+                                 world-to-camera matrix, row-major
+    images      list of V uint8 1-D tensors, each the raw JPEG/PNG file bytes
+    key         str
+"""
+
+import io
+import json
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+TARGET_BYTES_PER_CHUNK = 100_000_000
+SCENE_KEYS = ("url", "timestamps", "cameras", "images", "key")
+
+
+class ChunkReadError(RuntimeError):
+    """A chunk file cannot be loaded (truncated, garbage, or holds non-tensor objects)."""
+
+
+def encode_image(image: np.ndarray | Tensor, format: str = "jpeg", quality: int = 95) -> Tensor:
+    """uint8 [H, W, 3] -> the encoded file bytes as a uint8 1-D tensor."""
+    array = image.numpy() if isinstance(image, Tensor) else np.asarray(image)
+    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
+        raise ValueError(f"encode_image expects uint8 [H, W, 3], got {array.dtype} {list(array.shape)}")
+    if format not in ("jpeg", "png"):
+        raise ValueError(f"encode_image format={format!r}: expected 'jpeg' or 'png'")
+    buffer = io.BytesIO()
+    options = {"quality": quality} if format == "jpeg" else {}
+    Image.fromarray(array).save(buffer, format=format.upper(), **options)
+    return torch.frombuffer(bytearray(buffer.getvalue()), dtype=torch.uint8)
+
+
+def decode_image(data: Tensor) -> Tensor:
+    """Encoded bytes (uint8 1-D) -> float [3, H, W] in [0, 1]; raises on undecodable data."""
+    with Image.open(io.BytesIO(data.numpy().tobytes())) as image:
+        array = np.asarray(image.convert("RGB"))
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255)
+
+
+def cameras_to_vector(w2c: Tensor, intrinsics: Tensor) -> Tensor:
+    """OpenCV world-to-camera [V, 4, 4] or [V, 3, 4] + normalised K [V, 3, 3] -> [V, 18] float32."""
+    w2c, intrinsics = torch.as_tensor(w2c), torch.as_tensor(intrinsics)
+    if w2c.ndim != 3 or w2c.shape[1:] not in ((4, 4), (3, 4)) or intrinsics.shape != (w2c.shape[0], 3, 3):
+        raise ValueError(f"cameras_to_vector expects w2c [V,4,4]|[V,3,4] and K [V,3,3], got "
+                         f"{list(w2c.shape)} and {list(intrinsics.shape)}")
+    k = intrinsics.double()
+    fx_fy_cx_cy = torch.stack([k[:, 0, 0], k[:, 1, 1], k[:, 0, 2], k[:, 1, 2]], dim=-1)
+    zeros = torch.zeros_like(fx_fy_cx_cy[:, :2])
+    return torch.cat([fx_fy_cx_cy, zeros, w2c[:, :3, :4].double().reshape(-1, 12)], dim=-1).float()
+
+
+def vector_to_cameras(cameras: Tensor) -> tuple[Tensor, Tensor]:
+    """[V, 18] -> (camera-to-world [V, 4, 4] OpenCV, normalised K [V, 3, 3]), as the original's convert_poses."""
+    if cameras.ndim != 2 or cameras.shape[1] != 18:
+        raise ValueError(f"cameras must be [V, 18], got {list(cameras.shape)}")
+    num_views = cameras.shape[0]
+    fx, fy, cx, cy = cameras[:, :4].float().T
+    intrinsics = torch.eye(3).repeat(num_views, 1, 1)
+    intrinsics[:, 0, 0], intrinsics[:, 1, 1], intrinsics[:, 0, 2], intrinsics[:, 1, 2] = fx, fy, cx, cy
+    w2c = torch.eye(4).repeat(num_views, 1, 1)
+    w2c[:, :3] = cameras[:, 6:].float().reshape(num_views, 3, 4)
+    return w2c.double().inverse().float(), intrinsics
+
+
+def read_chunk(path: Path) -> list[dict]:
+    """Load one chunk with weights_only=True (a pickle payload is refused, never executed)."""
+    try:
+        chunk = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as error:  # truncated zip, garbage bytes, forbidden globals, ...
+        raise ChunkReadError(f"cannot read chunk {path}: {type(error).__name__}: {str(error)[:300]}") from error
+    if not isinstance(chunk, list) or not all(isinstance(scene, dict) for scene in chunk):
+        raise ChunkReadError(f"chunk {path} holds {type(chunk).__name__}, expected a list of scene dicts")
+    return chunk
+
+
+def check_scene(scene: dict) -> None:
+    """Raise ValueError naming the first field that does not match the chunk format."""
+    missing = [key for key in SCENE_KEYS if key not in scene]
+    if missing:
+        raise ValueError(f"scene {scene.get('key', '?')!r} lacks {missing}")
+    cameras, images = scene["cameras"], scene["images"]
+    if not isinstance(cameras, Tensor) or cameras.ndim != 2 or cameras.shape[1] != 18:
+        raise ValueError(f"scene {scene['key']!r}: cameras must be a [V, 18] tensor, "
+                         f"got {getattr(cameras, 'shape', type(cameras).__name__)}")
+    if not isinstance(images, list) or len(images) != cameras.shape[0]:
+        raise ValueError(f"scene {scene['key']!r}: images must be a list of {cameras.shape[0]} byte tensors")
+    if any(not isinstance(image, Tensor) or image.dtype != torch.uint8 or image.ndim != 1 for image in images):
+        raise ValueError(f"scene {scene['key']!r}: every image must be a uint8 1-D tensor of file bytes")
+    if not isinstance(scene["timestamps"], Tensor) or scene["timestamps"].shape != (cameras.shape[0],):
+        raise ValueError(f"scene {scene['key']!r}: timestamps must be a [V] tensor")
+
+
+def _scene_bytes(scene: dict) -> int:
+    return sum(image.numel() for image in scene["images"]) + scene["cameras"].numel() * 4
+
+
+def write_chunks(scenes: Iterable[dict], stage_dir: Path, target_bytes: int = TARGET_BYTES_PER_CHUNK) -> dict[str, str]:
+    """Write scenes as NNNNNN.torch chunks of about target_bytes each plus index.json; return the index.
+
+    Like the original converter, a chunk is closed once its size reaches target_bytes.
+    """
+    stage_dir = Path(stage_dir)
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    index: dict[str, str] = {}
+    chunk: list[dict] = []
+    chunk_bytes = 0
+
+    def flush() -> None:
+        nonlocal chunk, chunk_bytes
+        name = f"{len(set(index.values())):0>6}.torch"
+        torch.save(chunk, stage_dir / name)
+        index.update({scene["key"]: name for scene in chunk})
+        chunk, chunk_bytes = [], 0
+
+    for scene in scenes:
+        check_scene(scene)
+        if scene["key"] in index or any(s["key"] == scene["key"] for s in chunk):
+            raise ValueError(f"duplicate scene key {scene['key']!r} in {stage_dir}")
+        scene = {"url": str(scene["url"]), "timestamps": scene["timestamps"].to(torch.int64),
+                 "cameras": scene["cameras"].to(torch.float32), "images": list(scene["images"]),
+                 "key": str(scene["key"])}
+        chunk.append(scene)
+        chunk_bytes += _scene_bytes(scene)
+        if chunk_bytes >= target_bytes:
+            flush()
+    if chunk:
+        flush()
+    (stage_dir / "index.json").write_text(json.dumps(index, indent=1))
+    return index
