@@ -1,0 +1,158 @@
+"""MVSplat as one module: encoder -> Gaussians -> decoder -> losses (spec §8.2, §8.3).
+
+`forward` is the training step, so that under DDP the gradient-sync hooks fire through the
+Fabric-wrapped forward. `validation_step` renders what a person looks at in TensorBoard.
+The state_dict holds only `encoder.*` keys, the original Lightning layout.
+"""
+
+from typing import TYPE_CHECKING, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from ..visualization.layout import colorize_depth, comparison_grid, vcat
+from ..visualization.trajectories import (
+    generate_wobble,
+    interpolate_extrinsics,
+    interpolate_intrinsics,
+    smooth_t,
+)
+from .decoder import DecoderSplatting
+from .encoder import EncoderCostVolume, load_encoder_weights
+from .losses import build_losses, psnr
+from .types import BatchedExample, BatchedViews, Gaussians, StepOutput, ValidationOutput
+
+if TYPE_CHECKING:
+    from ..config import RootCfg
+
+
+class MVSplat(nn.Module):
+    def __init__(self, cfg: "RootCfg") -> None:
+        super().__init__()
+        num_context_views = getattr(cfg.dataset.view_sampler, "num_context_views", 2)
+        self.encoder = EncoderCostVolume(cfg.model.encoder, num_context_views=num_context_views)
+        self.decoder = DecoderSplatting(cfg.model.decoder, cfg.dataset.background_color)
+        self.losses = build_losses(cfg.loss) if cfg.mode == "train" else nn.ModuleDict()
+        self.data_shim = self.encoder.get_data_shim()
+        self.depth_mode = cfg.train.depth_mode
+        self.video_frames = cfg.train.video_frames
+        self.lpips_metric = self._find_lpips(cfg)
+
+    def _find_lpips(self, cfg: "RootCfg") -> nn.Module | None:
+        """The LPIPS net used for val/lpips and test scores: the loss's, else test.lpips_weights."""
+        if "lpips" in self.losses:
+            return self.losses["lpips"].lpips
+        if cfg.test.lpips_weights is not None:
+            from ..evaluation.lpips import load_lpips
+
+            return load_lpips(cfg.test.lpips_weights)
+        return None
+
+    # ---- the pieces ----------------------------------------------------------------------
+    def encode(self, context: BatchedViews, global_step: int) -> Gaussians:
+        return self.encoder(context, global_step, deterministic=False)
+
+    def render_views(self, gaussians: Gaussians, views: Mapping[str, Tensor], image_shape: tuple[int, int],
+                     depth_mode: str | None = None):
+        """Render every camera in `views` (extrinsics [B,V,4,4], intrinsics, near, far [B,V])."""
+        return self.decoder(gaussians, views["extrinsics"], views["intrinsics"], views["near"], views["far"],
+                            image_shape, depth_mode=depth_mode)
+
+    # ---- training ------------------------------------------------------------------------
+    def forward(self, batch: BatchedExample, global_step: int) -> StepOutput:
+        batch = self.data_shim(batch)
+        target = batch["target"]
+        image_shape = tuple(target["image"].shape[-2:])
+        gaussians = self.encode(batch["context"], global_step)
+        output = self.render_views(gaussians, target, image_shape, depth_mode=self.depth_mode)
+
+        logs: dict[str, Tensor] = {}
+        total = torch.zeros((), device=output.color.device)
+        for name, loss_fn in self.losses.items():
+            value = loss_fn(output.color, target["image"], global_step, depth=output.depth,
+                            near=target["near"], far=target["far"])
+            logs[f"loss/{name}"] = value.detach()
+            total = total + value
+        logs["loss/total"] = total.detach()
+        logs["train/psnr"] = psnr(target["image"], output.color.detach())
+        logs["info/near"] = target["near"].detach().float().mean()
+        logs["info/far"] = target["far"].detach().float().mean()
+        return StepOutput(loss=total, logs=logs)
+
+    def load_pretrained_weights(self, state_dict: Mapping[str, Tensor], source: str) -> None:
+        """Strict weights-only load from a Lightning-layout `state_dict` (keys `encoder.*`)."""
+        load_encoder_weights(self.encoder, state_dict, source)
+
+    # ---- validation ----------------------------------------------------------------------
+    @torch.no_grad()
+    def validation_step(self, batch: BatchedExample, global_step: int) -> ValidationOutput:
+        """Scores, the comparison grid and the two videos for the first scene of the batch."""
+        from ..evaluation.metrics import compute_ssim
+
+        batch = self.data_shim(batch)
+        context, target = batch["context"], batch["target"]
+        image_shape = tuple(target["image"].shape[-2:])
+        gaussians = self.encode(context, global_step)
+        output = self.render_views(gaussians, target, image_shape, depth_mode="depth")
+
+        rendered = output.color[0].float()  # [V, 3, H, W]
+        ground_truth = target["image"][0].float()
+        scalars = {
+            "val/psnr": float(psnr(ground_truth, rendered)),
+            "val/ssim": float(compute_ssim(ground_truth, rendered).mean()),
+        }
+        if self.lpips_metric is not None:
+            scalars["val/lpips"] = float(self.lpips_metric(rendered, ground_truth, normalize=True).mean())
+
+        near, far = target["near"][0, 0], target["far"][0, 0]
+        depth = colorize_depth(output.depth[0].float(), near, far) if output.depth is not None else None
+        images = {"comparison": comparison_grid(context["image"][0].float(), ground_truth, rendered, depth)}
+        videos = {"interpolation": self.render_video_interpolation(gaussians, context, image_shape)}
+        if context["extrinsics"].shape[1] == 2:
+            videos["wobble"] = self.render_video_wobble(gaussians, context, image_shape)
+        return ValidationOutput(scalars=scalars, images=images, videos=videos)
+
+    def _render_frames(self, gaussians: Gaussians, extrinsics: Tensor, intrinsics: Tensor, near: Tensor,
+                       far: Tensor, image_shape: tuple[int, int]) -> Tensor:
+        """extrinsics [T,4,4], intrinsics [T,3,3] for the first scene -> [T, 3, 2H, W] (RGB over depth)."""
+        gaussians_0 = Gaussians(*(t[:1] for t in (gaussians.means, gaussians.covariances,
+                                                  gaussians.harmonics, gaussians.opacities)))
+        num_frames = extrinsics.shape[0]
+        near_t = near.expand(1, num_frames)
+        far_t = far.expand(1, num_frames)
+        output = self.decoder(gaussians_0, extrinsics[None].float(), intrinsics[None].float(), near_t, far_t,
+                              image_shape, depth_mode="depth")
+        color = output.color[0].clamp(0, 1).float()
+        depth = colorize_depth(output.depth[0].float(), near, far)
+        return torch.stack([vcat([c, d], gap=0) for c, d in zip(color, depth)])
+
+    def render_video_interpolation(self, gaussians: Gaussians, context: BatchedViews,
+                                   image_shape: tuple[int, int]) -> Tensor:
+        """Frames [2T, 3, 2H, W]: from context 0 to the last context and back (loop reversed)."""
+        t = smooth_t(self.video_frames).to(context["extrinsics"].device)
+        extrinsics = interpolate_extrinsics(context["extrinsics"][0, 0], context["extrinsics"][0, -1], t)
+        intrinsics = interpolate_intrinsics(context["intrinsics"][0, 0], context["intrinsics"][0, -1], t)
+        frames = self._render_frames(gaussians, extrinsics, intrinsics, context["near"][0, :1],
+                                     context["far"][0, :1], image_shape)
+        return torch.cat([frames, frames.flip(0)])
+
+    def render_video_wobble(self, gaussians: Gaussians, context: BatchedViews,
+                            image_shape: tuple[int, int]) -> Tensor:
+        """Frames [T, 3, 2H, W] circling in the image plane of context 0, radius 1/4 of the baseline."""
+        origins = context["extrinsics"][0, :, :3, 3]
+        radius = (origins[0] - origins[-1]).norm() * 0.25
+        t = torch.linspace(0, 1, 2 * self.video_frames, device=origins.device)
+        extrinsics = generate_wobble(context["extrinsics"][0, 0], radius, t)
+        intrinsics = context["intrinsics"][0, 0].expand(t.shape[0], 3, 3)
+        return self._render_frames(gaussians, extrinsics, intrinsics, context["near"][0, :1],
+                                   context["far"][0, :1], image_shape)
+
+
+def build_model(cfg: "RootCfg") -> MVSplat:
+    """The model for `cfg.mode`; loads the UniMatch backbone when training with a weights path."""
+    model = MVSplat(cfg)
+    if cfg.mode == "train" and cfg.model.encoder.unimatch_weights_path is not None:
+        from .encoder import load_unimatch_backbone
+
+        load_unimatch_backbone(model.encoder, cfg.model.encoder.unimatch_weights_path)
+    return model
