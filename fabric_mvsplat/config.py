@@ -1,0 +1,278 @@
+"""The typed root config and the one function that turns Hydra's DictConfig into it.
+
+`load_config` runs once at start-up, before any work: an unknown key, a value of the wrong type or an
+impossible value raises `ConfigError` naming the full key path (`trainer.max_steps`), the value and
+what is allowed. The converter is deliberately small: it understands int, float (accepts int), bool,
+str, None/Optional, Literal, list[T], dict, nested dataclasses, and unions (unions of dataclasses are
+chosen by their `name` field, other unions by the first member that accepts the value).
+"""
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal, Union
+
+from omegaconf import DictConfig, OmegaConf
+
+from .data.config import DataLoaderCfg, DatasetCfg
+from .errors import ConfigError
+from .model.decoder.config import DecoderSplattingCudaCfg
+from .model.encoder.config import EncoderCostVolumeCfg
+from .model.loss_config import LossCfg
+
+
+@dataclass
+class ModelCfg:
+    encoder: EncoderCostVolumeCfg
+    decoder: DecoderSplattingCudaCfg
+
+
+@dataclass
+class OptimizerCfg:
+    lr: float = 2e-4
+    warm_up_steps: int = 2000  # LinearLR warm-up length, used only when cosine_lr is false
+    cosine_lr: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.lr > 0:
+            raise ConfigError("lr", self.lr, "a learning rate > 0")
+        if self.warm_up_steps < 1:
+            raise ConfigError("warm_up_steps", self.warm_up_steps, "an integer >= 1")
+
+
+@dataclass
+class CheckpointingCfg:
+    load: str | None = None
+    every_n_train_steps: int = 20000
+    save_top_k: int = -1
+    pretrained_model: str | None = None  # declared but unused, as in the original
+    resume: bool = True
+    allow_unsafe_load: bool = False
+
+    def __post_init__(self) -> None:
+        if self.every_n_train_steps < 1:
+            raise ConfigError("every_n_train_steps", self.every_n_train_steps, "an integer >= 1")
+        if self.save_top_k == 0 or self.save_top_k < -1:
+            raise ConfigError("save_top_k", self.save_top_k, "-1 (keep all) or an integer >= 1")
+
+
+@dataclass
+class ProfileCfg:
+    """Record optimizer steps [start, start + steps) with torch.profiler (rank 0)."""
+
+    start: int = 10
+    steps: int = 5
+
+    def __post_init__(self) -> None:
+        if self.start < 0:
+            raise ConfigError("start", self.start, "an integer >= 0 (the first profiled step)")
+        if self.steps < 1:
+            raise ConfigError("steps", self.steps, "an integer >= 1 (number of profiled steps)")
+
+
+@dataclass
+class TrainerCfg:
+    max_steps: int = -1
+    # int | float only so that a float gets a message of its own; floats are rejected below.
+    val_check_interval: int | float | None = 250
+    gradient_clip_val: float | None = 0.5
+    num_sanity_val_steps: int = 2
+    num_nodes: int = 1
+    accelerator: Literal["auto", "cpu", "cuda", "gpu", "mps"] = "auto"
+    devices: int | str = "auto"
+    strategy: Literal["auto", "ddp", "ddp_find_unused_parameters_true"] = "auto"
+    precision: Literal["32-true", "bf16-mixed", "16-mixed"] = "32-true"
+    detect_anomaly: bool = False
+    profile: ProfileCfg | None = None
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ConfigError("max_steps", self.max_steps, "-1 (no limit) or an integer >= 1")
+        interval = self.val_check_interval
+        if isinstance(interval, float):
+            raise ConfigError(
+                "val_check_interval", interval,
+                "an integer number of optimizer steps >= 1, or null for no validation; a float "
+                "(Lightning's fraction of an epoch) is not supported because training streams have no epochs",
+            )
+        if interval is not None and interval < 1:
+            raise ConfigError("val_check_interval", interval, "an integer >= 1, or null for no validation")
+        if self.gradient_clip_val is not None and not self.gradient_clip_val > 0:
+            raise ConfigError("gradient_clip_val", self.gradient_clip_val, "a number > 0, or null for no clipping")
+        if self.num_sanity_val_steps < 0:
+            raise ConfigError("num_sanity_val_steps", self.num_sanity_val_steps, "an integer >= 0")
+        if self.num_nodes < 1:
+            raise ConfigError("num_nodes", self.num_nodes, "an integer >= 1")
+        if isinstance(self.devices, str) and self.devices != "auto":
+            raise ConfigError("devices", self.devices, "'auto', -1 (all) or a number of devices >= 1")
+        if isinstance(self.devices, int) and (self.devices == 0 or self.devices < -1):
+            raise ConfigError("devices", self.devices, "'auto', -1 (all) or a number of devices >= 1")
+
+
+@dataclass
+class TestCfg:
+    output_path: str = "outputs/test"
+    compute_scores: bool = False
+    eval_time_skip_steps: int = 0
+    save_image: bool = True
+    save_video: bool = False
+    save_gaussians: bool = False
+    lpips_weights: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.eval_time_skip_steps < 0:
+            raise ConfigError("eval_time_skip_steps", self.eval_time_skip_steps, "an integer >= 0")
+
+
+@dataclass
+class TrainCfg:
+    depth_mode: Literal["depth", "log", "disparity", "relative_disparity"] | None = None
+    extended_visualization: bool = False
+    print_log_every_n_steps: int = 1
+    video_frames: int = 30
+
+    def __post_init__(self) -> None:
+        if self.print_log_every_n_steps < 1:
+            raise ConfigError("print_log_every_n_steps", self.print_log_every_n_steps, "an integer >= 1")
+        if self.video_frames < 2:
+            raise ConfigError("video_frames", self.video_frames, "an integer >= 2")
+
+
+@dataclass
+class RootCfg:
+    dataset: DatasetCfg
+    data_loader: DataLoaderCfg
+    model: ModelCfg
+    loss: LossCfg
+    wandb: dict = field(default_factory=dict)  # free-form, kept for command-line compatibility
+    mode: Literal["train", "test"] = "train"
+    optimizer: OptimizerCfg = field(default_factory=OptimizerCfg)
+    checkpointing: CheckpointingCfg = field(default_factory=CheckpointingCfg)
+    trainer: TrainerCfg = field(default_factory=TrainerCfg)
+    test: TestCfg = field(default_factory=TestCfg)
+    train: TrainCfg = field(default_factory=TrainCfg)
+    seed: int = 111123
+    output_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode == "train" and self.trainer.max_steps == -1 and self.optimizer.cosine_lr:
+            raise ConfigError(
+                "trainer.max_steps", -1,
+                "an integer >= 1 when optimizer.cosine_lr=true (the one-cycle schedule spans max_steps + 10)",
+            )
+        if self.mode == "test" and self.checkpointing.load is None:
+            raise ConfigError("checkpointing.load", None, "a checkpoint path when mode=test")
+
+
+def load_config(dict_config: DictConfig | dict) -> RootCfg:
+    """Hydra's composed config -> RootCfg, or ConfigError naming the full key path."""
+    if isinstance(dict_config, DictConfig):
+        dict_config = OmegaConf.to_container(dict_config, resolve=True)
+    return from_dict(RootCfg, dict_config)
+
+
+def from_dict(cls: type, data: Any, path: str = "") -> Any:
+    """Build dataclass `cls` from plain `data`, checking every key and type on the way."""
+    if not isinstance(data, dict):
+        raise ConfigError(path or "<root>", data, f"a mapping of {cls.__name__} keys")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = [key for key in data if key not in fields]
+    if unknown:
+        raise ConfigError(_join(path, str(unknown[0])), data[unknown[0]], f"one of the keys {sorted(fields)}")
+    kwargs = {}
+    for name, f in fields.items():
+        if name in data:
+            kwargs[name] = _convert(hints[name], data[name], _join(path, name))
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(_join(path, name), "<missing>", f"a value of type {_describe(hints[name])}")
+    try:
+        return cls(**kwargs)
+    except ConfigError as error:  # raised by __post_init__ with a key relative to `cls`
+        raise error.with_prefix(path) from None
+
+
+def _convert(tp: Any, value: Any, path: str) -> Any:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return value
+    if tp is type(None):
+        if value is not None:
+            raise ConfigError(path, value, "null")
+        return None
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, path)
+    if origin in (Union, types.UnionType):
+        return _convert_union(args, value, path)
+    if origin is Literal:
+        if value not in args or isinstance(value, bool) != isinstance(args[0], bool):
+            raise ConfigError(path, value, "one of " + ", ".join(repr(a) for a in args))
+        return value
+    if origin is list or tp is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(path, value, _describe(tp))
+        item = args[0] if args else Any
+        return [_convert(item, v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(path, value, "a mapping")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(path, value, "true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(path, value, "an integer")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(path, value, "a number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(path, value, "a string")
+        return value
+    raise TypeError(f"fabric_mvsplat.config cannot convert type {tp!r} (key '{path}')")
+
+
+def _convert_union(members: tuple, value: Any, path: str) -> Any:
+    if value is None:
+        if type(None) in members:
+            return None
+        raise ConfigError(path, value, _describe(Union[members]))
+    members = tuple(m for m in members if m is not type(None))
+    if len(members) == 1:
+        return _convert(members[0], value, path)
+    if all(dataclasses.is_dataclass(m) for m in members):
+        by_name = {typing.get_args(typing.get_type_hints(m)["name"])[0]: m for m in members}
+        name = value.get("name") if isinstance(value, dict) else None
+        if name not in by_name:
+            raise ConfigError(_join(path, "name"), name, "one of " + ", ".join(repr(n) for n in by_name))
+        return from_dict(by_name[name], value, path)
+    for member in members:
+        try:
+            return _convert(member, value, path)
+        except ConfigError:
+            continue
+    raise ConfigError(path, value, _describe(Union[members]))
+
+
+def _describe(tp: Any) -> str:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin is list:
+        return f"a list of {_describe(args[0])}" if args else "a list"
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string", type(None): "null"}
+    if tp in names:
+        return names[tp]
+    return getattr(tp, "__name__", str(tp))
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
