@@ -1,0 +1,276 @@
+"""Shared benchmark machinery: devices, precisions, warm-up, CUDA sync, peak memory, paper figures.
+
+Every case goes through the `bench` fixture, which warms up, synchronises CUDA around each timed
+call, records peak memory and the paper's reference figure into `benchmark.extra_info`, and
+returns the last output so a case can check it is real work.
+
+    def test_encoder_forward(bench, device, precision):
+        ...
+        bench(lambda: encoder(context, 0), device=device, precision=precision,
+              items=1, unit="scenes", paper="encoder")
+
+Smoke runs (`--benchmark-disable`, how CI runs the suite) skip cases marked `large` and call
+each remaining case once, without warm-up.
+"""
+
+import contextlib
+import datetime
+import platform
+import re
+import resource
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+import torch
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+# MVSplat's published figures (spec §10.1): one GPU, 256x256, 2 context views, batch 1.
+PAPER_SECONDS = {
+    "scene": 0.044,  # encoder + render, per scene
+    "encoder": 0.043,  # one encoder call
+    "render_view": 0.0015,  # one rendered view
+}
+PAPER_INFERENCE_MEMORY_BYTES = int(0.86e9)  # MonoSplat's table, inference
+PRECISIONS = ("32-true", "bf16-mixed")
+
+
+# ---- options, markers, result files ---------------------------------------------------------
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("fabric_mvsplat benchmarks")
+    group.addoption("--bench-rounds", type=int, default=None,
+                    help="timed rounds per case (default: each case's own, 3-5 on CPU)")
+    group.addoption("--save-results", action="store_true",
+                    help="write the pytest-benchmark JSON to benchmarks/results/<device>-<date>.json")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "large: too slow for the smoke run; skipped with --benchmark-disable")
+    # Runs before pytest-benchmark reads --benchmark-json, so setting it here is enough.
+    if config.getoption("--save-results", default=False) and not config.getoption("benchmark_json", None):
+        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+        config.option.benchmark_json = RESULTS_DIR / f"{device_slug()}-{datetime.date.today().isoformat()}.json"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not config.getoption("benchmark_disable", False):
+        return
+    skip = pytest.mark.skip(reason="large case: smoke runs (--benchmark-disable) cover the smallest size only")
+    for item in items:
+        if "large" in item.keywords:
+            item.add_marker(skip)
+
+
+def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
+    machine_info["fabric_mvsplat"] = environment_info()
+
+
+def environment_info() -> dict[str, Any]:
+    """What a reader needs to compare two result files: device, library versions, threads."""
+    info: dict[str, Any] = {
+        "device": device_name(),
+        "cpu": cpu_model(),
+        "cpu_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cuda_available": torch.cuda.is_available(),
+    }
+    for package in ("gsplat", "lightning_fabric", "numpy"):
+        try:
+            info[package] = __import__(package).__version__
+        except Exception as error:  # gsplat may fail to import without its CUDA extension
+            info[package] = f"unavailable ({type(error).__name__})"
+    return info
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_name() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"cpu ({cpu_model()}, {torch.get_num_threads()} threads)"
+
+
+def device_slug() -> str:
+    """'cuda-nvidia-h100-80gb-hbm3' or 'cpu-amd-epyc': the file-name part of a results file."""
+    name = f"cuda-{torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else f"cpu-{cpu_model()}"
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    return slug[:48].rstrip("-")
+
+
+# ---- device / precision ---------------------------------------------------------------------
+_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available on this machine")
+
+
+@pytest.fixture(params=["cpu", pytest.param("cuda", marks=_CUDA)])
+def device(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture(params=PRECISIONS)
+def precision(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+def autocast(device: str, precision: str) -> contextlib.AbstractContextManager:
+    """`bf16-mixed` = torch.autocast to bfloat16 (what Fabric's precision plugin does); else nothing."""
+    if precision == "bf16-mixed":
+        return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
+    if precision != "32-true":
+        raise ValueError(f"precision={precision!r}: expected one of {PRECISIONS}")
+    return contextlib.nullcontext()
+
+
+def synchronize(device: str | torch.device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+# ---- memory ---------------------------------------------------------------------------------
+def _current_rss_bytes() -> int | None:
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+    return pages * resource.getpagesize()
+
+
+def _max_rss_bytes() -> int:
+    # ru_maxrss is KiB on Linux, bytes on macOS.
+    scale = 1 if sys.platform == "darwin" else 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+class PeakMemory:
+    """Peak memory while the block runs.
+
+    CUDA: `torch.cuda.max_memory_allocated` after a reset (tensor memory only, like the original's
+    `allocated_bytes.all.peak`). CPU: process RSS sampled every 2 ms from /proc (the process-lifetime
+    `getrusage` maximum cannot be reset, so it is kept only as `max_rss_bytes`).
+    `delta_bytes` = peak minus what was in use when the block started.
+    """
+
+    def __init__(self, device: str | torch.device, interval_s: float = 0.002) -> None:
+        self.device = torch.device(device)
+        self.interval_s = interval_s
+        self.peak_bytes = 0
+        self.baseline_bytes = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def kind(self) -> str:
+        return "cuda_max_allocated" if self.device.type == "cuda" else "cpu_rss_peak"
+
+    @property
+    def delta_bytes(self) -> int:
+        return max(self.peak_bytes - self.baseline_bytes, 0)
+
+    def __enter__(self) -> "PeakMemory":
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.baseline_bytes = torch.cuda.memory_allocated(self.device)
+            return self
+        self.baseline_bytes = _current_rss_bytes() or _max_rss_bytes()
+        self.peak_bytes = self.baseline_bytes
+        if _current_rss_bytes() is not None:
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak_bytes = max(self.peak_bytes, _current_rss_bytes() or 0)
+            time.sleep(self.interval_s)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak_bytes = torch.cuda.max_memory_allocated(self.device)
+            return
+        if self._thread is None:
+            self.peak_bytes = _max_rss_bytes()
+            return
+        self._stop.set()
+        self._thread.join()
+        self.peak_bytes = max(self.peak_bytes, _current_rss_bytes() or 0)
+
+    def as_extra_info(self) -> dict[str, Any]:
+        info = {"memory_kind": self.kind, "peak_memory_bytes": self.peak_bytes,
+                "memory_delta_bytes": self.delta_bytes}
+        if self.device.type == "cpu":
+            info["max_rss_bytes"] = _max_rss_bytes()
+        return info
+
+
+@pytest.fixture
+def peak_memory(benchmark) -> Callable[[str], contextlib.AbstractContextManager[PeakMemory]]:
+    """`with peak_memory(device): ...` measures the block and writes it into benchmark.extra_info."""
+
+    @contextlib.contextmanager
+    def measure(device: str) -> Iterator[PeakMemory]:
+        with PeakMemory(device) as memory:
+            yield memory
+        benchmark.extra_info.update(memory.as_extra_info())
+
+    return measure
+
+
+# ---- the timing helper ----------------------------------------------------------------------
+@pytest.fixture
+def bench(benchmark, request: pytest.FixtureRequest, peak_memory):
+    """Time `fn()` with warm-up, CUDA sync and peak memory; returns fn's last output.
+
+    items/unit: work per call for throughput (e.g. items=3, unit="views" -> views/s).
+    paper: a key of PAPER_SECONDS; the reference is paper_count x that figure.
+    setup: untimed callable run before every round (e.g. zeroing gradients).
+    precision: wraps fn in `autocast(device, precision)` and is recorded.
+    """
+
+    def run(fn: Callable[[], Any], *, device: str, precision: str = "32-true", rounds: int = 3,
+            warmup: int = 1, items: float | None = None, unit: str | None = None, paper: str | None = None,
+            paper_count: float = 1, paper_memory: bool = False, setup: Callable[[], None] | None = None,
+            **info: Any) -> Any:
+        rounds = request.config.getoption("--bench-rounds") or rounds
+        output: list[Any] = [None]
+
+        def timed() -> None:
+            with autocast(device, precision):
+                output[0] = fn()
+            synchronize(device)
+
+        if not benchmark.disabled:
+            for _ in range(warmup):
+                if setup is not None:
+                    setup()
+                timed()
+        with peak_memory(device):
+            benchmark.pedantic(timed, setup=setup, rounds=rounds, iterations=1, warmup_rounds=0)
+
+        extra: dict[str, Any] = {"device": device, "precision": precision, **info}
+        if items is not None:
+            extra.update(items=items, unit=unit or "items")
+        if paper is not None:
+            extra.update(paper_reference=paper, paper_count=paper_count,
+                         paper_seconds=PAPER_SECONDS[paper] * paper_count)
+        if paper_memory:
+            extra["paper_memory_bytes"] = PAPER_INFERENCE_MEMORY_BYTES
+        benchmark.extra_info.update(extra)
+        return output[0]
+
+    return run
