@@ -1,0 +1,88 @@
+"""`python -m benchmarks.report` turns pytest-benchmark JSON into the README's markdown table."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_report_module():
+    # benchmarks/ is not an installed package; load it by path so plain `pytest` works too.
+    spec = importlib.util.spec_from_file_location("bench_report", ROOT / "benchmarks" / "report.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def entry(name: str, params: dict, mean: float, extra: dict) -> dict:
+    return {"name": f"test_{name}[{'-'.join(map(str, params.values()))}]", "params": params,
+            "stats": {"mean": mean, "stddev": mean / 10, "rounds": 5}, "extra_info": extra}
+
+
+@pytest.fixture
+def results_file(tmp_path: Path) -> Path:
+    data = {
+        "datetime": "2025-01-02T03:04:05",
+        "machine_info": {"fabric_mvsplat": {"device": "cpu (Test CPU, 2 threads)", "torch": "2.13.0+cpu",
+                                            "gsplat": "1.5.3", "lightning_fabric": "2.6.6"}},
+        "benchmarks": [
+            entry("inference", {"device": "cpu", "precision": "32-true"}, 0.088,
+                  {"items": 1, "unit": "scenes", "paper_seconds": 0.044, "paper_reference": "scene",
+                   "peak_memory_bytes": 1_720_000_000, "memory_delta_bytes": 300_000_000,
+                   "memory_kind": "cpu_rss_peak", "paper_memory_bytes": 860_000_000}),
+            entry("inference", {"device": "cpu", "precision": "bf16-mixed"}, 0.066,
+                  {"items": 1, "unit": "scenes", "paper_seconds": 0.044, "paper_reference": "scene"}),
+            entry("loop_fabric", {"steps": 10}, 1.02, {"compare": "loop/10", "variant": "fabric"}),
+            entry("loop_bare", {"steps": 10}, 1.0, {"compare": "loop/10", "variant": "bare", "baseline": True}),
+        ],
+    }
+    path = tmp_path / "cpu-test-2025-01-02.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_table_has_one_row_per_case_with_time_throughput_memory_and_paper_ratio(results_file):
+    text = load_report_module().render([results_file])
+    lines = text.splitlines()
+    assert lines[0] == "### cpu (Test CPU, 2 threads) — 2025-01-02"
+    assert "torch 2.13.0+cpu, gsplat 1.5.3, lightning_fabric 2.6.6" in text
+    header = next(line for line in lines if line.startswith("| case"))
+    assert header.split("|")[1:-1] == [" case ", " params ", " mean time ", " rounds ", " throughput ",
+                                       " peak memory ", " vs paper "]
+    row = next(line for line in lines if "precision=32-true" in line and line.startswith("| inference"))
+    cells = [cell.strip() for cell in row.split("|")[1:-1]]
+    assert cells[1] == "device=cpu, precision=32-true"
+    assert cells[2] == "88 ms ± 8.8 ms"
+    assert cells[4] == "11.4 scenes/s"  # 1 / 0.088
+    assert cells[5] == "1.72 GB RSS (+300 MB)"
+    assert cells[6] == "2× scene; mem 2×"  # 0.088 / 0.044, 1.72 GB / 0.86 GB
+    assert sum(line.startswith("| loop_") for line in lines) == 2
+
+
+def test_comparisons_give_ratio_to_baseline_and_bf16_to_fp32(results_file):
+    text = load_report_module().render([results_file])
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in text.splitlines() if line.startswith("| ")]
+    loop = {row[1]: row[3] for row in rows if row[0] == "loop/10"}
+    assert loop == {"fabric": "1.020", "bare (baseline)": "1.000"}
+    bf16 = next(row for row in rows if row[1] == "bf16-mixed vs 32-true")
+    assert bf16[0] == "inference (device=cpu)"
+    assert bf16[3] == "0.750"  # 0.066 / 0.088
+
+
+def test_command_line_writes_markdown_and_rejects_non_benchmark_json(results_file, tmp_path):
+    out = tmp_path / "table.md"
+    subprocess.run([sys.executable, "-m", "benchmarks.report", str(results_file), "-o", str(out)],
+                   cwd=ROOT, check=True)
+    assert "| inference | device=cpu, precision=bf16-mixed |" in out.read_text()
+
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"not": "benchmarks"}))
+    failed = subprocess.run([sys.executable, "-m", "benchmarks.report", str(bad)], cwd=ROOT,
+                            capture_output=True, text=True)
+    assert failed.returncode != 0
+    assert "bad.json" in failed.stderr and "--benchmark-json" in failed.stderr
