@@ -24,7 +24,8 @@ def test_save_image_png_round_trip(tmp_path):
 def _read_video(path):
     reader = imageio_ffmpeg.read_frames(str(path))
     meta = next(reader)
-    frames = [np.frombuffer(f, dtype=np.uint8).reshape(meta["size"][1], meta["size"][0], 3) for f in reader]
+    width, height = meta["size"]
+    frames = [np.frombuffer(f, dtype=np.uint8).reshape(height, width, 3) for f in reader]
     return meta, np.stack(frames)
 
 
@@ -34,7 +35,8 @@ def test_save_video_h264_mp4(tmp_path, height, width):
     t = torch.linspace(0, 1, 12)[:, None, None, None]
     y = torch.linspace(0, 1, height)[None, None, :, None]
     x = torch.linspace(0, 1, width)[None, None, None, :]
-    frames = torch.cat([(x + t).frac().expand(12, 1, height, width), y.expand(12, 1, height, width), 0.5 * torch.ones(12, 1, height, width)], dim=1)
+    shape = (12, 1, height, width)
+    frames = torch.cat([(x + t).frac().expand(shape), y.expand(shape), torch.full(shape, 0.5)], dim=1)
     path = tmp_path / "video" / "scene_frame_0_10.mp4"
     save_video(frames, path, fps=10)
 

@@ -110,7 +110,8 @@ def test_low_sh_degree_is_zero_padded():
 
 def test_scale_rotation_handles_degenerate_and_half_turn_cases():
     half_turn = torch.diag(torch.tensor([1.0, -1.0, -1.0], dtype=torch.float64))  # w = 0
-    covariances = torch.stack([torch.eye(3, dtype=torch.float64) * 0.04, half_turn @ torch.diag(torch.tensor([1.0, 4.0, 9.0], dtype=torch.float64)) @ half_turn.T])
+    stretched = half_turn @ torch.diag(torch.tensor([1.0, 4.0, 9.0], dtype=torch.float64)) @ half_turn.T
+    covariances = torch.stack([torch.eye(3, dtype=torch.float64) * 0.04, stretched])
     scales, quaternions = covariance_to_scale_rotation(covariances)
     rotations = quaternion_to_rotation(quaternions)
     rebuilt = rotations @ torch.diag_embed(scales**2) @ rotations.transpose(-1, -2)

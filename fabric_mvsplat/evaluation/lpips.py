@@ -172,7 +172,7 @@ def _load_state(path: Path) -> dict[str, Tensor]:
 
 
 def load_lpips(weights_dir: str | Path, device: torch.device | str | None = None) -> LPIPS:
-    """Build LPIPS-VGG from `weights_dir`/vgg16*.pth (torchvision) and `weights_dir`/vgg.pth (lpips v0.1)."""
+    """LPIPS-VGG from `weights_dir`: vgg16*.pth (torchvision) and vgg.pth (lpips v0.1 heads)."""
     if weights_dir is None:
         raise FileNotFoundError(
             "no LPIPS weights directory given: set loss.lpips.weights (training) or "

@@ -45,7 +45,9 @@ def save_video(frames: Tensor, path: str | Path, fps: int = 30) -> None:
     import imageio_ffmpeg  # imported lazily: only video writing needs it
 
     if frames.ndim != 4 or frames.shape[0] == 0:
-        raise ValueError(f"save_video expects frames shaped [T, 3, H, W] with T >= 1, got {tuple(frames.shape)}")
+        raise ValueError(
+            f"save_video expects frames shaped [T, 3, H, W] with T >= 1, got {tuple(frames.shape)}"
+        )
     if fps <= 0:
         raise ValueError(f"fps must be positive, got {fps}")
     pixels = np.ascontiguousarray(_pad_to_even(to_uint8(frames)))

@@ -19,7 +19,13 @@ from torch import Tensor
 
 SH_C0 = 0.28209479177387814
 SH_C1 = 0.4886025119029199
-SH_C2 = (1.0925484305920792, -1.0925484305920792, 0.31539156525252005, -1.0925484305920792, 0.5462742152960396)
+SH_C2 = (
+    1.0925484305920792,
+    -1.0925484305920792,
+    0.31539156525252005,
+    -1.0925484305920792,
+    0.5462742152960396,
+)
 SH_C3 = (
     -0.5900435899266435,
     2.890611442640554,
@@ -68,7 +74,8 @@ def mvsplat_direction(directions: Tensor) -> Tensor:
 def _permutation_to_standard_matrix() -> Tensor:
     """[16, 16] float64 block-diagonal M with sh_basis(P d) @ c == sh_basis(d) @ (M @ c)."""
     generator = torch.Generator().manual_seed(0)
-    directions = torch.nn.functional.normalize(torch.randn(512, 3, generator=generator, dtype=torch.float64), dim=-1)
+    directions = torch.randn(512, 3, generator=generator, dtype=torch.float64)
+    directions = torch.nn.functional.normalize(directions, dim=-1)
     standard = sh_basis(directions)  # [N, 16]
     permuted = sh_basis(mvsplat_direction(directions))  # [N, 16]
     matrix = torch.zeros(NUM_COEFFICIENTS, NUM_COEFFICIENTS, dtype=torch.float64)
@@ -88,7 +95,7 @@ def mvsplat_to_standard_sh(harmonics: Tensor) -> Tensor:
     if d_sh not in (1, 4, 9, 16, 25):
         raise ValueError(f"harmonics last dimension must be (degree+1)^2 for degree <= 4, got {d_sh}")
     used = min(d_sh, NUM_COEFFICIENTS)
-    padded = torch.zeros(*harmonics.shape[:-1], NUM_COEFFICIENTS, dtype=torch.float64, device=harmonics.device)
+    padded = harmonics.new_zeros(*harmonics.shape[:-1], NUM_COEFFICIENTS, dtype=torch.float64)
     padded[..., :used] = harmonics[..., :used].to(torch.float64)
     matrix = _permutation_to_standard_matrix().to(harmonics.device)
     return (padded @ matrix.T).to(harmonics.dtype)
