@@ -1,0 +1,203 @@
+"""The chunk dataset: which scenes exist (index.json per root) and how one scene becomes one example.
+
+An example is the original's un-batched structure (§3.3 of the spec without the batch dimension):
+``{"context": views, "target": views, "scene": key}``, views = extrinsics [V,4,4] c2w OpenCV,
+intrinsics [V,3,3] normalised, image [V,3,H,W] in [0,1], near/far [V], index [V] int64.
+"""
+
+import io
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from .chunk_io import ChunkReadError, check_scene, read_chunk, vector_to_cameras
+from .config import DatasetCfg
+from .shims import (crop_intrinsics, field_of_view, reflect_extrinsics, rescale_and_crop, scaled_shape,
+                    to_float_image)
+from .view_sampler import SceneRejected, Stage, get_view_sampler
+
+DEFAULT_NEAR, DEFAULT_FAR = 0.1, 1000.0
+# Reasons that mean broken data (warned about, logged as data/skipped_scenes); the others are filters.
+CORRUPT_REASONS = ("corrupt_chunk", "corrupt_scene", "undecodable_image", "missing_from_chunk")
+
+
+@dataclass(frozen=True)
+class SceneRef:
+    chunk: str  # path of the .torch file
+    key: str
+
+
+def data_stage(stage: Stage) -> str:
+    """On disk there are only `train` and `test`; validation reads `test` like the original."""
+    return "train" if stage == "train" else "test"
+
+
+def _read_index(stage_dir: Path) -> dict[str, str]:
+    index_path = stage_dir / "index.json"
+    if not index_path.is_file():
+        raise FileNotFoundError(f"{index_path} is missing: every dataset stage directory needs an index.json "
+                                f"{{scene key: chunk file}} (write_chunks and the converters create it)")
+    try:
+        index = json.loads(index_path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{index_path} is not valid JSON: {error}") from error
+    if not isinstance(index, dict):
+        raise ValueError(f"{index_path} must map scene keys to chunk file names, got {type(index).__name__}")
+    return index
+
+
+def check_dataset_roots(dataset_cfg: DatasetCfg, stage: Stage) -> None:
+    """Fail at start-up, naming the root, when a stage has no chunks or its index points to missing files."""
+    stages = ("train", "test") if dataset_cfg.overfit_to_scene else (data_stage(stage),)
+    for root in dataset_cfg.roots:
+        for name in stages:
+            stage_dir = Path(root) / name
+            if dataset_cfg.overfit_to_scene and not stage_dir.is_dir():
+                continue
+            chunks = sorted(stage_dir.glob("*.torch")) if stage_dir.is_dir() else []
+            if not chunks:
+                raise FileNotFoundError(
+                    f"dataset root {root!r} has no chunks in {stage_dir} (expected NNNNNN.torch files + "
+                    f"index.json); set dataset.roots or create data, e.g. `python -m fabric_mvsplat.data.synthetic "
+                    f"--out {root}`")
+            index = _read_index(stage_dir)
+            missing = sorted({file for file in index.values() if not (stage_dir / file).is_file()})
+            if missing:
+                raise FileNotFoundError(f"{stage_dir / 'index.json'} points to missing chunk files "
+                                        f"{missing[:5]}{' ...' if len(missing) > 5 else ''}; regenerate the index")
+
+
+def list_scenes(dataset_cfg: DatasetCfg, stage: Stage) -> list[SceneRef]:
+    """Scenes in chunk order (chunk files sorted per root, roots in order), in index order inside a chunk.
+
+    Test stage keeps every `test_chunk_interval`-th chunk; `overfit_to_scene` keeps only that scene.
+    """
+    check_dataset_roots(dataset_cfg, stage)
+    stages = ("test", "train") if dataset_cfg.overfit_to_scene else (data_stage(stage),)
+    chunks: list[tuple[Path, list[str]]] = []
+    for root in dataset_cfg.roots:
+        for name in stages:
+            stage_dir = Path(root) / name
+            if not stage_dir.is_dir():
+                continue
+            keys_by_file: dict[str, list[str]] = {}
+            for key, file in _read_index(stage_dir).items():
+                keys_by_file.setdefault(file, []).append(key)
+            chunks += [(stage_dir / file, keys_by_file[file]) for file in sorted(keys_by_file)]
+    if stage == "test" and not dataset_cfg.overfit_to_scene:
+        chunks = chunks[:: dataset_cfg.test_chunk_interval]
+    scenes = [SceneRef(str(path), key) for path, keys in chunks for key in keys]
+    if dataset_cfg.overfit_to_scene:
+        scenes = [scene for scene in scenes if scene.key == dataset_cfg.overfit_to_scene][:1]
+        if not scenes:
+            raise ValueError(f"dataset.overfit_to_scene={dataset_cfg.overfit_to_scene!r} is in no index.json "
+                             f"under {dataset_cfg.roots}")
+    return scenes
+
+
+class ChunkCache:
+    """Keeps the last chunk read (scenes are visited chunk by chunk); remembers unreadable files."""
+
+    def __init__(self) -> None:
+        self.path: str | None = None
+        self.scenes: dict[str, dict] = {}
+        self.unreadable: dict[str, str] = {}
+
+    def scene(self, ref: SceneRef) -> dict:
+        if ref.chunk in self.unreadable:
+            raise SceneRejected("corrupt_chunk", f"scene {ref.key!r}: {self.unreadable[ref.chunk]}")
+        if ref.chunk != self.path:
+            try:
+                chunk = read_chunk(Path(ref.chunk))
+            except ChunkReadError as error:
+                self.unreadable[ref.chunk] = str(error)
+                raise SceneRejected("corrupt_chunk", f"scene {ref.key!r}: {error}") from None
+            self.path, self.scenes = ref.chunk, {str(scene.get("key")): scene for scene in chunk}
+        if ref.key not in self.scenes:
+            raise SceneRejected("missing_from_chunk", f"scene {ref.key!r} is in index.json but not in {ref.chunk}")
+        return self.scenes[ref.key]
+
+
+def _decode(data: Tensor) -> np.ndarray:
+    with Image.open(io.BytesIO(data.numpy().tobytes())) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+class ExampleBuilder:
+    """One scene dict (+ a per-scene generator and the training step) -> one example, or SceneRejected."""
+
+    def __init__(self, cfg: DatasetCfg, stage: Stage) -> None:
+        self.cfg, self.stage = cfg, stage
+        self.sampler = get_view_sampler(cfg.view_sampler, stage, cfg.overfit_to_scene is not None,
+                                        cfg.cameras_are_circular)
+        self.near = DEFAULT_NEAR if cfg.near == -1 else cfg.near
+        self.far = DEFAULT_FAR if cfg.far == -1 else cfg.far
+        self.shape = (cfg.image_shape[0], cfg.image_shape[1])
+
+    def build(self, scene: dict, chunk: str, generator: torch.Generator, step: int, name: str | None = None) -> dict:
+        cfg = self.cfg
+        try:
+            check_scene(scene)
+        except ValueError as error:
+            raise SceneRejected("corrupt_scene", f"{chunk}: {error}") from None
+        key = scene["key"]
+        extrinsics, intrinsics = vector_to_cameras(scene["cameras"])
+        context, target = self.sampler.sample(key, len(extrinsics), generator, step)
+        fov = field_of_view(intrinsics).rad2deg()
+        if (fov > cfg.max_fov).any():
+            raise SceneRejected("max_fov", f"scene {key!r} has a {fov.max():.1f} deg field of view "
+                                f"> dataset.max_fov={cfg.max_fov}")
+        frames = {}
+        for frame in torch.cat([context, target]).unique().tolist():
+            try:
+                frames[frame] = _decode(scene["images"][frame])
+            except Exception as error:
+                raise SceneRejected("undecodable_image", f"{chunk}: scene {key!r} frame {frame}: "
+                                    f"{type(error).__name__}: {error}") from None
+            if cfg.skip_bad_shape and frames[frame].shape[:2] != tuple(cfg.original_image_shape):
+                raise SceneRejected("bad_shape", f"scene {key!r} frame {frame} is {frames[frame].shape[:2]}, "
+                                    f"dataset.original_image_shape is {cfg.original_image_shape}")
+        scale = 1.0
+        if len(context) == 2 and cfg.make_baseline_1:
+            scale = float((extrinsics[context[0], :3, 3] - extrinsics[context[1], :3, 3]).norm())
+            if scale < cfg.baseline_epsilon:
+                raise SceneRejected("baseline_epsilon", f"scene {key!r}: context baseline {scale:.2e} < "
+                                    f"dataset.baseline_epsilon={cfg.baseline_epsilon}")
+            extrinsics[:, :3, 3] /= scale
+        near_far_scale = scale if cfg.baseline_scale_bounds else 1.0
+        # The original draws the flip after sampling, with the same per-scene generator: rand < 0.5 keeps.
+        flip = self.stage == "train" and cfg.augment and bool(torch.rand((), generator=generator) >= 0.5)
+        if flip:
+            extrinsics = reflect_extrinsics(extrinsics)
+        views = {side: self._views(indices, extrinsics, intrinsics, frames, flip, near_far_scale)
+                 for side, indices in (("context", context), ("target", target))}
+        return {**views, "scene": name or key}
+
+    def _views(self, indices: Tensor, extrinsics: Tensor, intrinsics: Tensor, frames: dict[int, np.ndarray],
+               flip: bool, near_far_scale: float) -> dict:
+        images, cropped_intrinsics = [], []
+        for i in indices.tolist():
+            frame = frames[i][:, ::-1] if flip else frames[i]
+            images.append(to_float_image(rescale_and_crop(frame, self.shape)))
+            resized = scaled_shape(frame.shape[:2], self.shape)
+            cropped_intrinsics.append(crop_intrinsics(intrinsics[i], resized, self.shape))
+        count = len(indices)
+        return {
+            "extrinsics": extrinsics[indices],
+            "intrinsics": torch.stack(cropped_intrinsics),
+            "image": torch.stack(images),
+            "near": torch.full((count,), self.near / near_far_scale),
+            "far": torch.full((count,), self.far / near_far_scale),
+            "index": indices.to(torch.int64),
+        }
+
+
+def warn_skip(error: SceneRejected) -> None:
+    if error.reason in CORRUPT_REASONS:
+        warnings.warn(f"skipping {error}", RuntimeWarning, stacklevel=2)

@@ -1,0 +1,61 @@
+"""Per-example image/camera transforms: field-of-view filter, flip augmentation, rescale + center crop.
+
+Images stay uint8 until the end; the original quantised its [0, 1] floats back to uint8 before the
+LANCZOS resize, which gives the same pixels as resizing the decoded uint8 frame directly.
+"""
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+
+def field_of_view(intrinsics: Tensor) -> Tensor:
+    """Normalised K [V, 3, 3] -> (fov_x, fov_y) in radians [V, 2], measured between image edge midpoints."""
+    inverse = intrinsics.double().inverse()
+
+    def direction(point: list[float]) -> Tensor:
+        ray = inverse @ torch.tensor(point, dtype=torch.float64)
+        return ray / ray.norm(dim=-1, keepdim=True)
+
+    fov_x = (direction([0, 0.5, 1]) * direction([1, 0.5, 1])).sum(-1).clamp(-1, 1).acos()
+    fov_y = (direction([0.5, 0, 1]) * direction([0.5, 1, 1])).sum(-1).clamp(-1, 1).acos()
+    return torch.stack([fov_x, fov_y], dim=-1).float()
+
+
+def reflect_extrinsics(extrinsics: Tensor) -> Tensor:
+    """Mirror camera-to-world [..., 4, 4] across the x axis: D E D, D = diag(-1, 1, 1, 1)."""
+    reflect = torch.eye(4, dtype=extrinsics.dtype)
+    reflect[0, 0] = -1
+    return reflect @ extrinsics @ reflect
+
+
+def rescale_and_crop(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """uint8 [H, W, 3] -> uint8 [h, w, 3]: LANCZOS-resize to cover `shape`, then center crop."""
+    h_in, w_in = image.shape[:2]
+    h_out, w_out = shape
+    scale = max(h_out / h_in, w_out / w_in)
+    h_scaled, w_scaled = round(h_in * scale), round(w_in * scale)
+    if (h_scaled, w_scaled) != (h_in, w_in):
+        image = np.asarray(Image.fromarray(image).resize((w_scaled, h_scaled), Image.LANCZOS))
+    row, col = (h_scaled - h_out) // 2, (w_scaled - w_out) // 2
+    return image[row : row + h_out, col : col + w_out]
+
+
+def crop_intrinsics(intrinsics: Tensor, scaled_shape: tuple[int, int], shape: tuple[int, int]) -> Tensor:
+    """The original's crop update of normalised K: only fx, fy change; cx, cy stay (half-pixel offset kept)."""
+    intrinsics = intrinsics.clone()
+    intrinsics[..., 0, 0] *= scaled_shape[1] / shape[1]
+    intrinsics[..., 1, 1] *= scaled_shape[0] / shape[0]
+    return intrinsics
+
+
+def scaled_shape(original: tuple[int, int], shape: tuple[int, int]) -> tuple[int, int]:
+    """The (h, w) an image of `original` size is resized to before the center crop to `shape`."""
+    scale = max(shape[0] / original[0], shape[1] / original[1])
+    return round(original[0] * scale), round(original[1] * scale)
+
+
+def to_float_image(image: np.ndarray) -> Tensor:
+    """uint8 [H, W, 3] -> float [3, H, W] in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255)

@@ -1,0 +1,293 @@
+"""Endless, sharded, exactly resumable scene streams (training and validation) and the finite test loader.
+
+The stream is the endless sequence pass_0 ++ pass_1 ++ ...; pass p is every scene once, chunks shuffled and
+scenes shuffled inside each chunk from (seed, p) (the original's order, which keeps reads chunk-local).
+Position g of that sequence belongs to shard (g // block) % num_shards, num_shards = world_size x workers,
+block = max(1, N // num_shards): within a pass every scene goes to exactly one rank/worker, and every shard
+gets scenes even when there are fewer scenes than shards. Each scene's randomness (views, flip) comes from
+a generator seeded with (seed, g), so the content of position g never depends on timing or on the layout.
+"""
+
+import hashlib
+import warnings
+from collections import Counter
+from typing import Iterator
+
+import torch
+from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
+
+from ..model.types import BatchedExample
+from .chunks import CORRUPT_REASONS, ChunkCache, ExampleBuilder, SceneRef, list_scenes, warn_skip
+from .config import DataLoaderStageCfg, DatasetCfg
+from .step_tracker import StepTracker
+from .view_sampler import SceneRejected, Stage
+
+
+def mix_seed(*values: int | str) -> int:
+    """A stable 63-bit seed from several values (Python's hash() is salted per process)."""
+    digest = hashlib.blake2b(repr(values).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+def shard_position(shard: int, j: int, num_shards: int, block: int) -> int:
+    """Position in the endless sequence of the j-th scene a shard sees (blocks go round-robin to shards)."""
+    return (shard + (j // block) * num_shards) * block + j % block
+
+
+class PassOrder:
+    """Scene indices in the order of pass p."""
+
+    def __init__(self, scenes: list[SceneRef], seed: int, shuffle: bool) -> None:
+        self.groups: list[list[int]] = []
+        for i, scene in enumerate(scenes):
+            if not self.groups or scenes[self.groups[-1][0]].chunk != scene.chunk:
+                self.groups.append([])
+            self.groups[-1].append(i)
+        self.seed, self.shuffle, self.num_scenes = seed, shuffle, len(scenes)
+        self.cache: dict[int, list[int]] = {}
+
+    def __call__(self, p: int) -> list[int]:
+        if not self.shuffle:
+            return list(range(self.num_scenes))
+        if p not in self.cache:
+            generator = torch.Generator().manual_seed(mix_seed(self.seed, "pass", p))
+            order = []
+            for c in torch.randperm(len(self.groups), generator=generator).tolist():
+                group = self.groups[c]
+                order += [group[i] for i in torch.randperm(len(group), generator=generator).tolist()]
+            self.cache = {p: order, **{q: o for q, o in self.cache.items() if q == p - 1}}
+        return self.cache[p]
+
+
+def no_usable_scene_error(reasons: Counter, examples: dict[str, str], num_scenes: int, where: str) -> RuntimeError:
+    summary = ", ".join(f"{reason}: {count}x (e.g. {examples[reason]})" for reason, count in reasons.most_common())
+    return RuntimeError(f"none of the {num_scenes} scenes of {where} is usable; rejected by {summary}. "
+                        "Fix the data or the dataset/view_sampler settings named above.")
+
+
+class SceneStream(IterableDataset):
+    """One rank's endless batch stream; in a DataLoader each worker plays one logical worker.
+
+    Yields (batch, meta); meta tells the owner which logical worker produced batch `batch` and where that
+    worker's cursor now stands, so the owner can save an exact position.
+    """
+
+    def __init__(self, dataset_cfg: DatasetCfg, stage: Stage, scenes: list[SceneRef], seed: int, shuffle: bool,
+                 rank: int, world_size: int, num_workers: int, batch_size: int, state: dict,
+                 step_tracker: StepTracker, step_offset: int | None) -> None:
+        self.cfg, self.stage, self.scenes, self.seed, self.shuffle = dataset_cfg, stage, scenes, seed, shuffle
+        self.rank, self.world_size, self.num_workers, self.batch_size = rank, world_size, num_workers, batch_size
+        self.state, self.step_tracker, self.step_offset = state, step_tracker, step_offset
+
+    def __iter__(self) -> Iterator[tuple[BatchedExample, dict]]:
+        info = get_worker_info()
+        workers, first_batch = max(1, self.num_workers), self.state["batches"]
+        # DataLoader asks its workers round-robin from worker 0; rotating the roles makes the batch that is
+        # due next after a restore come first.
+        worker = ((info.id if info else 0) + first_batch) % workers
+        num_shards, shard = self.world_size * workers, self.rank * workers + worker
+        num_scenes = len(self.scenes)
+        block = max(1, num_scenes // num_shards)
+        builder, cache = ExampleBuilder(self.cfg, self.stage), ChunkCache()
+        order = PassOrder(self.scenes, self.seed, self.shuffle)
+        cursor, skips = self.state["cursors"][worker], Counter(self.state["skips"][worker])
+        batch_index = first_batch + (worker - first_batch) % workers
+        rejected: set[int] = set()
+        reasons, reason_examples = Counter(), {}
+        while True:
+            examples, positions = [], []
+            while len(examples) < self.batch_size:
+                position = self.state["start"] + shard_position(shard, cursor, num_shards, block)
+                cursor += 1
+                pass_index, i = divmod(position, num_scenes)
+                scene_index = order(pass_index)[i]
+                ref = self.scenes[scene_index]
+                step = self.step_tracker.get_step() if self.step_offset is None else self.step_offset + batch_index
+                generator = torch.Generator().manual_seed(mix_seed(self.seed, "scene", position))
+                try:
+                    examples.append(builder.build(cache.scene(ref), ref.chunk, generator, step))
+                except SceneRejected as error:
+                    skips[error.reason] += 1
+                    warn_skip(error)
+                    rejected.add(scene_index)
+                    reasons[error.reason] += 1
+                    reason_examples.setdefault(error.reason, str(error))
+                    if len(rejected) == num_scenes:
+                        raise no_usable_scene_error(reasons, reason_examples, num_scenes,
+                                                    f"{self.stage} data in {self.cfg.roots}") from None
+                    continue
+                rejected.clear()
+                reasons.clear()
+                positions.append(position)
+            meta = {"worker": worker, "batch": batch_index, "cursor": cursor, "skips": dict(skips),
+                    "positions": positions}
+            yield default_collate(examples), meta
+            batch_index += workers
+
+
+def fresh_state(num_workers: int) -> dict:
+    workers = max(1, num_workers)
+    return {"batches": 0, "start": 0, "cursors": [0] * workers, "skips": [{} for _ in range(workers)]}
+
+
+def _record(state: dict, meta: dict) -> None:
+    if meta["batch"] != state["batches"]:
+        raise RuntimeError(f"data stream out of order: got batch {meta['batch']}, expected {state['batches']}")
+    state["batches"] += 1
+    state["cursors"][meta["worker"]] = meta["cursor"]
+    state["skips"][meta["worker"]] = meta["skips"]
+
+
+class TrainStream:
+    """Endless training batches for one rank: sharded over ranks x workers, reshuffled every pass, resumable."""
+
+    def __init__(self, dataset_cfg: DatasetCfg, loader_cfg: DataLoaderStageCfg, step_tracker: StepTracker,
+                 rank: int, world_size: int, seed: int) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
+        self.dataset_cfg, self.loader_cfg, self.step_tracker = dataset_cfg, loader_cfg, step_tracker
+        self.rank, self.world_size = rank, world_size
+        self.seed = mix_seed(seed, loader_cfg.seed)
+        self.scenes = list_scenes(dataset_cfg, "train")
+        if not self.scenes:
+            raise RuntimeError(f"the train index.json files under {dataset_cfg.roots} list no scenes")
+        self.state = fresh_state(loader_cfg.num_workers)
+        # The sampler's step for batch k is step_offset + k: the step that batch is trained at when the loop
+        # takes one batch per step. Prefetching workers then neither lag behind the curriculum nor race it.
+        self.step_offset: int | None = None
+        self.last_positions: list[int] = []  # stream positions of the last batch (pass = position // N)
+
+    @property
+    def num_scenes(self) -> int:
+        return len(self.scenes)
+
+    @property
+    def skip_counts(self) -> dict[str, int]:
+        """Scenes skipped on this rank (all workers), by the filter or fault that rejected them."""
+        return dict(sum((Counter(skips) for skips in self.state["skips"]), Counter()))
+
+    @property
+    def skipped_scenes(self) -> int:
+        """Corrupt scenes skipped on this rank (all workers): the `data/skipped_scenes` scalar."""
+        return sum(count for reason, count in self.skip_counts.items() if reason in CORRUPT_REASONS)
+
+    def __iter__(self) -> Iterator[BatchedExample]:
+        if self.step_offset is None:
+            self.step_offset = self.step_tracker.get_step() - self.state["batches"]
+        num_workers = self.loader_cfg.num_workers
+        dataset = SceneStream(self.dataset_cfg, "train", self.scenes, self.seed, True, self.rank, self.world_size,
+                              num_workers, self.loader_cfg.batch_size, self.state, self.step_tracker,
+                              self.step_offset)
+        source = iter(dataset) if num_workers == 0 else iter(
+            DataLoader(dataset, batch_size=None, num_workers=num_workers, prefetch_factor=2))
+        for batch, meta in source:
+            _record(self.state, meta)
+            self.last_positions = meta["positions"]
+            yield batch
+
+    def state_dict(self) -> dict:
+        return {"format": 1, "layout": self._layout(), "step_offset": self.step_offset,
+                "batches": self.state["batches"], "start": self.state["start"],
+                "cursors": list(self.state["cursors"]), "skips": [dict(s) for s in self.state["skips"]]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step_offset = state["step_offset"]
+        if state["layout"] == self._layout():
+            self.state = {key: state[key] for key in ("batches", "start", "cursors", "skips")}
+            return
+        # Another rank/worker layout or dataset: exact continuation is impossible; start the next pass.
+        old = state["layout"]
+        old_shards = old["world_size"] * max(1, old["num_workers"])
+        block = max(1, old["num_scenes"] // old_shards)
+        reached = max(state["start"] + shard_position(old["rank"] * max(1, old["num_workers"]) + w, cursor,
+                                                      old_shards, block)
+                      for w, cursor in enumerate(state["cursors"]))
+        next_pass = reached // max(1, old["num_scenes"]) + 1
+        warnings.warn(f"train data layout changed ({old} -> {self._layout()}); the stream restarts at pass "
+                      f"{next_pass} instead of continuing exactly", RuntimeWarning)
+        self.state = fresh_state(self.loader_cfg.num_workers)
+        self.state["start"] = next_pass * len(self.scenes)
+        self.state["skips"][0] = dict(sum((Counter(s) for s in state["skips"]), Counter()))
+        if self.step_offset is not None:
+            self.step_offset += state["batches"]
+
+    def _layout(self) -> dict:
+        return {"rank": self.rank, "world_size": self.world_size, "num_workers": self.loader_cfg.num_workers,
+                "batch_size": self.loader_cfg.batch_size, "num_scenes": len(self.scenes), "seed": self.seed}
+
+
+def make_train_stream(dataset_cfg: DatasetCfg, loader_cfg: DataLoaderStageCfg, step_tracker: StepTracker,
+                      rank: int, world_size: int, seed: int) -> TrainStream:
+    return TrainStream(dataset_cfg, loader_cfg, step_tracker, rank, world_size, seed)
+
+
+class TestScenes(IterableDataset):
+    """A finite list of (scene, name) elements, split into contiguous runs over DataLoader workers."""
+
+    def __init__(self, dataset_cfg: DatasetCfg, elements: list[tuple[int, SceneRef, str]], batch_size: int,
+                 seed: int) -> None:
+        self.cfg, self.elements, self.batch_size, self.seed = dataset_cfg, elements, batch_size, seed
+
+    def __iter__(self) -> Iterator[tuple[BatchedExample, dict]]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        share = self.elements[worker * len(self.elements) // workers: (worker + 1) * len(self.elements) // workers]
+        builder, cache, skips = ExampleBuilder(self.cfg, "test"), ChunkCache(), Counter()
+        examples = []
+        for position, ref, name in share:
+            generator = torch.Generator().manual_seed(mix_seed(self.seed, "test", position))
+            try:
+                examples.append(builder.build(cache.scene(ref), ref.chunk, generator, 0, name=name))
+            except SceneRejected as error:
+                skips[error.reason] += 1
+                warn_skip(error)
+            if len(examples) == self.batch_size:
+                yield default_collate(examples), {"worker": worker, "skips": dict(skips)}
+                examples = []
+        # The final meta carries the worker's skip count even when its last scenes were rejected.
+        yield (default_collate(examples) if examples else None), {"worker": worker, "skips": dict(skips)}
+
+
+class TestLoader:
+    """Finite, deterministic test batches of this rank's share (contiguous) of the test scenes."""
+
+    def __init__(self, dataset_cfg: DatasetCfg, loader_cfg: DataLoaderStageCfg, rank: int, world_size: int) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
+        self.dataset_cfg, self.loader_cfg = dataset_cfg, loader_cfg
+        times = dataset_cfg.test_times_per_scene
+        elements = [(ref, f"{ref.key}_{k:02d}" if times > 1 else ref.key)
+                    for ref in list_scenes(dataset_cfg, "test") for k in range(times)]
+        if dataset_cfg.test_len > 0:
+            elements = elements[: dataset_cfg.test_len]
+        begin, end = rank * len(elements) // world_size, (rank + 1) * len(elements) // world_size
+        self.elements = [(position, ref, name) for position, (ref, name) in enumerate(elements)][begin:end]
+        self.skips: dict[int, dict[str, int]] = {}
+
+    def __len__(self) -> int:
+        """Scenes assigned to this rank (batches when batch_size is 1, before rejected scenes)."""
+        return len(self.elements)
+
+    @property
+    def skip_counts(self) -> dict[str, int]:
+        return dict(sum((Counter(s) for s in self.skips.values()), Counter()))
+
+    @property
+    def skipped_scenes(self) -> int:
+        return sum(self.skip_counts.values())
+
+    def __iter__(self) -> Iterator[BatchedExample]:
+        self.skips = {}
+        dataset = TestScenes(self.dataset_cfg, self.elements, self.loader_cfg.batch_size, self.loader_cfg.seed)
+        num_workers = min(self.loader_cfg.num_workers, len(self.elements))
+        source = iter(dataset) if num_workers == 0 else iter(
+            DataLoader(dataset, batch_size=None, num_workers=num_workers))
+        for batch, meta in source:
+            self.skips[meta["worker"]] = meta["skips"]
+            if batch is not None:
+                yield batch
+
+
+def make_test_loader(dataset_cfg: DatasetCfg, loader_cfg: DataLoaderStageCfg, rank: int,
+                     world_size: int) -> TestLoader:
+    return TestLoader(dataset_cfg, loader_cfg, rank, world_size)
