@@ -60,7 +60,7 @@ class DatasetCfg:
     """`config/dataset/re10k.yaml`; ACID and DTU use the same reader with other roots."""
 
     view_sampler: ViewSamplerCfg
-    name: Literal["re10k", "acid", "dtu"] = "re10k"
+    name: Literal["re10k", "acid", "dtu", "synthetic"] = "re10k"
     roots: list[str] = field(default_factory=lambda: ["datasets/re10k"])
     make_baseline_1: bool = True
     augment: bool = True
