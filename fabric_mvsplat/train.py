@@ -1,0 +1,167 @@
+"""Entry point: `python -m fabric_mvsplat.train +experiment=re10k [key=value ...]`.
+
+Hydra composes `config/main.yaml`; `load_config` checks every key before any work; then Fabric, data,
+model, optimizer and scheduler are built here and handed to `loop.fit` (mode=train) or to
+`evaluation.test.run_test` (mode=test). Under `torchrun`, Fabric reads the rank layout from torchrun's
+environment and every rank runs this same file.
+"""
+
+import os
+import sys
+from pathlib import Path
+
+import hydra
+import torch
+from lightning_fabric import Fabric
+from omegaconf import DictConfig, OmegaConf
+
+from .config import OptimizerCfg, RootCfg, TrainerCfg, load_config
+from .errors import ConfigError
+
+CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "config")
+
+
+@hydra.main(version_base=None, config_path=CONFIG_DIR, config_name="main")
+def main(dict_config: DictConfig) -> None:
+    try:
+        cfg = load_config(dict_config)
+    except ConfigError as error:
+        print(f"fabric_mvsplat: {error}", file=sys.stderr)
+        sys.exit(2)
+    output_dir = cfg.output_dir or hydra.core.hydra_config.HydraConfig.get().runtime.output_dir
+    run(cfg, Path(output_dir), config_yaml=OmegaConf.to_yaml(dict_config, resolve=True))
+
+
+def run(cfg: RootCfg, output_dir: Path, config_yaml: str | None = None):
+    """Everything after the config: the same code for one process and for every torchrun rank."""
+    if torch.cuda.is_available():
+        torch.set_float32_matmul_precision("high")  # TF32 matmuls, as the original
+    fabric = make_fabric(cfg.trainer)
+    fabric.launch()
+    prepare_data(fabric, cfg)
+    # Each rank may have composed its own time-stamped Hydra directory; rank 0's wins.
+    output_dir = Path(fabric.broadcast(str(output_dir), src=0))
+    seed_everything(cfg.seed + fabric.global_rank)  # per-rank seeds, as the original
+    if fabric.global_rank == 0:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        if config_yaml is not None:
+            (output_dir / "config.yaml").write_text(config_yaml)
+        fabric.print(f"output directory: {output_dir}")
+    if cfg.mode == "test":
+        return run_test_mode(fabric, cfg, output_dir)
+    return run_training(fabric, cfg, output_dir)
+
+
+def run_training(fabric: Fabric, cfg: RootCfg, output_dir: Path) -> dict:
+    from .data import StepTracker, ValidationSource, make_train_stream
+    from .loop import fit
+    from .model.wrapper import build_model
+
+    model = build_model(cfg)
+    step_tracker = StepTracker()
+    train_stream = make_train_stream(cfg.dataset, cfg.data_loader.train, step_tracker,
+                                     fabric.global_rank, fabric.world_size, cfg.seed)
+    validating = cfg.trainer.val_check_interval is not None and fabric.global_rank == 0
+    val_source = ValidationSource(cfg.dataset, cfg.data_loader.val, step_tracker, cfg.seed) if validating else None
+    model, optimizer, scheduler, state = prepare_training(fabric, cfg, model, train_stream, val_source, step_tracker)
+    return fit(fabric, cfg, model, optimizer, scheduler, train_stream, val_source, step_tracker, output_dir, state)
+
+
+def prepare_training(fabric: Fabric, cfg: RootCfg, model: torch.nn.Module, train_stream, val_source, step_tracker):
+    """Load (fine-tune or resume), build optimizer and schedule, wrap with Fabric.
+
+    -> (fabric-wrapped model, fabric-wrapped optimizer, scheduler, {"global_step": int})
+    """
+    from .checkpoint import load_file, load_weights, restore_training_state
+
+    load, resume = cfg.checkpointing.load, cfg.checkpointing.resume
+    if load is not None and not resume:  # fine-tuning: weights only, fresh optimizer/schedule/step
+        load_weights(model, load, cfg.checkpointing.allow_unsafe_load)
+        fabric.print(f"loaded weights from {load} (checkpointing.resume=false: optimizer and step start fresh)")
+    if cfg.trainer.compile:
+        model.encoder.compile()  # in place: state_dict keys stay `encoder.*`
+    optimizer = make_optimizer(cfg.optimizer, model)
+    scheduler = make_scheduler(cfg.optimizer, cfg.trainer.max_steps, optimizer)
+
+    model, optimizer = fabric.setup(model, optimizer)
+
+    state = {"global_step": 0}
+    if load is not None and resume:  # full resume: weights, optimizer, schedule, step, data, RNG
+        # After setup, so that the optimizer state lands on the parameters' device.
+        checkpoint = load_file(load, cfg.checkpointing.allow_unsafe_load)
+        state["global_step"] = restore_training_state(checkpoint, load, model.module, optimizer, scheduler,
+                                                      train_stream, val_source, fabric.global_rank, fabric.world_size)
+        fabric.print(f"resumed from {load} at global step {state['global_step']}")
+    step_tracker.set_step(state["global_step"])
+    return model, optimizer, scheduler, state
+
+
+def run_test_mode(fabric: Fabric, cfg: RootCfg, output_dir: Path):
+    from .checkpoint import load_weights
+    from .data import make_test_loader
+    from .evaluation.test import run_test
+    from .model.wrapper import build_model
+
+    model = build_model(cfg)
+    load_weights(model, cfg.checkpointing.load, cfg.checkpointing.allow_unsafe_load)
+    model = fabric.to_device(model).eval()
+    test_loader = make_test_loader(cfg.dataset, cfg.data_loader.test, fabric.global_rank, fabric.world_size)
+    return run_test(fabric, cfg, model, test_loader, output_dir)
+
+
+def prepare_data(fabric: Fabric, cfg: RootCfg) -> None:
+    """Generate the synthetic dataset if asked (rank 0), then stop on missing or empty dataset roots."""
+    from .data import check_dataset_roots
+
+    if cfg.dataset.synthetic_if_missing:
+        if fabric.global_rank == 0:
+            from .data.synthetic import ensure_synthetic_dataset
+
+            ensure_synthetic_dataset(Path(cfg.dataset.roots[0]), progress=sys.stderr.isatty())
+        fabric.barrier()
+    stages = ["test"] if cfg.mode == "test" else ["train"] + (["val"] if cfg.trainer.val_check_interval else [])
+    try:
+        for stage in stages:
+            check_dataset_roots(cfg.dataset, stage)
+    except FileNotFoundError as error:
+        print(f"fabric_mvsplat: dataset.roots={cfg.dataset.roots}: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+def make_fabric(trainer: TrainerCfg) -> Fabric:
+    devices = trainer.devices
+    if devices == "auto" and "LOCAL_WORLD_SIZE" in os.environ:
+        devices = int(os.environ["LOCAL_WORLD_SIZE"])  # under torchrun: one device per local process
+    return Fabric(accelerator=trainer.accelerator, devices=devices, num_nodes=trainer.num_nodes,
+                  strategy=trainer.strategy, precision=trainer.precision)
+
+
+def make_optimizer(cfg: OptimizerCfg, model: torch.nn.Module) -> torch.optim.Adam:
+    """Adam over all parameters in one group, default betas/eps, no weight decay (the original)."""
+    return torch.optim.Adam(model.parameters(), lr=cfg.lr)
+
+
+def make_scheduler(cfg: OptimizerCfg, max_steps: int, optimizer: torch.optim.Optimizer):
+    """One-cycle cosine over max_steps + 10 (1% warm-up from lr/25, ends at lr/25e4), or linear warm-up."""
+    if cfg.cosine_lr:
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=cfg.lr, total_steps=max_steps + 10, pct_start=0.01,
+            cycle_momentum=False, anneal_strategy="cos",
+        )
+    warm_up = cfg.warm_up_steps
+    return torch.optim.lr_scheduler.LinearLR(optimizer, 1 / warm_up, 1.0, total_iters=warm_up)
+
+
+def seed_everything(seed: int) -> None:
+    """torch (CPU and CUDA), python and numpy, from one per-rank seed."""
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+if __name__ == "__main__":
+    main()
