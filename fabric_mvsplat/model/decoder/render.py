@@ -1,0 +1,129 @@
+"""render(): Gaussians + cameras -> images (and depth), through gsplat on CUDA or our torch rasterizer."""
+
+from dataclasses import dataclass
+from typing import Literal, Sequence
+
+import torch
+from torch import Tensor
+
+from ...errors import ConfigError
+from ..types import Gaussians
+from .projection import pixel_intrinsics, project_gaussians
+from .rasterize_torch import rasterize_torch
+from .sh import sh_to_color
+
+DepthMode = Literal["depth", "disparity", "relative_disparity", "log", "expected_depth"]
+DEPTH_MODES = ("depth", "disparity", "relative_disparity", "log", "expected_depth")
+BACKENDS = ("auto", "gsplat", "torch")
+
+
+@dataclass
+class DecoderOutput:
+    color: Tensor  # [B, V, 3, H, W]
+    depth: Tensor | None  # [B, V, H, W]
+
+
+def resolve_backend(backend: str, device: torch.device) -> Literal["torch", "gsplat"]:
+    """'auto' -> gsplat on CUDA tensors, torch otherwise; 'gsplat' without CUDA is a config error."""
+    device = torch.device(device)
+    if backend not in BACKENDS:
+        raise ConfigError("model.decoder.backend", backend, "one of 'auto', 'gsplat', 'torch'")
+    if backend == "auto":
+        return "gsplat" if device.type == "cuda" else "torch"
+    if backend == "gsplat" and device.type != "cuda":
+        raise ConfigError("model.decoder.backend", backend,
+                          f"'torch' or 'auto' here: gsplat renders only on CUDA and the tensors are on "
+                          f"'{device}' (cuda available: {torch.cuda.is_available()}); "
+                          "set model.decoder.backend=auto or model.decoder.backend=torch")
+    return backend  # type: ignore[return-value]
+
+
+def depth_feature(z: Tensor, near: Tensor, far: Tensor, mode: DepthMode) -> Tensor:
+    """Camera z [B, V, G], near/far [B, V] -> the value each Gaussian splats (original units)."""
+    near, far = near[..., None], far[..., None]
+    if mode in ("depth", "expected_depth"):
+        return z
+    if mode == "disparity":
+        return 1 / z
+    if mode == "relative_disparity":
+        eps = 1e-10
+        disparity, near_disparity, far_disparity = 1 / (z + eps), 1 / (near + eps), 1 / (far + eps)
+        return 1 - (disparity - far_disparity) / (near_disparity - far_disparity)
+    if mode == "log":
+        return torch.minimum(torch.maximum(z, near), far).log()
+    raise ValueError(f"depth_mode={mode!r}: expected None or one of {DEPTH_MODES}")
+
+
+def view_dependent_colors(gaussians: Gaussians, extrinsics: Tensor) -> Tensor:
+    """SH colour of every Gaussian seen from every camera: [B, V, G, 3]."""
+    centers = extrinsics[..., :3, 3]  # [B, V, 3]
+    directions = gaussians.means[:, None] - centers[:, :, None]
+    directions = directions / directions.norm(dim=-1, keepdim=True)
+    return sh_to_color(gaussians.harmonics[:, None], directions)
+
+
+def check_shapes(gaussians: Gaussians, extrinsics: Tensor, intrinsics: Tensor, near: Tensor, far: Tensor) -> None:
+    b, g = gaussians.means.shape[:2]
+    v = extrinsics.shape[1] if extrinsics.ndim == 4 else -1
+    expected = {
+        "gaussians.means": (gaussians.means.shape, (b, g, 3)),
+        "gaussians.covariances": (gaussians.covariances.shape, (b, g, 3, 3)),
+        "gaussians.harmonics": (gaussians.harmonics.shape[:3], (b, g, 3)),
+        "gaussians.opacities": (gaussians.opacities.shape, (b, g)),
+        "extrinsics": (extrinsics.shape, (b, v, 4, 4)),
+        "intrinsics": (intrinsics.shape, (b, v, 3, 3)),
+        "near": (near.shape, (b, v)),
+        "far": (far.shape, (b, v)),
+    }
+    for name, (shape, want) in expected.items():
+        if tuple(shape) != want:
+            raise ValueError(f"render(): {name} has shape {tuple(shape)}, expected {want} "
+                             "(B scenes, G Gaussians, V cameras)")
+
+
+def render(gaussians: Gaussians, extrinsics: Tensor, intrinsics: Tensor, near: Tensor, far: Tensor,
+           image_shape: tuple[int, int], depth_mode: DepthMode | None = None, *, backend: str = "auto",
+           use_principal_point: bool = True,
+           background_color: Sequence[float] | Tensor = (0.0, 0.0, 0.0)) -> DecoderOutput:
+    """Render every camera of every scene in one backend call.
+
+    extrinsics [B, V, 4, 4] camera-to-world (OpenCV), intrinsics [B, V, 3, 3] normalised,
+    near/far [B, V] -> color [B, V, 3, H, W], depth [B, V, H, W] when depth_mode is set.
+    """
+    check_shapes(gaussians, extrinsics, intrinsics, near, far)
+    if depth_mode is not None and depth_mode not in DEPTH_MODES:
+        raise ValueError(f"depth_mode={depth_mode!r}: expected None or one of {DEPTH_MODES}")
+    height, width = image_shape = (int(image_shape[0]), int(image_shape[1]))
+    b, v = extrinsics.shape[:2]
+    kind = resolve_backend(backend, gaussians.means.device)
+
+    world_to_camera = extrinsics.inverse()
+    k_pixel = pixel_intrinsics(intrinsics, image_shape, use_principal_point)
+    features = view_dependent_colors(gaussians, extrinsics)  # [B, V, G, 3]
+    background = torch.as_tensor(background_color, dtype=features.dtype, device=features.device)
+    if depth_mode is not None:
+        z = torch.einsum("bvj,bgj->bvg", world_to_camera[..., 2, :3], gaussians.means) + world_to_camera[..., 2, 3, None]
+        features = torch.cat([features, depth_feature(z, near, far, depth_mode)[..., None]], dim=-1)
+        background = torch.cat([background, background.new_zeros(1)])  # depth is splatted on black
+
+    if kind == "gsplat":
+        from .rasterize_gsplat import rasterize_gsplat
+
+        image, alpha = rasterize_gsplat(gaussians.means, gaussians.covariances, gaussians.opacities, features,
+                                        world_to_camera, k_pixel, near, image_shape, background)
+    else:
+        projected = project_gaussians(gaussians.means, gaussians.covariances, world_to_camera, k_pixel, near,
+                                      image_shape)
+        opacities = gaussians.opacities[:, None].expand(b, v, -1).flatten(0, 1)
+        image, alpha = rasterize_torch(projected.means2d, projected.conics, opacities, features.flatten(0, 1),
+                                       projected.depths, projected.visible, projected.cov2d_diag, image_shape,
+                                       background)
+        image, alpha = image.view(b, v, height, width, -1), alpha.view(b, v, height, width)
+
+    color = image[..., :3].permute(0, 1, 4, 2, 3)
+    depth = None
+    if depth_mode is not None:
+        depth = image[..., 3]
+        if depth_mode == "expected_depth":
+            depth = depth / alpha.clamp_min(1e-10)
+    return DecoderOutput(color=color, depth=depth)
