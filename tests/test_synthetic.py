@@ -146,9 +146,14 @@ def test_cameras_move_like_realestate10k():
 
 
 def test_ensure_generates_once(tmp_path):
+    (tmp_path / "d" / "train").mkdir(parents=True)  # an empty stage folder does not count as cached
     assert ensure_synthetic_dataset(tmp_path / "d", seed=2, **TINY) is True
     before = all_files(tmp_path / "d")
+    assert {"train/index.json", "test/index.json", "evaluation_index.json", "synthetic.json"} <= set(before)
+    assert not (tmp_path / "d.partial").exists()
     assert ensure_synthetic_dataset(tmp_path / "d", seed=2, **TINY) is False
+    with pytest.warns(UserWarning, match="seed"):
+        assert ensure_synthetic_dataset(tmp_path / "d", seed=3, **TINY) is False
     assert all_files(tmp_path / "d") == before
 
 

@@ -17,6 +17,9 @@ surface lies between NEAR and FAR (z-depth in world units; there is no per-scene
 import argparse
 import hashlib
 import json
+import os
+import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -300,12 +303,19 @@ def scene_key(seed: int, stage: str, index: int) -> str:
     return hashlib.sha1(f"synthetic-{seed}-{stage}-{index}".encode()).hexdigest()[:16]
 
 
-def render_example(seed: int, stage: str, index: int, frames: int, height: int, width: int, quality: int) -> dict:
+def render_antialiased(scene: Scene, frame: int, height: int, width: int, supersample: int) -> np.ndarray:
+    """Box-filtered supersampling; normalized intrinsics are the same at every resolution. -> rgb [H, W, 3]."""
+    rgb, _ = render_frame(scene, frame, height * supersample, width * supersample)
+    return rgb.reshape(height, supersample, width, supersample, 3).mean(axis=(1, 3))
+
+
+def render_example(seed: int, stage: str, index: int, frames: int, height: int, width: int, quality: int = 95,
+                   supersample: int = 1) -> dict:
     """One scene as a chunk example dict (url, timestamps, cameras [F, 18], images, key)."""
     scene = random_scene(scene_seed(seed, stage, index), frames, height, width)
     images = []
     for f in range(frames):
-        rgb, _ = render_frame(scene, f, height, width)
+        rgb = render_antialiased(scene, f, height, width, supersample)
         images.append(encode_image((rgb * 255.0 + 0.5).astype(np.uint8), format="jpeg", quality=quality))
     w2c = torch.from_numpy(np.linalg.inv(scene.c2w)).float()
     return {
@@ -342,6 +352,7 @@ def generate_synthetic_dataset(
     seed: int = 0,
     context_gap: int | None = None,
     quality: int = 95,
+    supersample: int = 1,
     target_bytes: int = 100_000_000,
     progress: bool = True,
 ) -> None:
@@ -351,29 +362,58 @@ def generate_synthetic_dataset(
         raise ValueError(f"--frames {frames} is too short: need >= 5 (two contexts + three targets between them)")
     if not 4 <= gap < frames:
         raise ValueError(f"--context-gap {gap} must be in [4, frames - 1 = {frames - 1}] to fit 3 targets")
+    if supersample < 1:
+        raise ValueError(f"--supersample {supersample} must be >= 1")
     if min(height, width) < 8:
         raise ValueError(f"image size {height}x{width} is too small: use at least 8x8")
     out = Path(out)
     bar = tqdm(total=train_scenes + test_scenes, desc=f"synthetic scenes -> {out}", unit="scene", disable=not progress)
-    for stage, count in (("train", train_scenes), ("test", test_scenes)):
-        examples = []
+
+    def examples(stage: str, count: int):  # a generator: chunks are written as they fill, memory stays bounded
         for index in range(count):
-            examples.append(render_example(seed, stage, index, frames, height, width, quality))
+            yield render_example(seed, stage, index, frames, height, width, quality, supersample)
             bar.update(1)
-        write_chunks(examples, out / stage, target_bytes=target_bytes)
+
+    for stage, count in (("train", train_scenes), ("test", test_scenes)):
+        write_chunks(examples(stage, count), out / stage, target_bytes=target_bytes)
     bar.close()
     keys = [scene_key(seed, "test", i) for i in range(test_scenes)]
     with open(out / "evaluation_index.json", "w") as f:
         json.dump(evaluation_index(keys, frames, gap, seed), f, indent=2)
+    params = dict(train_scenes=train_scenes, test_scenes=test_scenes, frames=frames, height=height, width=width,
+                  seed=seed, context_gap=gap, quality=quality, supersample=supersample, near=NEAR, far=FAR)
+    (out / "synthetic.json").write_text(json.dumps(params, indent=1))
 
 
 def ensure_synthetic_dataset(root: Path, **kwargs) -> bool:
-    """Generate the dataset under `root` unless it already holds chunks. -> whether it generated."""
+    """Generate the dataset under `root` unless it already holds chunks. -> whether it generated.
+
+    Generation goes to a sibling folder that is renamed into place at the end, so an
+    interrupted run never leaves a half-written dataset that would later count as cached.
+    """
     root = Path(root)
-    has_chunks = any((root / stage).glob("*.torch") for stage in ("train", "test"))
-    if has_chunks and (root / "evaluation_index.json").exists():
+    if any(any((root / stage).glob("*.torch")) for stage in ("train", "test")):
+        recorded = root / "synthetic.json"
+        if recorded.exists() and kwargs:
+            params = json.loads(recorded.read_text())
+            differing = {k: v for k, v in kwargs.items() if k in params and params[k] != v}
+            if differing:
+                warnings.warn(f"{root} holds synthetic data generated with {params}; keeping it although "
+                              f"{differing} was requested (delete {root} to regenerate)")
         return False
-    generate_synthetic_dataset(root, **kwargs)
+    partial = root.with_name(root.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    generate_synthetic_dataset(partial, **kwargs)
+    root.mkdir(parents=True, exist_ok=True)
+    for item in sorted(partial.iterdir()):
+        target = root / item.name
+        if target.exists():  # e.g. an empty train/ folder left by hand: it holds no chunks
+            if target.is_dir() and any(target.iterdir()):
+                raise FileExistsError(f"{target} exists without chunks and is not empty: remove it to generate "
+                                      f"the synthetic dataset in {root}")
+            shutil.rmtree(target) if target.is_dir() else target.unlink()
+        os.replace(item, target)
+    partial.rmdir()
     return True
 
 
@@ -388,11 +428,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--context-gap", type=int, default=None, help="evaluation index context gap (default frames // 2)")
     parser.add_argument("--quality", type=int, default=95, help="JPEG quality")
+    parser.add_argument("--supersample", type=int, default=1, help="anti-aliasing: render at N x N samples per pixel")
     parser.add_argument("--target-bytes", type=int, default=100_000_000, help="approximate chunk size")
     args = parser.parse_args(argv)
     generate_synthetic_dataset(
         args.out, args.train_scenes, args.test_scenes, args.frames, args.height, args.width, args.seed,
-        context_gap=args.context_gap, quality=args.quality, target_bytes=args.target_bytes,
+        context_gap=args.context_gap, quality=args.quality, supersample=args.supersample, target_bytes=args.target_bytes,
     )
     print(f"wrote {args.out}/train, {args.out}/test, {args.out}/evaluation_index.json (near={NEAR}, far={FAR})")
 
