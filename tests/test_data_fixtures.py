@@ -21,9 +21,9 @@ def scene_cameras(num_frames: int, height: int, width: int) -> tuple[torch.Tenso
     fx = 0.8
     k = torch.tensor([[fx, 0, 0.5], [0, fx * width / height, 0.5], [0, 0, 1]], dtype=torch.float64)
     c2w = torch.eye(4, dtype=torch.float64).repeat(num_frames, 1, 1)
-    c2w[:, 0, 3] = torch.arange(num_frames) * 0.15
-    c2w[:, 2, 3] = torch.arange(num_frames) * 0.05
-    angle = torch.arange(num_frames) * 0.01  # a slight pan about y keeps rotations non-trivial
+    c2w[:, 0, 3] = torch.arange(num_frames) * 0.05
+    c2w[:, 2, 3] = torch.arange(num_frames) * 0.03
+    angle = torch.arange(num_frames) * 0.005  # a slight pan about y keeps rotations non-trivial
     c2w[:, 0, 0], c2w[:, 0, 2], c2w[:, 2, 0], c2w[:, 2, 2] = angle.cos(), angle.sin(), -angle.sin(), angle.cos()
     return c2w.inverse(), k.repeat(num_frames, 1, 1)
 

@@ -1,0 +1,90 @@
+"""Corrupt data is skipped, warned about (file and scene named) and counted; pickles are never executed."""
+
+import json
+import os
+import warnings
+from itertools import islice
+from pathlib import Path
+
+import pytest
+import torch
+
+from fabric_mvsplat.data import StepTracker, make_train_stream, read_chunk
+from fabric_mvsplat.data.chunk_io import ChunkReadError
+from fabric_mvsplat.data.config import DataLoaderStageCfg
+from test_data_fixtures import dataset_cfg, make_scene, make_split
+
+MARKER = Path(os.environ.get("TMPDIR", "/tmp")) / "fabric_mvsplat_pickle_executed"
+
+
+class Payload:
+    """Unpickling this would create MARKER: weights_only must refuse it."""
+
+    def __reduce__(self):
+        return (Path.touch, (MARKER,))
+
+
+def add_chunk(stage_dir: Path, name: str, keys: list[str], write) -> None:
+    write(stage_dir / name)
+    index = json.loads((stage_dir / "index.json").read_text())
+    index.update({key: name for key in keys})
+    (stage_dir / "index.json").write_text(json.dumps(index))
+
+
+def test_pickle_payload_is_refused_not_executed(tmp_path):
+    MARKER.unlink(missing_ok=True)
+    scene = make_scene("evil", 4, 8, 8, seed=0)
+    torch.save([{**scene, "url": Payload()}], tmp_path / "000000.torch")
+    with pytest.raises(ChunkReadError, match="000000.torch"):
+        read_chunk(tmp_path / "000000.torch")
+    assert not MARKER.exists()
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_corrupt_chunks_and_scenes_are_skipped_and_counted(tmp_path, num_workers):
+    MARKER.unlink(missing_ok=True)
+    stage = tmp_path / "train"
+    good = make_split(stage, 4, scenes_per_chunk=2)
+    good_bytes = (stage / "000000.torch").read_bytes()
+    add_chunk(stage, "000010.torch", ["trunc_a", "trunc_b"],
+              lambda path: path.write_bytes(good_bytes[: len(good_bytes) // 2]))
+    add_chunk(stage, "000011.torch", ["garbage"], lambda path: path.write_bytes(os.urandom(3000)))
+    evil = make_scene("evil", 12, 18, 32, seed=1)
+    add_chunk(stage, "000012.torch", ["evil"], lambda path: torch.save([{**evil, "url": Payload()}], path))
+    broken_image = make_scene("broken_image", 12, 18, 32, seed=2)
+    broken_image["images"] = [torch.tensor([1, 2, 3], dtype=torch.uint8)] * 12
+    bad_cameras = {**make_scene("bad_cameras", 12, 18, 32, seed=3), "cameras": torch.zeros(12, 17)}
+    add_chunk(stage, "000013.torch", ["broken_image", "bad_cameras", "not_in_chunk"],
+              lambda path: torch.save([broken_image, bad_cameras], path))
+
+    stream = make_train_stream(dataset_cfg(tmp_path), DataLoaderStageCfg(num_workers=num_workers), StepTracker(),
+                               0, 1, seed=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        scenes = [batch["scene"][0] for batch in islice(stream, 8)]  # two passes over the 4 good scenes
+    assert sorted(scenes) == sorted(good * 2)
+    counts = stream.skip_counts
+    assert set(counts) == {"corrupt_chunk", "undecodable_image", "corrupt_scene", "missing_from_chunk"}
+    # every scene read and not yielded was counted: cursors (scenes read per worker) = yielded + skipped
+    assert sum(stream.state_dict()["cursors"]) == 8 + sum(counts.values())
+    assert stream.skipped_scenes == sum(counts.values()) >= 7  # at least the 7 broken scenes of one pass
+    assert not MARKER.exists()
+    if num_workers == 0:  # worker processes print their warnings to stderr instead
+        messages = "\n".join(str(w.message) for w in caught)
+        for expected in ("000010.torch", "000011.torch", "000012.torch", "'broken_image' frame",
+                         "'bad_cameras'", "'not_in_chunk'"):
+            assert expected in messages
+    restored = make_train_stream(dataset_cfg(tmp_path), DataLoaderStageCfg(num_workers=num_workers),
+                                 StepTracker(), 0, 1, seed=0)
+    restored.load_state_dict(stream.state_dict())
+    assert restored.skipped_scenes == stream.skipped_scenes  # the count survives a resume
+
+
+def test_pass_without_usable_scene_names_the_filter(tmp_path):
+    make_split(tmp_path / "train", 3, num_frames=3)  # too short for the sampler's context gap of 3
+    stream = make_train_stream(dataset_cfg(tmp_path), DataLoaderStageCfg(num_workers=0), StepTracker(), 0, 1, 0)
+    with pytest.raises(RuntimeError, match="none of the 3 scenes.*view_sampler.*3 frames"):
+        next(iter(stream))
+    stream = make_train_stream(dataset_cfg(tmp_path), DataLoaderStageCfg(num_workers=2), StepTracker(), 0, 1, 0)
+    with pytest.raises(RuntimeError, match="view_sampler"):
+        next(iter(stream))

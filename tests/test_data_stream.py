@@ -1,0 +1,116 @@
+"""Train stream sharding and exact resume, the validation source, the sharded test loader."""
+
+from collections import Counter
+from itertools import islice
+
+import pytest
+import torch
+
+from fabric_mvsplat.data import StepTracker, ValidationSource, make_test_loader, make_train_stream
+from fabric_mvsplat.data.config import DataLoaderStageCfg, ViewSamplerBoundedCfg
+from test_data_fixtures import dataset_cfg, make_split
+
+
+def take_with_positions(stream, count: int) -> list[tuple[list[str], list[int]]]:
+    return [(batch["scene"], list(stream.last_positions)) for batch in islice(stream, count)]
+
+
+@pytest.mark.parametrize("num_scenes", [8, 3])
+def test_two_ranks_two_workers_see_every_scene_exactly_once_per_pass(tmp_path, num_scenes):
+    keys = make_split(tmp_path / "train", num_scenes, scenes_per_chunk=2, num_frames=8, height=8, width=8)
+    cfg = dataset_cfg(tmp_path, height=8, width=8, image_shape=(8, 8))
+    loader = DataLoaderStageCfg(num_workers=2, batch_size=1)
+    seen = []  # (pass, scene) over both ranks
+    for rank in range(2):
+        stream = make_train_stream(cfg, loader, StepTracker(), rank, 2, seed=7)
+        # 3 passes need at most 3 * ceil(N / 4) + 1 batches per worker when N < 4 shards
+        for scenes, positions in take_with_positions(stream, 4 * 3 + 2):
+            seen += [(position // num_scenes, scene) for scene, position in zip(scenes, positions)]
+    for pass_index in range(2):
+        assert Counter(scene for p, scene in seen if p == pass_index) == Counter(keys), pass_index
+    orders = [[scene for p, scene in seen if p == q] for q in range(2)]
+    if num_scenes == 8:
+        assert orders[0] != orders[1]  # reshuffled per pass
+
+
+def test_stream_is_deterministic_and_resumes_exactly(tmp_path):
+    make_split(tmp_path / "train", 7, scenes_per_chunk=2)
+    cfg = dataset_cfg(tmp_path, view_sampler=ViewSamplerBoundedCfg(
+        num_target_views=2, min_distance_between_context_views=2, max_distance_between_context_views=6,
+        warm_up_steps=6, initial_min_distance_between_context_views=2, initial_max_distance_between_context_views=3,
+        keep_min_gap_bug=False))
+    for num_workers in (0, 2):
+        loader = DataLoaderStageCfg(num_workers=num_workers, batch_size=2)
+        reference = list(islice(make_train_stream(cfg, loader, StepTracker(), 0, 1, seed=3), 9))
+        interrupted = make_train_stream(cfg, loader, StepTracker(), 0, 1, seed=3)
+        first = list(islice(interrupted, 5))
+        state = interrupted.state_dict()
+        torch.save(state, tmp_path / "state.pt")
+        resumed = make_train_stream(cfg, loader, StepTracker(5), 0, 1, seed=3)
+        resumed.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))
+        rest = list(islice(resumed, 4))
+        for expected, got in zip(reference, first + rest):
+            assert expected["scene"] == got["scene"]
+            for side in ("context", "target"):
+                for key, value in expected[side].items():
+                    torch.testing.assert_close(got[side][key], value, rtol=0, atol=0)
+        assert reference[0]["scene"] != reference[4]["scene"] or reference[1]["scene"] != reference[5]["scene"]
+    other_seed = next(iter(make_train_stream(cfg, loader, StepTracker(), 0, 1, seed=4)))
+    assert not torch.equal(other_seed["context"]["index"], reference[0]["context"]["index"]) or \
+        other_seed["scene"] != reference[0]["scene"]
+
+
+def test_changed_layout_restarts_at_the_next_pass(tmp_path):
+    make_split(tmp_path / "train", 4)
+    cfg = dataset_cfg(tmp_path)
+    stream = make_train_stream(cfg, DataLoaderStageCfg(), StepTracker(), 0, 1, seed=0)
+    list(islice(stream, 2))
+    other = make_train_stream(cfg, DataLoaderStageCfg(), StepTracker(), 0, 2, seed=0)
+    with pytest.warns(RuntimeWarning, match="layout changed"):
+        other.load_state_dict(stream.state_dict())
+    next(iter(other))
+    assert other.last_positions[0] // 4 == 1
+
+
+def test_validation_source_never_exhausts_on_one_scene_and_resumes(tmp_path):
+    make_split(tmp_path / "train", 2)
+    make_split(tmp_path / "test", 1, prefix="val")
+    cfg = dataset_cfg(tmp_path)
+    tracker = StepTracker()
+    source = ValidationSource(cfg, DataLoaderStageCfg(batch_size=1), tracker, seed=1)
+    batches = []
+    for interval in range(10):
+        tracker.set_step(interval * 100)
+        batches.append(next(source))
+    assert all(batch["scene"] == ["val000"] for batch in batches)
+    assert len({tuple(b["context"]["index"][0].tolist()) for b in batches}) > 1  # fresh views each time
+    state = source.state_dict()
+    expected = next(source)
+    again = ValidationSource(cfg, DataLoaderStageCfg(batch_size=1), tracker, seed=1)
+    again.load_state_dict(state)
+    got = next(again)
+    torch.testing.assert_close(got["target"]["image"], expected["target"]["image"], rtol=0, atol=0)
+
+
+def test_test_loader_shards_ranks_without_duplicates(tmp_path):
+    keys = make_split(tmp_path / "test", 5, scenes_per_chunk=2)
+    cfg = dataset_cfg(tmp_path)
+    seen = []
+    for rank in range(2):
+        loader = make_test_loader(cfg, DataLoaderStageCfg(num_workers=2 if rank else 0), rank, 2)
+        scenes = [batch["scene"][0] for batch in loader]
+        assert len(loader) == len(scenes)
+        assert scenes == [batch["scene"][0] for batch in loader]  # deterministic order
+        seen += scenes
+    assert seen == keys  # every scene exactly once, in chunk order, rank 0 first
+    batch = next(iter(make_test_loader(cfg, DataLoaderStageCfg(), 0, 1)))
+    assert batch["context"]["index"][0].tolist() == [0, 5]  # test stage: gap = max distance, left = 0
+    assert batch["target"]["index"][0].tolist() == list(range(6))
+
+
+def test_test_loader_interval_repeats_and_length(tmp_path):
+    make_split(tmp_path / "test", 6, scenes_per_chunk=2)
+    cfg = dataset_cfg(tmp_path, test_chunk_interval=2, test_times_per_scene=2, test_len=7)
+    scenes = [batch["scene"][0] for batch in make_test_loader(cfg, DataLoaderStageCfg(), 0, 1)]
+    assert scenes == ["scene000_00", "scene000_01", "scene001_00", "scene001_01",
+                      "scene004_00", "scene004_01", "scene005_00"]
