@@ -4,7 +4,6 @@ The package ships no stand-in model; these exist so the loop, checkpoints and DD
 seconds without the real encoder, decoder or data layer.
 """
 
-import os
 from pathlib import Path
 
 import torch
@@ -38,18 +37,27 @@ def tiny_cfg(**keys) -> RootCfg:
     return compose_cfg([f"{key}={'null' if value is None else value}" for key, value in values.items()])
 
 
+class SimulatedCrash(Exception):
+    """Stands in for a killed process."""
+
+
 class TinyModel(nn.Module):
     """forward(batch, step) -> StepOutput like the real wrapper; dropout makes resume depend on RNG state."""
 
-    def __init__(self, nan_at_step: int | None = None) -> None:
+    def __init__(self, nan_at_step: int | None = None, crash_at_step: int | None = None) -> None:
         super().__init__()
+        self.crash_at_step = crash_at_step
         self.encoder = nn.Sequential(nn.Linear(FEATURES, 16), nn.ReLU(), nn.Dropout(0.2), nn.Linear(16, 3))
         self.nan_at_step = nan_at_step
         self.validation_steps: list[int] = []
         self.seen_steps: list[int] = []
+        self.anomaly_detection: list[bool] = []
 
     def forward(self, batch: dict, global_step: int) -> StepOutput:
+        if global_step == self.crash_at_step:
+            raise SimulatedCrash(f"killed at step {global_step}")
         self.seen_steps.append(global_step)
+        self.anomaly_detection.append(torch.is_anomaly_enabled())
         prediction = self.encoder(batch["x"])
         mse = ((prediction - batch["y"]) ** 2).mean()
         if global_step == self.nan_at_step:
