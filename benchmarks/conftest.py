@@ -28,6 +28,7 @@ import pytest
 import torch
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
 
 # MVSplat's published figures (spec §10.1): one GPU, 256x256, 2 context views, batch 1.
 PAPER_SECONDS = {
@@ -274,3 +275,61 @@ def bench(benchmark, request: pytest.FixtureRequest, peak_memory):
         return output[0]
 
     return run
+
+
+# ---- model configs and batches --------------------------------------------------------------
+# The golden small encoder (shared/golden/README.md §2) on top of +experiment=re10k.
+SMALL_ENCODER = ["model.encoder.d_feature=64", "model.encoder.num_depth_candidates=16",
+                 "model.encoder.costvolume_unet_feat_dim=64"]
+ENCODER_SIZES = {"small": SMALL_ENCODER, "re10k": []}
+
+
+@pytest.fixture(scope="session")
+def lpips_weights_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Random LPIPS-VGG weights in the real files' format: the re10k loss costs the same with them."""
+    from fabric_mvsplat.evaluation.lpips import write_lpips_test_weights
+
+    path = tmp_path_factory.mktemp("lpips")
+    write_lpips_test_weights(path, seed=0)
+    return path
+
+
+@pytest.fixture
+def make_cfg(lpips_weights_dir: Path):
+    """make_cfg("small"|"re10k", image=64, views=2, extra=[...]) -> RootCfg of +experiment=re10k."""
+    from hydra import compose, initialize_config_dir
+
+    from fabric_mvsplat.config import load_config
+
+    def build(encoder: str = "small", image: int = 64, views: int = 2, extra: list[str] = ()):
+        overrides = ["+experiment=re10k", "model.encoder.unimatch_weights_path=null",
+                     f"loss.lpips.weights={lpips_weights_dir}", f"dataset.image_shape=[{image},{image}]",
+                     f"dataset.view_sampler.num_context_views={views}", *ENCODER_SIZES[encoder], *extra]
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+            return load_config(compose("main", overrides=overrides))
+
+    return build
+
+
+def make_views(batch: int, views: int, image: int, device: str, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Cameras on a short sideways line looking down +z at a random image; near 1, far 100 (re10k)."""
+    generator = torch.Generator().manual_seed(seed)
+    extrinsics = torch.eye(4).repeat(batch, views, 1, 1)
+    extrinsics[..., 0, 3] = torch.linspace(-0.1, 0.1, views)  # camera-to-world, 0.2 baseline
+    intrinsics = torch.tensor([[1.0, 0.0, 0.5], [0.0, 1.0, 0.5], [0.0, 0.0, 1.0]]).repeat(batch, views, 1, 1)
+    tensors = {
+        "extrinsics": extrinsics,
+        "intrinsics": intrinsics,
+        "image": torch.rand(batch, views, 3, image, image, generator=generator),
+        "near": torch.full((batch, views), 1.0),
+        "far": torch.full((batch, views), 100.0),
+        "index": torch.arange(views).repeat(batch, 1),
+    }
+    return {key: value.to(device) for key, value in tensors.items()}
+
+
+def make_batch(batch: int, context_views: int, target_views: int, image: int, device: str) -> dict:
+    """A BatchedExample: `context_views` inputs, `target_views` renders supervised against random images."""
+    return {"context": make_views(batch, context_views, image, device, seed=0),
+            "target": make_views(batch, target_views, image, device, seed=1),
+            "scene": [f"bench{i}" for i in range(batch)]}

@@ -20,6 +20,7 @@ class Case:
     name: str  # test function without the `test_` prefix
     params: str  # "device=cpu, precision=32-true, ..."
     mean_s: float
+    min_s: float
     stddev_s: float
     rounds: int
     info: dict[str, Any]
@@ -45,7 +46,8 @@ def cases(results: dict[str, Any]) -> list[Case]:
         params = ", ".join(f"{key}={value}" for key, value in raw.items())
         name = entry["name"].split("[")[0].removeprefix("test_")
         stats = entry["stats"]
-        out.append(Case(name, params, stats["mean"], stats.get("stddev", 0.0), stats.get("rounds", 0),
+        out.append(Case(name, params, stats["mean"], stats.get("min", stats["mean"]), stats.get("stddev", 0.0),
+                        stats.get("rounds", 0),
                         entry.get("extra_info") or {}, raw))
     return out
 
@@ -118,6 +120,12 @@ def main_table(all_cases: list[Case]) -> str:
     return table(["case", "params", "mean time", "rounds", "throughput", "peak memory", "vs paper"], rows)
 
 
+def comparison_row(group: str, variant: str, case: Case, baseline: Case | None) -> list[str]:
+    ratios = [f"{case.mean_s / baseline.mean_s:.3f}", f"{case.min_s / baseline.min_s:.3f}"] if baseline else ["", ""]
+    return [group, variant, format_seconds(case.mean_s), format_seconds(case.min_s), *ratios,
+            str(case.info.get("note", ""))]
+
+
 def explicit_comparisons(all_cases: list[Case]) -> list[list[str]]:
     """Cases sharing extra_info['compare']: each variant's time relative to the one marked baseline."""
     groups: dict[str, list[Case]] = {}
@@ -128,9 +136,8 @@ def explicit_comparisons(all_cases: list[Case]) -> list[list[str]]:
     for group, members in groups.items():
         baseline = next((c for c in members if c.info.get("baseline")), None)
         for case in members:
-            ratio = f"{case.mean_s / baseline.mean_s:.3f}" if baseline else ""
             label = case.info.get("variant", case.name) + (" (baseline)" if case is baseline else "")
-            rows.append([group, label, format_seconds(case.mean_s), ratio, case.info.get("note", "")])
+            rows.append(comparison_row(group, label, case, baseline))
     return rows
 
 
@@ -148,9 +155,8 @@ def precision_comparisons(all_cases: list[Case]) -> list[list[str]]:
         if {"32-true", "bf16-mixed"} <= pair.keys():
             fp32, bf16 = pair["32-true"], pair["bf16-mixed"]
             params = ", ".join(f"{k}={v}" for k, v in others)
-            rows.append([f"{name} ({params})" if params else name, "bf16-mixed vs 32-true",
-                         format_seconds(bf16.mean_s), f"{bf16.mean_s / fp32.mean_s:.3f}",
-                         bf16.info.get("note", "")])
+            rows.append(comparison_row(f"{name} ({params})" if params else name, "bf16-mixed vs 32-true",
+                                       bf16, fp32))
     return rows
 
 
@@ -162,8 +168,10 @@ def render(paths: list[str | Path]) -> str:
         section = [header(results, Path(path).name), main_table(all_cases)]
         comparisons = explicit_comparisons(all_cases) + precision_comparisons(all_cases)
         if comparisons:
-            section += ["", "Before / after (ratio = time / baseline time; < 1 is faster):", "",
-                        table(["comparison", "variant", "mean time", "ratio", "note"], comparisons)]
+            section += ["", "Before / after (ratio = time / baseline time, < 1 is faster; on a shared machine "
+                        "the ratio of minima is the steadier figure):", "",
+                        table(["comparison", "variant", "mean time", "min time", "ratio (mean)", "ratio (min)",
+                               "note"], comparisons)]
         sections.append("\n".join(section))
     return "\n\n".join(sections) + "\n"
 

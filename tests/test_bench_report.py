@@ -21,7 +21,7 @@ def load_report_module():
 
 def entry(name: str, params: dict, mean: float, extra: dict) -> dict:
     return {"name": f"test_{name}[{'-'.join(map(str, params.values()))}]", "params": params,
-            "stats": {"mean": mean, "stddev": mean / 10, "rounds": 5}, "extra_info": extra}
+            "stats": {"mean": mean, "min": mean * 0.9, "stddev": mean / 10, "rounds": 5}, "extra_info": extra}
 
 
 @pytest.fixture
@@ -67,11 +67,11 @@ def test_table_has_one_row_per_case_with_time_throughput_memory_and_paper_ratio(
 def test_comparisons_give_ratio_to_baseline_and_bf16_to_fp32(results_file):
     text = load_report_module().render([results_file])
     rows = [[c.strip() for c in line.split("|")[1:-1]] for line in text.splitlines() if line.startswith("| ")]
-    loop = {row[1]: row[3] for row in rows if row[0] == "loop/10"}
-    assert loop == {"fabric": "1.020", "bare (baseline)": "1.000"}
+    loop = {row[1]: (row[4], row[5]) for row in rows if row[0] == "loop/10"}
+    assert loop == {"fabric": ("1.020", "1.020"), "bare (baseline)": ("1.000", "1.000")}
     bf16 = next(row for row in rows if row[1] == "bf16-mixed vs 32-true")
     assert bf16[0] == "inference (device=cpu)"
-    assert bf16[3] == "0.750"  # 0.066 / 0.088
+    assert bf16[2:6] == ["66 ms", "59.4 ms", "0.750", "0.750"]  # 0.066 / 0.088
 
 
 def test_command_line_writes_markdown_and_rejects_non_benchmark_json(results_file, tmp_path):
