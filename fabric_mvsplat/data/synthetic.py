@@ -15,6 +15,7 @@ surface lies between NEAR and FAR (z-depth in world units; there is no per-scene
 """
 
 import argparse
+import functools
 import hashlib
 import json
 import os
@@ -204,13 +205,23 @@ def random_scene(rng: np.random.Generator, frames: int, height: int, width: int)
     )
 
 
+@functools.lru_cache(maxsize=4)
+def camera_directions(k: tuple[float, float, float, float], height: int, width: int) -> np.ndarray:
+    """Camera-frame rays through pixel centres ((col + 0.5) / W, (row + 0.5) / H), z = 1 so that the
+    ray parameter t is the z-depth. k = (fx, fy, cx, cy) normalized. -> [H*W, 3] (cached: frames share K)."""
+    fx, fy, cx, cy = k
+    x = ((np.arange(width) + 0.5) / width - cx) / fx
+    y = ((np.arange(height) + 0.5) / height - cy) / fy
+    directions = np.ones((height, width, 3))
+    directions[..., 0], directions[..., 1] = x[None, :], y[:, None]
+    directions.flags.writeable = False
+    return directions.reshape(-1, 3)
+
+
 def camera_rays(c2w: np.ndarray, k: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """Rays through pixel centres ((col + 0.5) / W, (row + 0.5) / H). -> origin [3], directions [H*W, 3]."""
-    rows, cols = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
-    x = ((cols.ravel() + 0.5) / width - k[0, 2]) / k[0, 0]
-    y = ((rows.ravel() + 0.5) / height - k[1, 2]) / k[1, 1]
-    directions_cam = np.stack([x, y, np.ones_like(x)], axis=1)  # z = 1: ray parameter t is the z-depth
-    return c2w[:3, 3], directions_cam @ c2w[:3, :3].T
+    """-> origin [3], world directions [H*W, 3] through the pixel centres."""
+    directions = camera_directions((k[0, 0], k[1, 1], k[0, 2], k[1, 2]), height, width)
+    return c2w[:3, 3], directions @ c2w[:3, :3].T
 
 
 def intersect_room(origin: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -226,18 +237,20 @@ def intersect_room(origin: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.nd
     return t, axis * 2 + positive, normal
 
 
-def bounding_sphere_candidates(origin: np.ndarray, d: np.ndarray, center: np.ndarray, radius: float) -> np.ndarray:
-    """Indices of the rays that reach a sphere in front of the camera; cheap culling before exact tests."""
+def bounding_sphere_candidates(origin: np.ndarray, d: np.ndarray, dd: np.ndarray, center: np.ndarray,
+                               radius: float) -> np.ndarray:
+    """Indices of the rays that reach a sphere in front of the camera; cheap culling before exact tests.
+    dd [N] = |d|^2, computed once per frame."""
     oc = origin - center
     b = d @ oc
-    disc = b * b - (d * d).sum(axis=1) * (oc @ oc - radius**2)
+    disc = b * b - dd * (oc @ oc - radius**2)
     return np.flatnonzero((disc > 0) & (b < 0) | (oc @ oc < radius**2))
 
 
-def intersect_box(origin: np.ndarray, d: np.ndarray, box: Box) -> tuple[np.ndarray, np.ndarray]:
+def intersect_box(origin: np.ndarray, d: np.ndarray, dd: np.ndarray, box: Box) -> tuple[np.ndarray, np.ndarray]:
     """Slab test in the box frame. -> t [N] (inf on miss), outward normal [N, 3] (world)."""
     t_out, normal_out = np.full(len(d), np.inf), np.zeros_like(d)
-    rows = bounding_sphere_candidates(origin, d, box.center, float(np.linalg.norm(box.half_size)))
+    rows = bounding_sphere_candidates(origin, d, dd, box.center, float(np.linalg.norm(box.half_size)))
     r = rotation_y(box.yaw)
     o_local = (origin - box.center) @ r  # world -> box frame is r.T
     d_local = d[rows] @ r
@@ -255,13 +268,12 @@ def intersect_box(origin: np.ndarray, d: np.ndarray, box: Box) -> tuple[np.ndarr
     return t_out, normal_out
 
 
-def intersect_sphere(origin: np.ndarray, d: np.ndarray, sphere: Sphere) -> tuple[np.ndarray, np.ndarray]:
+def intersect_sphere(origin: np.ndarray, d: np.ndarray, dd: np.ndarray, sphere: Sphere) -> tuple[np.ndarray, np.ndarray]:
     """-> t [N] (inf on miss), outward normal [N, 3]."""
     t_out, normal_out = np.full(len(d), np.inf), np.zeros_like(d)
-    rows = bounding_sphere_candidates(origin, d, sphere.center, sphere.radius)
-    d = d[rows]
+    rows = bounding_sphere_candidates(origin, d, dd, sphere.center, sphere.radius)
+    d, a = d[rows], dd[rows]
     oc = origin - sphere.center
-    a = (d * d).sum(axis=1)
     b = d @ oc
     disc = b * b - a * (oc @ oc - sphere.radius**2)
     t = (-b - np.sqrt(np.maximum(disc, 0.0))) / a
@@ -273,11 +285,12 @@ def intersect_sphere(origin: np.ndarray, d: np.ndarray, sphere: Sphere) -> tuple
 def render_frame(scene: Scene, frame: int, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     """-> rgb [H, W, 3] float in [0, 1], z-depth [H, W] (world units)."""
     origin, d = camera_rays(scene.c2w[frame], scene.intrinsics[frame], height, width)
+    dd = np.einsum("ij,ij->i", d, d)
     t, wall, normal = intersect_room(origin, d)
     surface = wall.copy()  # 0..5 walls, 6.. objects
     objects = [(b, intersect_box) for b in scene.boxes] + [(s, intersect_sphere) for s in scene.spheres]
     for index, (obj, intersect) in enumerate(objects):
-        t_obj, n_obj = intersect(origin, d, obj)
+        t_obj, n_obj = intersect(origin, d, dd, obj)
         closer = t_obj < t
         t = np.where(closer, t_obj, t)
         surface[closer] = 6 + index
