@@ -135,8 +135,11 @@ class RecordingTracker:
         self.steps.append(step)
 
 
-def train_tiny(cfg: RootCfg, output_dir: Path, model: TinyModel | None = None, fabric=None):
-    """train.run_training with the tiny pieces: -> (fabric, model, final state, stream, val source)."""
+def train_tiny(cfg: RootCfg, output_dir: Path, fabric=None, **model_kwargs):
+    """train.run_training with the tiny pieces: -> (fabric, model, final state, stream, val source).
+
+    The model is built after seeding, as in train.py; model_kwargs go to TinyModel.
+    """
     from fabric_mvsplat.loop import fit
     from fabric_mvsplat.train import make_fabric, prepare_training, seed_everything
 
@@ -144,7 +147,7 @@ def train_tiny(cfg: RootCfg, output_dir: Path, model: TinyModel | None = None, f
         fabric = make_fabric(cfg.trainer)
         fabric.launch()
     seed_everything(cfg.seed + fabric.global_rank)
-    model = model or TinyModel()
+    model = TinyModel(**model_kwargs)
     stream = TinyTrainStream(fabric.global_rank, cfg.data_loader.train.batch_size)
     val_source = OneSceneValidationSource() if fabric.global_rank == 0 else None
     tracker = RecordingTracker()

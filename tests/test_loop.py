@@ -114,7 +114,7 @@ def test_linear_warm_up_schedule_as_pixelsplat():
 def test_non_finite_loss_stops_with_step_and_scenes(tmp_path):
     cfg = tiny_cfg(**{"trainer.max_steps": 6, "checkpointing.every_n_train_steps": 100})
     with pytest.raises(RuntimeError) as error:
-        train_tiny(cfg, tmp_path, model=TinyModel(nan_at_step=3))
+        train_tiny(cfg, tmp_path, nan_at_step=3)
     message = str(error.value)
     assert "global step 3" in message and "scene_r0_6" in message and "scene_r0_7" in message
     assert "trainer.detect_anomaly=true" in message and "optimizer.lr" in message
