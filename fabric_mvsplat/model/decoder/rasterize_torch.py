@@ -28,7 +28,7 @@ from torch.utils.checkpoint import checkpoint
 from .projection import ALPHA_MAX, ALPHA_MIN, TRANSMITTANCE_MIN
 
 TILE_SIZE = 16
-CHUNK_PAIRS = 1 << 21
+CHUNK_PAIRS = 1 << 22
 
 
 @dataclass
@@ -124,18 +124,6 @@ def bin_to_tiles(means2d: Tensor, cov2d_diag: Tensor, opacities: Tensor, depths:
     return Intersections(gaussian[owner], box_x_lo, box_x_hi, box_y_lo, box_y_hi, chunk_sizes)
 
 
-def pair_alpha(means2d: Tensor, conics: Tensor, opacities: Tensor, gaussian: Tensor, center_x: Tensor,
-               center_y: Tensor) -> tuple[Tensor, Tensor]:
-    """Flat per-Gaussian tensors [I*N, ...] and pairs [P] -> (alpha [P] capped at 0.99, power [P])."""
-    mean = means2d[gaussian]
-    conic = conics[gaussian]
-    dx = mean[:, 0] - center_x
-    dy = mean[:, 1] - center_y
-    power = 0.5 * (conic[:, 0] * dx * dx + conic[:, 2] * dy * dy) + conic[:, 1] * dx * dy
-    alpha = (opacities[gaussian] * torch.exp(-power)).clamp_max(ALPHA_MAX)
-    return alpha, power
-
-
 def segmented_log_transmittance(log_keep: Tensor, segment_start: Tensor) -> Tensor:
     """Exclusive per-segment cumulative sum [P] of log(1 - alpha): log T in front of each pair.
     The running sum is float64 so that subtracting segment offsets stays exact over long chunks."""
@@ -145,45 +133,65 @@ def segmented_log_transmittance(log_keep: Tensor, segment_start: Tensor) -> Tens
 
 
 @torch.no_grad()
-def select_contributions(means2d: Tensor, conics: Tensor, opacities: Tensor, bins: Intersections,
-                         start: int, stop: int, image_shape: tuple[int, int], num_gaussians: int) -> Contributions:
-    """Candidate pairs of intersections [start, stop) -> the pairs that actually contribute."""
+def select_contributions(packed: Tensor, bins: Intersections, start: int, stop: int,
+                         image_shape: tuple[int, int], num_gaussians: int) -> Contributions:
+    """Candidate pairs of intersections [start, stop) -> the pairs that actually contribute.
+    packed [I*N, 6 + D] = (u, v, conic a, b, c, opacity, features) per Gaussian, detached."""
     height, width = image_shape
+    gaussian = bins.gaussian[start:stop]
     x_lo, y_lo = bins.x_lo[start:stop], bins.y_lo[start:stop]
     box_w = bins.x_hi[start:stop] - x_lo + 1
-    box_h = bins.y_hi[start:stop] - y_lo + 1
-    owner, position = ragged_arange(box_w * box_h)
-    px = x_lo[owner] + position % box_w[owner]
-    py = y_lo[owner] + position // box_w[owner]
-    gaussian = bins.gaussian[start:stop][owner]
-    center_x = px.to(means2d.dtype) + 0.5
-    center_y = py.to(means2d.dtype) + 0.5
+    counts = box_w * (bins.y_hi[start:stop] - y_lo + 1)
+    params = packed[gaussian, :6]
+    opacity = params[:, 5]
+    # Per intersection, once: offsets of the mean from the box's first pixel centre, and the power
+    # below which alpha >= 1/255 (the 0.99 cap cannot push alpha under the threshold).
+    per_box = torch.stack([params[:, 0] - x_lo - 0.5, params[:, 1] - y_lo - 0.5, 0.5 * params[:, 2], params[:, 3],
+                           0.5 * params[:, 4], torch.log(opacity * 255)], dim=-1)
+    first_pixel = ((gaussian // num_gaussians) * height + y_lo) * width + x_lo
+    per_box_int = torch.stack([box_w, first_pixel, gaussian], dim=-1)
 
-    alpha, power = pair_alpha(means2d, conics, opacities, gaussian, center_x, center_y)
-    keep = (alpha >= ALPHA_MIN) & (power >= 0)
-    pixel = ((gaussian // num_gaussians) * height + py) * width + px
-    pixel, gaussian, center_x, center_y, alpha = (t[keep] for t in (pixel, gaussian, center_x, center_y, alpha))
+    # Enumerate each box's pixels (repeat_interleave streams; no random gathers over pairs).
+    pair_box = torch.repeat_interleave(per_box, counts, dim=0)
+    pair_int = torch.repeat_interleave(per_box_int, counts, dim=0)
+    starts = torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+    position = torch.arange(starts.shape[0], device=starts.device) - starts
+    w = pair_int[:, 0]
+    col, row = position % w, position // w
+    dx = pair_box[:, 0] - col.to(pair_box.dtype)
+    dy = pair_box[:, 1] - row.to(pair_box.dtype)
+    power = pair_box[:, 2] * dx * dx + pair_box[:, 4] * dy * dy + pair_box[:, 3] * dx * dy
+    # power <= log(255 opacity) is alpha >= 1/255 up to rounding.
+    keep = ((power <= pair_box[:, 5]) & (power >= 0)).nonzero().squeeze(1)
+    pixel = pair_int[keep, 1] + row[keep] * width + col[keep]
+    gaussian = pair_int[keep, 2]
+    alpha = (packed[gaussian, 5] * torch.exp(-power[keep])).clamp_max(ALPHA_MAX)
+
     pixel, sort = torch.sort(pixel, stable=True)  # stable: depth order within each pixel survives
-    gaussian, center_x, center_y, alpha = gaussian[sort], center_x[sort], center_y[sort], alpha[sort]
-
+    gaussian, alpha = gaussian[sort], alpha[sort]
     # Early stop: drop every pair from the one that would take transmittance below 1e-4 onwards.
     log_keep = torch.log1p(-alpha)
     log_t_after = segmented_log_transmittance(log_keep, first_of_run(pixel)).double() + log_keep.double()
-    keep = log_t_after >= math.log(TRANSMITTANCE_MIN)
-    pixel, gaussian, center_x, center_y = (t[keep] for t in (pixel, gaussian, center_x, center_y))
+    keep = (log_t_after >= math.log(TRANSMITTANCE_MIN)).nonzero().squeeze(1)
+    pixel, gaussian = pixel[keep], gaussian[keep]
+    in_image = pixel % (height * width)
+    center_x = (in_image % width).to(packed.dtype) + 0.5
+    center_y = (in_image // width).to(packed.dtype) + 0.5
     return Contributions(gaussian, pixel, center_x, center_y, first_of_run(pixel))
 
 
-def composite(means2d: Tensor, conics: Tensor, opacities: Tensor, features: Tensor, gaussian: Tensor,
-              pixel: Tensor, center_x: Tensor, center_y: Tensor, segment_start: Tensor,
-              num_pixels: int) -> tuple[Tensor, Tensor]:
-    """Differentiable front-to-back compositing of the selected pairs.
+def composite(packed: Tensor, gaussian: Tensor, pixel: Tensor, center_x: Tensor, center_y: Tensor,
+              segment_start: Tensor, num_pixels: int) -> tuple[Tensor, Tensor]:
+    """Differentiable front-to-back compositing of the selected pairs; packed [I*N, 6 + D] as above.
     Returns accumulated features [num_pixels, D] and log transmittance [num_pixels]."""
-    alpha, _ = pair_alpha(means2d, conics, opacities, gaussian, center_x, center_y)
+    pair = packed.index_select(0, gaussian)
+    dx = pair[:, 0] - center_x
+    dy = pair[:, 1] - center_y
+    power = 0.5 * (pair[:, 2] * dx * dx + pair[:, 4] * dy * dy) + pair[:, 3] * dx * dy
+    alpha = (pair[:, 5] * torch.exp(-power)).clamp_max(ALPHA_MAX)
     log_keep = torch.log1p(-alpha)
     weight = alpha * torch.exp(segmented_log_transmittance(log_keep, segment_start))
-    accumulated = features.new_zeros(num_pixels, features.shape[-1])
-    accumulated = accumulated.index_add(0, pixel, weight[:, None] * features[gaussian])
+    accumulated = packed.new_zeros(num_pixels, packed.shape[1] - 6).index_add(0, pixel, weight[:, None] * pair[:, 6:])
     log_transmittance = log_keep.new_zeros(num_pixels).index_add(0, pixel, log_keep)
     return accumulated, log_transmittance
 
@@ -202,16 +210,16 @@ def rasterize_torch(means2d: Tensor, conics: Tensor, opacities: Tensor, features
     num_pixels = num_images * height * width
     bins = bin_to_tiles(means2d.detach(), cov2d_diag.detach(), opacities.detach(), depths.detach(), visible,
                         image_shape, tile_size, chunk_pairs)
-    flat = (means2d.reshape(-1, 2), conics.reshape(-1, 3), opacities.reshape(-1), features.reshape(-1, channels))
-    detached = tuple(t.detach() for t in flat[:3])
+    packed = torch.cat([means2d, conics, opacities[..., None], features], dim=-1).flatten(0, 1)
+    packed_detached = packed.detach()
 
     accumulated = features.new_zeros(num_pixels, channels)
     log_transmittance = features.new_zeros(num_pixels)
     start = 0
     for size in bins.chunk_sizes:
-        pairs = select_contributions(*detached, bins, start, start + size, image_shape, num_gaussians)
+        pairs = select_contributions(packed_detached, bins, start, start + size, image_shape, num_gaussians)
         start += size
-        args = (*flat, pairs.gaussian, pairs.pixel, pairs.center_x, pairs.center_y, pairs.segment_start, num_pixels)
+        args = (packed, pairs.gaussian, pairs.pixel, pairs.center_x, pairs.center_y, pairs.segment_start, num_pixels)
         if len(bins.chunk_sizes) > 1 and torch.is_grad_enabled():
             chunk_features, chunk_log_t = checkpoint(composite, *args, use_reentrant=False)
         else:
