@@ -11,7 +11,6 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
@@ -124,9 +123,11 @@ class ChunkCache:
         return self.scenes[ref.key]
 
 
-def _decode(data: Tensor) -> np.ndarray:
-    with Image.open(io.BytesIO(data.numpy().tobytes())) as image:
-        return np.asarray(image.convert("RGB"))
+def decode_frame(data: Tensor) -> Image.Image:
+    """Encoded bytes -> a fully decoded RGB PIL image (truncated data raises here, not later)."""
+    image = Image.open(io.BytesIO(data.numpy().tobytes()))
+    image.load()
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 class ExampleBuilder:
@@ -156,12 +157,13 @@ class ExampleBuilder:
         frames = {}
         for frame in torch.cat([context, target]).unique().tolist():
             try:
-                frames[frame] = _decode(scene["images"][frame])
+                frames[frame] = decode_frame(scene["images"][frame])
             except Exception as error:
                 raise SceneRejected("undecodable_image", f"{chunk}: scene {key!r} frame {frame}: "
                                     f"{type(error).__name__}: {error}") from None
-            if cfg.skip_bad_shape and frames[frame].shape[:2] != tuple(cfg.original_image_shape):
-                raise SceneRejected("bad_shape", f"scene {key!r} frame {frame} is {frames[frame].shape[:2]}, "
+            shape = (frames[frame].height, frames[frame].width)
+            if cfg.skip_bad_shape and shape != tuple(cfg.original_image_shape):
+                raise SceneRejected("bad_shape", f"scene {key!r} frame {frame} is {shape}, "
                                     f"dataset.original_image_shape is {cfg.original_image_shape}")
         scale = 1.0
         if len(context) == 2 and cfg.make_baseline_1:
@@ -175,17 +177,20 @@ class ExampleBuilder:
         flip = self.stage == "train" and cfg.augment and bool(torch.rand((), generator=generator) >= 0.5)
         if flip:
             extrinsics = reflect_extrinsics(extrinsics)
+        self._cropped: dict[int, Tensor] = {}
         views = {side: self._views(indices, extrinsics, intrinsics, frames, flip, near_far_scale)
                  for side, indices in (("context", context), ("target", target))}
         return {**views, "scene": name or key}
 
-    def _views(self, indices: Tensor, extrinsics: Tensor, intrinsics: Tensor, frames: dict[int, np.ndarray],
+    def _views(self, indices: Tensor, extrinsics: Tensor, intrinsics: Tensor, frames: dict[int, Image.Image],
                flip: bool, near_far_scale: float) -> dict:
         images, cropped_intrinsics = [], []
         for i in indices.tolist():
-            frame = frames[i][:, ::-1] if flip else frames[i]
-            images.append(to_float_image(rescale_and_crop(frame, self.shape)))
-            resized = scaled_shape(frame.shape[:2], self.shape)
+            if i not in self._cropped:  # a frame can be a context and a target, or a target twice
+                frame = frames[i].transpose(Image.FLIP_LEFT_RIGHT) if flip else frames[i]
+                self._cropped[i] = to_float_image(rescale_and_crop(frame, self.shape))
+            images.append(self._cropped[i])
+            resized = scaled_shape((frames[i].height, frames[i].width), self.shape)
             cropped_intrinsics.append(crop_intrinsics(intrinsics[i], resized, self.shape))
         count = len(indices)
         return {

@@ -30,16 +30,14 @@ def reflect_extrinsics(extrinsics: Tensor) -> Tensor:
     return reflect @ extrinsics @ reflect
 
 
-def rescale_and_crop(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """uint8 [H, W, 3] -> uint8 [h, w, 3]: LANCZOS-resize to cover `shape`, then center crop."""
-    h_in, w_in = image.shape[:2]
+def rescale_and_crop(image: Image.Image, shape: tuple[int, int]) -> np.ndarray:
+    """RGB image (H, W) -> uint8 [h, w, 3]: LANCZOS-resize to cover `shape`, then center crop."""
     h_out, w_out = shape
-    scale = max(h_out / h_in, w_out / w_in)
-    h_scaled, w_scaled = round(h_in * scale), round(w_in * scale)
-    if (h_scaled, w_scaled) != (h_in, w_in):
-        image = np.asarray(Image.fromarray(image).resize((w_scaled, h_scaled), Image.LANCZOS))
+    h_scaled, w_scaled = scaled_shape((image.height, image.width), shape)
+    if (h_scaled, w_scaled) != (image.height, image.width):
+        image = image.resize((w_scaled, h_scaled), Image.LANCZOS)
     row, col = (h_scaled - h_out) // 2, (w_scaled - w_out) // 2
-    return image[row : row + h_out, col : col + w_out]
+    return np.asarray(image.crop((col, row, col + w_out, row + h_out)))
 
 
 def crop_intrinsics(intrinsics: Tensor, scaled_shape: tuple[int, int], shape: tuple[int, int]) -> Tensor:
@@ -58,4 +56,4 @@ def scaled_shape(original: tuple[int, int], shape: tuple[int, int]) -> tuple[int
 
 def to_float_image(image: np.ndarray) -> Tensor:
     """uint8 [H, W, 3] -> float [3, H, W] in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255)
+    return torch.from_numpy(np.array(image)).permute(2, 0, 1).float().div_(255)  # copy: PIL arrays are read-only
