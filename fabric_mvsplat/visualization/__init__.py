@@ -1,0 +1,1 @@
+"""Visualisation helpers: camera trajectories for validation/test videos, image layouts."""
