@@ -36,14 +36,10 @@ def inria_sh_basis(x: Tensor, y: Tensor, z: Tensor, num_coefficients: int) -> li
 
 
 def mvsplat_sh_basis(directions: Tensor, num_coefficients: int) -> Tensor:
-    """[..., 3] unit directions -> [..., n] basis values of the original's modified rasterizer, n <= 16."""
+    """[..., 3] unit directions -> [..., n] basis of the modified rasterizer's backward pass (the Inria
+    basis at (d_z, d_x, d_y)), n <= 16. The forward value of entry 14 differs: see `sh_to_color`."""
     d_x, d_y, d_z = directions.unbind(-1)
-    basis = inria_sh_basis(d_z, d_x, d_y, num_coefficients)
-    if num_coefficients > 14:
-        # Forward value of the original's coefficient-14 quirk, gradient of the consistent form.
-        quirk = SH_C3[5] * d_z * (d_z * d_z - d_x * d_x)
-        basis[14] = basis[14] + (quirk - basis[14]).detach()
-    return torch.stack(basis, dim=-1)
+    return torch.stack(inria_sh_basis(d_z, d_x, d_y, num_coefficients), dim=-1)
 
 
 def sh_to_color(harmonics: Tensor, directions: Tensor) -> Tensor:
@@ -55,4 +51,10 @@ def sh_to_color(harmonics: Tensor, directions: Tensor) -> Tensor:
     num_rendered = (min(degree, MAX_RENDERED_DEGREE) + 1) ** 2
     basis = mvsplat_sh_basis(directions, num_rendered)  # [..., n]
     value = (harmonics[..., :num_rendered] * basis[..., None, :]).sum(dim=-1)
+    if num_rendered > 14:
+        # Forward of the coefficient-14 quirk, d_z (d_z^2 - d_x^2); gradients (to the coefficient and
+        # the direction) stay those of the consistent term, as in the original's backward pass.
+        d_x, _, d_z = directions.unbind(-1)
+        quirk = SH_C3[5] * d_z * (d_z * d_z - d_x * d_x)
+        value = value + (harmonics[..., 14] * (quirk - basis[..., 14])[..., None]).detach()
     return (value + 0.5).clamp_min(0.0)
