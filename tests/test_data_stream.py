@@ -1,5 +1,6 @@
 """Train stream sharding and exact resume, the validation source, the sharded test loader."""
 
+import json
 from collections import Counter
 from itertools import islice
 
@@ -7,7 +8,7 @@ import pytest
 import torch
 
 from fabric_mvsplat.data import StepTracker, ValidationSource, make_test_loader, make_train_stream
-from fabric_mvsplat.data.config import DataLoaderStageCfg, ViewSamplerBoundedCfg
+from fabric_mvsplat.data.config import DataLoaderStageCfg, ViewSamplerBoundedCfg, ViewSamplerEvaluationCfg
 from test_data_fixtures import dataset_cfg, make_split
 
 
@@ -114,3 +115,28 @@ def test_test_loader_interval_repeats_and_length(tmp_path):
     scenes = [batch["scene"][0] for batch in make_test_loader(cfg, DataLoaderStageCfg(), 0, 1)]
     assert scenes == ["scene000_00", "scene000_01", "scene001_00", "scene001_01",
                       "scene004_00", "scene004_01", "scene005_00"]
+
+
+def test_test_loader_with_evaluation_index_counts_null_and_missing_scenes(tmp_path):
+    keys = make_split(tmp_path / "test", 4)
+    index = {keys[0]: {"context": [1, 7], "target": [2, 3, 4]}, keys[1]: None,
+             keys[2]: {"context": [0, 4, 9], "target": [5]}}  # keys[3] is missing
+    (tmp_path / "index.json").write_text(json.dumps(index))
+    cfg = dataset_cfg(tmp_path, view_sampler=ViewSamplerEvaluationCfg(index_path=str(tmp_path / "index.json")))
+    loader = make_test_loader(cfg, DataLoaderStageCfg(), 0, 1)
+    batches = list(loader)
+    assert [b["scene"][0] for b in batches] == [keys[0], keys[2]]
+    assert batches[0]["context"]["index"][0].tolist() == [1, 7]
+    assert batches[1]["context"]["index"][0].tolist() == [0, 4, 9]  # three context views
+    assert batches[1]["context"]["near"].shape == (1, 3)  # make_baseline_1 only applies to two views
+    assert loader.skip_counts == {"evaluation_index": 2}
+
+
+def test_overfit_to_scene_repeats_one_scene(tmp_path):
+    make_split(tmp_path / "train", 3)
+    make_split(tmp_path / "test", 2, prefix="t")
+    cfg = dataset_cfg(tmp_path, overfit_to_scene="t001")
+    batches = list(islice(make_train_stream(cfg, DataLoaderStageCfg(batch_size=2), StepTracker(), 0, 1, 0), 3))
+    assert all(b["scene"] == ["t001", "t001"] for b in batches)
+    # overfit: contexts 0 and max_gap, which the kept bug has set to the minimum gap (3)
+    assert all(b["context"]["index"][0].tolist() == [0, 3] for b in batches)
