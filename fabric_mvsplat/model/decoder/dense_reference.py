@@ -3,7 +3,7 @@
 It is the ground truth the tiled torch rasterizer is tested and benchmarked against. Projection,
 alpha and compositing are written out again here (one image at a time, matrix inverse for the
 conic, cumprod for transmittance); only the camera intrinsics and the SH colour come from the
-decoder, and those have their own tests. Pixel rows go through in checkpointed chunks so that
+decoder, and those have their own tests. Pixels go through in checkpointed chunks so that
 the backward pass of a 64x64 scene fits in memory.
 """
 
@@ -43,8 +43,10 @@ def project_one_image(means: Tensor, covariances: Tensor, world_to_camera: Tenso
 def composite_rows(pixels: Tensor, means2d: Tensor, conics: Tensor, opacities: Tensor,
                    features: Tensor) -> tuple[Tensor, Tensor]:
     """pixels [P, 2] against depth-sorted Gaussians -> features [P, D], transmittance [P]."""
-    delta = pixels[:, None, :] - means2d[None]  # [P, G, 2]
-    power = 0.5 * torch.einsum("pgi,gij,pgj->pg", delta, conics, delta)
+    dx = pixels[:, None, 0] - means2d[None, :, 0]  # [P, G]
+    dy = pixels[:, None, 1] - means2d[None, :, 1]
+    # The full quadratic form d^T conic d / 2, both off-diagonal entries included.
+    power = 0.5 * (conics[:, 0, 0] * dx * dx + conics[:, 1, 1] * dy * dy + (conics[:, 0, 1] + conics[:, 1, 0]) * dx * dy)
     alpha = (opacities[None] * torch.exp(-power)).clamp_max(ALPHA_MAX)
     alpha = torch.where((alpha >= ALPHA_MIN) & (power >= 0), alpha, torch.zeros_like(alpha))
     transmittance_after = torch.cumprod(1 - alpha, dim=1)
@@ -58,8 +60,8 @@ def composite_rows(pixels: Tensor, means2d: Tensor, conics: Tensor, opacities: T
 def render_dense(gaussians: Gaussians, extrinsics: Tensor, intrinsics: Tensor, near: Tensor, far: Tensor,
                  image_shape: tuple[int, int], depth_mode: DepthMode | None = None, *,
                  use_principal_point: bool = True, background_color: Sequence[float] = (0.0, 0.0, 0.0),
-                 rows_per_chunk: int = 8) -> DecoderOutput:
-    """Same contract as `render`, one image and one chunk of pixel rows at a time."""
+                 pairs_per_chunk: int = 1 << 20) -> DecoderOutput:
+    """Same contract as `render`, one image and one chunk of pixels at a time."""
     height, width = image_shape
     b, v = extrinsics.shape[:2]
     k_pixel = pixel_intrinsics(intrinsics, image_shape, use_principal_point)
@@ -82,9 +84,9 @@ def render_dense(gaussians: Gaussians, extrinsics: Tensor, intrinsics: Tensor, n
             order = torch.argsort(torch.where(keep, z, torch.full_like(z, torch.inf)), stable=True)
             order = order[keep[order]]
             args = (means2d[order], conics[order], gaussians.opacities[i, order], features[i, j, order])
-            rows = []
-            for start in range(0, height * width, rows_per_chunk * width):
-                chunk = pixels[start:start + rows_per_chunk * width]
+            rows, step = [], max(1, pairs_per_chunk // max(1, order.shape[0]))
+            for start in range(0, height * width, step):
+                chunk = pixels[start:start + step]
                 if torch.is_grad_enabled():
                     rows.append(checkpoint(composite_rows, chunk, *args, use_reentrant=False))
                 else:
