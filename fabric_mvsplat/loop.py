@@ -31,13 +31,16 @@ def fit(fabric: Fabric, cfg: RootCfg, model, optimizer, scheduler, train_stream,
     model:        fabric-wrapped; `model(batch, global_step) -> StepOutput(loss, logs)`, and
                   `validation_step(batch, global_step) -> ValidationOutput` on the unwrapped module
     train_stream: endless iterable of CPU batch dicts with `state_dict()` (data position)
-    val_source:   endless iterator of validation batches (rank 0), or None without validation
+    val_source:   endless iterator of validation batches on rank 0; None on other ranks or without validation
     """
     trainer, output_dir = cfg.trainer, Path(output_dir)
     is_rank_zero = fabric.global_rank == 0
     writer = RankZeroWriter(output_dir / "tensorboard", is_rank_zero, video_fps=30)
     step = state["global_step"]
-    validating = trainer.val_check_interval is not None and val_source is not None
+    # Decided from the config alone: every rank must reach the same barriers (only rank 0 has a source).
+    validating = trainer.val_check_interval is not None
+    if validating and is_rank_zero and val_source is None:
+        raise ValueError("trainer.val_check_interval is set but rank 0 got no validation source")
 
     # Sanity validation: find a broken validation path before hours of training, not after.
     if validating and trainer.num_sanity_val_steps > 0:

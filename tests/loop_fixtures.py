@@ -160,3 +160,47 @@ def flat_parameters(model: nn.Module) -> torch.Tensor:
     return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
 
 
+
+
+def ddp_worker(output_dir: Path) -> None:
+    """One torchrun rank of tests/test_ddp.py: train the tiny model, report what this rank did and wrote."""
+    import builtins
+    import hashlib
+    import io
+    import os
+
+    rank = int(os.environ["RANK"])
+    writes: list[str] = []
+    watched = str(Path(output_dir).resolve().parent)
+    if rank != 0:  # record every file this rank opens for writing, or directory it creates, near output_dir
+        real_open, real_mkdir = builtins.open, os.mkdir
+
+        def recording_open(file, mode="r", *args, **kwargs):
+            if any(flag in mode for flag in "wax+") and str(Path(str(file)).resolve()).startswith(watched):
+                writes.append(str(file))
+            return real_open(file, mode, *args, **kwargs)
+
+        def recording_mkdir(path, *args, **kwargs):
+            if str(Path(str(path)).resolve()).startswith(watched):
+                writes.append(str(path))
+            return real_mkdir(path, *args, **kwargs)
+
+        builtins.open = io.open = recording_open
+        os.mkdir = recording_mkdir
+
+    cfg = tiny_cfg(**{"trainer.devices": "auto", "trainer.max_steps": 6, "trainer.val_check_interval": 2,
+                      "checkpointing.every_n_train_steps": 3, "checkpointing.save_top_k": 1})
+    fabric, model, state, stream, _ = train_tiny(cfg, output_dir)
+    params = flat_parameters(model)
+    gathered = fabric.all_gather(params)
+    digest = hashlib.sha256(params.numpy().tobytes()).hexdigest()
+    print(f"RESULT rank={rank} world={fabric.world_size} strategy={type(fabric.strategy).__name__} "
+          f"step={state['global_step']} equal={all(torch.equal(g, params) for g in gathered)} sha={digest} "
+          f"validations={len(model.validation_steps)} writes={len(writes)} {writes[:3]} "
+          f"scenes={','.join(stream.scenes_seen)}", flush=True)
+
+
+if __name__ == "__main__":
+    import sys
+
+    ddp_worker(Path(sys.argv[1]))
