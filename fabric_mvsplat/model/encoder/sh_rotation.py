@@ -78,10 +78,13 @@ def wigner_d(degree: int, alpha: Tensor, beta: Tensor, gamma: Tensor) -> Tensor:
 def rotate_sh(sh: Tensor, rotations: Tensor) -> Tensor:
     """Rotate SH coefficients sh [..., d_sh] (d_sh = (deg+1)^2) by rotations [..., 3, 3] (broadcast)."""
     num_degrees = math.isqrt(sh.shape[-1])
-    angles = matrix_to_angles(rotations)
+    # Angles and matrix exponentials need at least float32: bf16 autocast would turn them into NaNs.
+    with torch.autocast(device_type=rotations.device.type, enabled=False):
+        angles = matrix_to_angles(rotations.float() if rotations.dtype in (torch.float16, torch.bfloat16) else rotations)
+        wigner = [wigner_d(degree, *angles) for degree in range(num_degrees)]
     rotated = []
     for degree in range(num_degrees):
-        d = wigner_d(degree, *angles).to(sh.dtype)
+        d = wigner[degree].to(sh.dtype)
         band = sh[..., degree**2:(degree + 1) ** 2]
         rotated.append((d @ band.unsqueeze(-1)).squeeze(-1))
     return torch.cat(rotated, dim=-1)
