@@ -71,7 +71,8 @@ def vector_to_cameras(cameras: Tensor) -> tuple[Tensor, Tensor]:
     intrinsics[:, 0, 0], intrinsics[:, 1, 1], intrinsics[:, 0, 2], intrinsics[:, 1, 2] = fx, fy, cx, cy
     w2c = torch.eye(4).repeat(num_views, 1, 1)
     w2c[:, :3] = cameras[:, 6:].float().reshape(num_views, 3, 4)
-    return w2c.double().inverse().float(), intrinsics
+    # numpy: tiny inverses on torch's OpenMP pool stall on a busy CPU (see shims.to_float_image)
+    return torch.from_numpy(np.linalg.inv(w2c.double().numpy()).astype(np.float32)), intrinsics
 
 
 def read_chunk(path: Path) -> list[dict]:

@@ -11,6 +11,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
@@ -177,7 +178,7 @@ class ExampleBuilder:
         flip = self.stage == "train" and cfg.augment and bool(torch.rand((), generator=generator) >= 0.5)
         if flip:
             extrinsics = reflect_extrinsics(extrinsics)
-        self._cropped: dict[int, Tensor] = {}
+        self._cropped: dict[int, np.ndarray] = {}
         views = {side: self._views(indices, extrinsics, intrinsics, frames, flip, near_far_scale)
                  for side, indices in (("context", context), ("target", target))}
         return {**views, "scene": name or key}
@@ -196,7 +197,7 @@ class ExampleBuilder:
         return {
             "extrinsics": extrinsics[indices],
             "intrinsics": torch.stack(cropped_intrinsics),
-            "image": torch.stack(images),
+            "image": torch.from_numpy(np.stack(images)),
             "near": torch.full((count,), self.near / near_far_scale),
             "far": torch.full((count,), self.far / near_far_scale),
             "index": indices.to(torch.int64),

@@ -13,8 +13,9 @@ import warnings
 from collections import Counter
 from typing import Iterator
 
+import numpy as np
 import torch
-from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..model.types import BatchedExample
 from .chunks import CORRUPT_REASONS, ChunkCache, ExampleBuilder, SceneRef, list_scenes, warn_skip
@@ -32,6 +33,17 @@ def mix_seed(*values: int | str) -> int:
 def shard_position(shard: int, j: int, num_shards: int, block: int) -> int:
     """Position in the endless sequence of the j-th scene a shard sees (blocks go round-robin to shards)."""
     return (shard + (j // block) * num_shards) * block + j % block
+
+
+def collate(examples: list[dict]) -> dict:
+    """default_collate's result (tensors stacked on a new batch dim, strings listed), stacked in numpy:
+    torch.stack of images on the OpenMP pool stalls on an oversubscribed CPU."""
+    first = examples[0]
+    if isinstance(first, dict):
+        return {key: collate([example[key] for example in examples]) for key in first}
+    if isinstance(first, torch.Tensor):
+        return torch.from_numpy(np.stack([example.numpy() for example in examples]))
+    return list(examples)
 
 
 class PassOrder:
@@ -121,7 +133,7 @@ class SceneStream(IterableDataset):
                 positions.append(position)
             meta = {"worker": worker, "batch": batch_index, "cursor": cursor, "skips": dict(skips),
                     "positions": positions}
-            yield default_collate(examples), meta
+            yield collate(examples), meta
             batch_index += workers
 
 
@@ -242,10 +254,10 @@ class TestScenes(IterableDataset):
                 skips[error.reason] += 1
                 warn_skip(error)
             if len(examples) == self.batch_size:
-                yield default_collate(examples), {"worker": worker, "skips": dict(skips)}
+                yield collate(examples), {"worker": worker, "skips": dict(skips)}
                 examples = []
         # The final meta carries the worker's skip count even when its last scenes were rejected.
-        yield (default_collate(examples) if examples else None), {"worker": worker, "skips": dict(skips)}
+        yield (collate(examples) if examples else None), {"worker": worker, "skips": dict(skips)}
 
 
 class TestLoader:
