@@ -2,6 +2,6 @@
 
 from .config import DecoderSplattingCudaCfg
 from .decoder import DecoderSplatting
-from .render import DecoderOutput, DepthMode, render, resolve_backend
+from .rendering import DecoderOutput, DepthMode, render, resolve_backend
 
 __all__ = ["DecoderOutput", "DecoderSplatting", "DecoderSplattingCudaCfg", "DepthMode", "render", "resolve_backend"]

@@ -7,7 +7,7 @@ from torch import Tensor, nn
 
 from ..types import Gaussians
 from .config import DecoderSplattingCudaCfg
-from .render import DecoderOutput, DepthMode, render, resolve_backend
+from .rendering import DecoderOutput, DepthMode, render, resolve_backend
 
 
 class DecoderSplatting(nn.Module):

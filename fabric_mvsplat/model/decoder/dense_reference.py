@@ -15,7 +15,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..types import Gaussians
 from .projection import ALPHA_MAX, ALPHA_MIN, COVARIANCE_DILATION, NEAR_CULL, TRANSMITTANCE_MIN, pixel_intrinsics
-from .render import DecoderOutput, DepthMode, depth_feature, view_dependent_colors
+from .rendering import DecoderOutput, DepthMode, depth_feature, view_dependent_colors
 
 
 def project_one_image(means: Tensor, covariances: Tensor, world_to_camera: Tensor, k: Tensor,

@@ -142,7 +142,7 @@ def select_contributions(packed: Tensor, bins: Intersections, start: int, stop: 
     x_lo, y_lo = bins.x_lo[start:stop], bins.y_lo[start:stop]
     box_w = bins.x_hi[start:stop] - x_lo + 1
     counts = box_w * (bins.y_hi[start:stop] - y_lo + 1)
-    params = packed[gaussian, :6]
+    params = packed[:, :6].index_select(0, gaussian)
     opacity = params[:, 5]
     # Per intersection, once: offsets of the mean from the box's first pixel centre, and the power
     # below which alpha >= 1/255 (the 0.99 cap cannot push alpha under the threshold).
@@ -161,19 +161,21 @@ def select_contributions(packed: Tensor, bins: Intersections, start: int, stop: 
     dx = pair_box[:, 0] - col.to(pair_box.dtype)
     dy = pair_box[:, 1] - row.to(pair_box.dtype)
     power = pair_box[:, 2] * dx * dx + pair_box[:, 4] * dy * dy + pair_box[:, 3] * dx * dy
-    # power <= log(255 opacity) is alpha >= 1/255 up to rounding.
-    keep = ((power <= pair_box[:, 5]) & (power >= 0)).nonzero().squeeze(1)
-    pixel = pair_int[keep, 1] + row[keep] * width + col[keep]
-    gaussian = pair_int[keep, 2]
-    alpha = (packed[gaussian, 5] * torch.exp(-power[keep])).clamp_max(ALPHA_MAX)
+    # margin >= 0 is alpha >= 1/255 up to rounding, and alpha = exp(margin) / 255 before the cap.
+    margin = pair_box[:, 5] - power
+    pixel = pair_int[:, 1] + row * width + col
+    keep = ((margin >= 0) & (power >= 0)).nonzero().squeeze(1)
+    pixel = pixel.index_select(0, keep)
+    gaussian = pair_int[:, 2].index_select(0, keep)
+    alpha = (torch.exp(margin.index_select(0, keep)) / 255).clamp_max(ALPHA_MAX)
 
     pixel, sort = torch.sort(pixel, stable=True)  # stable: depth order within each pixel survives
-    gaussian, alpha = gaussian[sort], alpha[sort]
+    gaussian, alpha = gaussian.index_select(0, sort), alpha.index_select(0, sort)
     # Early stop: drop every pair from the one that would take transmittance below 1e-4 onwards.
     log_keep = torch.log1p(-alpha)
     log_t_after = segmented_log_transmittance(log_keep, first_of_run(pixel)).double() + log_keep.double()
     keep = (log_t_after >= math.log(TRANSMITTANCE_MIN)).nonzero().squeeze(1)
-    pixel, gaussian = pixel[keep], gaussian[keep]
+    pixel, gaussian = pixel.index_select(0, keep), gaussian.index_select(0, keep)
     in_image = pixel % (height * width)
     center_x = (in_image % width).to(packed.dtype) + 0.5
     center_y = (in_image // width).to(packed.dtype) + 0.5
