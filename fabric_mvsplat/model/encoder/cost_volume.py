@@ -55,7 +55,9 @@ def warp_to_candidates(other: Tensor, intrinsics: Tensor, pose: Tensor, depths: 
     Returns [N, C, D, h, w]."""
     n, d, h, w = depths.shape
     c = other.shape[1]
-    with torch.no_grad():
+    # Coordinates in fp32 even under bf16 autocast: bf16 would misplace samples by up to 1/4 pixel.
+    with torch.no_grad(), torch.autocast(device_type=depths.device.type, enabled=False):
+        intrinsics, pose, depths = intrinsics.float(), pose.float(), depths.float()
         ys, xs = torch.meshgrid(
             torch.arange(h, device=depths.device, dtype=depths.dtype),
             torch.arange(w, device=depths.device, dtype=depths.dtype), indexing="ij")
@@ -68,7 +70,7 @@ def warp_to_candidates(other: Tensor, intrinsics: Tensor, pose: Tensor, depths: 
         x_grid = 2 * pixels[:, 0] / (w - 1) - 1
         y_grid = 2 * pixels[:, 1] / (h - 1) - 1
         sample_grid = torch.stack([x_grid, y_grid], dim=-1)
-    warped = F.grid_sample(other, sample_grid.view(n, d * h, w, 2), mode="bilinear", padding_mode="zeros",
+    warped = F.grid_sample(other, sample_grid.view(n, d * h, w, 2).to(other.dtype), mode="bilinear", padding_mode="zeros",
                            align_corners=True)
     return warped.view(n, c, d, h, w)
 
