@@ -47,9 +47,16 @@ def run(cfg: RootCfg, output_dir: Path, config_yaml: str | None = None):
         if config_yaml is not None:
             (output_dir / "config.yaml").write_text(config_yaml)
         fabric.print(f"output directory: {output_dir}")
-    if cfg.mode == "test":
-        return run_test_mode(fabric, cfg, output_dir)
-    return run_training(fabric, cfg, output_dir)
+    result = run_test_mode(fabric, cfg, output_dir) if cfg.mode == "test" else run_training(fabric, cfg, output_dir)
+    shut_down(fabric)
+    return result
+
+
+def shut_down(fabric: Fabric) -> None:
+    """Leave the process group together: exiting with it alive can abort a rank during teardown."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        fabric.barrier()
+        torch.distributed.destroy_process_group()
 
 
 def run_training(fabric: Fabric, cfg: RootCfg, output_dir: Path) -> dict:

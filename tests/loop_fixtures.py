@@ -169,6 +169,8 @@ def ddp_worker(output_dir: Path) -> None:
     import io
     import os
 
+    from fabric_mvsplat.train import shut_down
+
     rank = int(os.environ["RANK"])
     writes: list[str] = []
     watched = str(Path(output_dir).resolve().parent)
@@ -198,6 +200,7 @@ def ddp_worker(output_dir: Path) -> None:
           f"step={state['global_step']} equal={all(torch.equal(g, params) for g in gathered)} sha={digest} "
           f"validations={len(model.validation_steps)} writes={len(writes)} {writes[:3]} "
           f"scenes={','.join(stream.scenes_seen)}", flush=True)
+    shut_down(fabric)
 
 
 if __name__ == "__main__":
