@@ -45,6 +45,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("fabric_mvsplat benchmarks")
     group.addoption("--bench-rounds", type=int, default=None,
                     help="timed rounds per case (default: each case's own, 3-5 on CPU)")
+    group.addoption("--bench-compile", action="store_true",
+                    help="also run the torch.compile cases on CPU (compiling takes minutes there)")
     group.addoption("--save-results", action="store_true",
                     help="write the pytest-benchmark JSON to benchmarks/results/<device>-<date>.json")
 
@@ -160,12 +162,12 @@ class PeakMemory:
     """Peak memory while the block runs.
 
     CUDA: `torch.cuda.max_memory_allocated` after a reset (tensor memory only, like the original's
-    `allocated_bytes.all.peak`). CPU: process RSS sampled every 2 ms from /proc (the process-lifetime
+    `allocated_bytes.all.peak`). CPU: process RSS sampled every 10 ms from /proc (the process-lifetime
     `getrusage` maximum cannot be reset, so it is kept only as `max_rss_bytes`).
     `delta_bytes` = peak minus what was in use when the block started.
     """
 
-    def __init__(self, device: str | torch.device, interval_s: float = 0.002) -> None:
+    def __init__(self, device: str | torch.device, interval_s: float = 0.01) -> None:
         self.device = torch.device(device)
         self.interval_s = interval_s
         self.peak_bytes = 0
@@ -240,18 +242,19 @@ def bench(benchmark, request: pytest.FixtureRequest, peak_memory):
     items/unit: work per call for throughput (e.g. items=3, unit="views" -> views/s).
     paper: a key of PAPER_SECONDS; the reference is paper_count x that figure.
     setup: untimed callable run before every round (e.g. zeroing gradients).
-    precision: wraps fn in `autocast(device, precision)` and is recorded.
+    precision: recorded; fn runs inside `autocast(device, precision)` unless wrap_autocast=False
+        (a training step autocasts its forward only: backward under autocast is not recommended).
     """
 
     def run(fn: Callable[[], Any], *, device: str, precision: str = "32-true", rounds: int = 3,
             warmup: int = 1, items: float | None = None, unit: str | None = None, paper: str | None = None,
             paper_count: float = 1, paper_memory: bool = False, setup: Callable[[], None] | None = None,
-            **info: Any) -> Any:
+            wrap_autocast: bool = True, **info: Any) -> Any:
         rounds = request.config.getoption("--bench-rounds") or rounds
         output: list[Any] = [None]
 
         def timed() -> None:
-            with autocast(device, precision):
+            with autocast(device, precision) if wrap_autocast else contextlib.nullcontext():
                 output[0] = fn()
             synchronize(device)
 
