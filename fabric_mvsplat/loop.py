@@ -77,11 +77,12 @@ def fit(fabric: Fabric, cfg: RootCfg, model, optimizer, scheduler, train_stream,
 
             if step % cfg.train.print_log_every_n_steps == 0:
                 log_training(fabric, writer, output, lr, logged_step, meter, train_stream, batch)
-            if validating and step % trainer.val_check_interval == 0:
-                validate(fabric, model, val_source, writer, step, num_batches=1)
-            if step % cfg.checkpointing.every_n_train_steps == 0:
-                save_checkpoint(fabric, cfg, model, optimizer, scheduler, train_stream, val_source, step,
-                                output_dir / "checkpoints")
+            with meter.paused():  # throughput counts training time only
+                if validating and step % trainer.val_check_interval == 0:
+                    validate(fabric, model, val_source, writer, step, num_batches=1)
+                if step % cfg.checkpointing.every_n_train_steps == 0:
+                    save_checkpoint(fabric, cfg, model, optimizer, scheduler, train_stream, val_source, step,
+                                    output_dir / "checkpoints")
 
     profiler.close()
     progress.close()
@@ -194,18 +195,26 @@ def show_progress_bar() -> bool:
 
 
 class Throughput:
-    """Scenes this rank trained on since the last `take()`, and the seconds that took."""
+    """Scenes this rank trained on since the last `take()`, and the training seconds that took."""
 
     def __init__(self) -> None:
-        self.scenes, self.start = 0, time.perf_counter()
+        self.scenes, self.start, self.excluded = 0, time.perf_counter(), 0.0
 
     def add(self, scenes: int) -> None:
         self.scenes += scenes
 
+    @contextmanager
+    def paused(self):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.excluded += time.perf_counter() - start
+
     def take(self) -> tuple[int, float]:
         now = time.perf_counter()
-        scenes, seconds = self.scenes, now - self.start
-        self.scenes, self.start = 0, now
+        scenes, seconds = self.scenes, now - self.start - self.excluded
+        self.scenes, self.start, self.excluded = 0, now, 0.0
         return scenes, seconds
 
 
