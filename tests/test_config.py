@@ -123,3 +123,15 @@ def test_command_line_error_stops_before_any_work(tmp_path):
     assert result.returncode == 2, result.stderr
     assert "trainer.max_steps" in result.stderr and "-5" in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_missing_dataset_root_stops_before_training(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    result = subprocess.run(
+        [sys.executable, "-m", "fabric_mvsplat.train", "+experiment=re10k", f"dataset.roots=[{tmp_path / 'nowhere'}]",
+         "trainer.accelerator=cpu", f"output_dir={tmp_path / 'run'}", f"hydra.run.dir={tmp_path / 'hydra'}"],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "dataset.roots" in result.stderr and "nowhere" in result.stderr
+    assert not (tmp_path / "run").exists()
