@@ -89,8 +89,24 @@ def render(gaussians: Gaussians, extrinsics: Tensor, intrinsics: Tensor, near: T
 
     extrinsics [B, V, 4, 4] camera-to-world (OpenCV), intrinsics [B, V, 3, 3] normalised,
     near/far [B, V] -> color [B, V, 3, H, W], depth [B, V, H, W] when depth_mode is set.
+    Runs outside autocast in at least float32: 2D covariances and transmittance need the precision.
     """
     check_shapes(gaussians, extrinsics, intrinsics, near, far)
+    gaussians = Gaussians(*(at_least_float32(t) for t in (gaussians.means, gaussians.covariances,
+                                                          gaussians.harmonics, gaussians.opacities)))
+    extrinsics, intrinsics, near, far = (at_least_float32(t) for t in (extrinsics, intrinsics, near, far))
+    with torch.autocast(device_type=gaussians.means.device.type, enabled=False):
+        return _render(gaussians, extrinsics, intrinsics, near, far, image_shape, depth_mode, backend,
+                       use_principal_point, background_color)
+
+
+def at_least_float32(tensor: Tensor) -> Tensor:
+    return tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor
+
+
+def _render(gaussians: Gaussians, extrinsics: Tensor, intrinsics: Tensor, near: Tensor, far: Tensor,
+            image_shape: tuple[int, int], depth_mode: DepthMode | None, backend: str, use_principal_point: bool,
+            background_color: Sequence[float] | Tensor) -> DecoderOutput:
     if depth_mode is not None and depth_mode not in DEPTH_MODES:
         raise ValueError(f"depth_mode={depth_mode!r}: expected None or one of {DEPTH_MODES}")
     height, width = image_shape = (int(image_shape[0]), int(image_shape[1]))
