@@ -1,0 +1,185 @@
+"""The real model on synthetic scenes: training steps, validation visuals, test mode, released checkpoints."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from fabric_mvsplat.data import StepTracker, make_train_stream
+from fabric_mvsplat.data.synthetic import generate_synthetic_dataset
+from fabric_mvsplat.model.wrapper import build_model
+from loop_fixtures import compose_cfg
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+# A very small MVSplat at 32x32 so that each CLI run takes seconds on 2 cores.
+TINY_MODEL = [
+    "model.encoder.d_feature=32", "model.encoder.num_depth_candidates=8",
+    "model.encoder.costvolume_unet_feat_dim=32",
+    "model.encoder.gradient_checkpointing=false",
+]
+
+
+@pytest.fixture(scope="module")
+def synthetic_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("synthetic")
+    generate_synthetic_dataset(root, train_scenes=4, test_scenes=3, frames=24, height=32, width=32, seed=3,
+                               progress=False)
+    return root
+
+
+def demo_overrides(root: Path, *extra: str) -> list[str]:
+    return ["+experiment=demo", f"dataset.roots=[{root}]", "dataset.image_shape=[32,32]", *TINY_MODEL, *extra]
+
+
+def run_cli(overrides: list[str], cwd: Path, nproc: int = 1) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    launcher = [sys.executable, "-m", "fabric_mvsplat.train"]
+    if nproc > 1:
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+                    "-m", "fabric_mvsplat.train"]
+    result = subprocess.run([*launcher, *overrides], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-4000:]
+    return result
+
+
+def test_training_steps_reduce_the_loss_on_a_fixed_batch(synthetic_root):
+    torch.manual_seed(0)
+    cfg = compose_cfg(demo_overrides(synthetic_root))
+    model = build_model(cfg)
+    stream = make_train_stream(cfg.dataset, cfg.data_loader.train, StepTracker(), 0, 1, cfg.seed)
+    batch = next(iter(stream))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    losses = []
+    for step in range(12):
+        output = model(batch, step)
+        optimizer.zero_grad()
+        output.loss.backward()
+        optimizer.step()
+        losses.append(output.loss.item())
+    assert set(output.logs) >= {"loss/mse", "loss/total", "train/psnr", "info/near", "info/far"}
+    assert min(losses[-3:]) < 0.8 * losses[0], losses
+
+
+def test_validation_step_gives_scores_a_comparison_image_and_videos(synthetic_root):
+    cfg = compose_cfg(demo_overrides(synthetic_root, "train.video_frames=4"))
+    model = build_model(cfg).eval()
+    stream = make_train_stream(cfg.dataset, cfg.data_loader.train, StepTracker(), 0, 1, cfg.seed)
+    output = model.validation_step(next(iter(stream)), global_step=0)
+    assert set(output.scalars) == {"val/psnr", "val/ssim"}  # no LPIPS weights configured
+    assert 0 < output.scalars["val/psnr"] < 60 and -1 <= output.scalars["val/ssim"] <= 1
+    grid = output.images["comparison"]
+    assert grid.shape[0] == 3 and grid.shape[1] > 4 * 32 and 0 <= grid.min() and grid.max() <= 1
+    assert output.videos["interpolation"].shape == (8, 3, 64, 32)  # forth and back, RGB over depth
+    assert output.videos["wobble"].shape == (8, 3, 64, 32)
+
+
+def read_events(log_dir: Path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(log_dir), size_guidance={"images": 0, "scalars": 0})
+    accumulator.Reload()
+    return accumulator
+
+
+def test_demo_trains_validates_checkpoints_and_tests(synthetic_root, tmp_path):
+    run_dir = tmp_path / "run"
+    run_cli(demo_overrides(synthetic_root, f"output_dir={run_dir}", "trainer.max_steps=2",
+                           "trainer.val_check_interval=2", "checkpointing.every_n_train_steps=2",
+                           "train.video_frames=3", "train.print_log_every_n_steps=1"), cwd=tmp_path)
+    checkpoints = sorted((run_dir / "checkpoints").glob("*.ckpt"))
+    assert [c.name for c in checkpoints] == ["epoch_0-step_2.ckpt"]
+    state = torch.load(checkpoints[0], weights_only=True)
+    assert state["global_step"] == 2 and all(k.startswith("encoder.") for k in state["state_dict"])
+
+    events = read_events(run_dir / "tensorboard")
+    tags = events.Tags()
+    assert {"loss/mse", "loss/total", "train/psnr", "val/psnr", "val/ssim"} <= set(tags["scalars"])
+    assert any("comparison" in tag for tag in tags["images"])
+    assert any("interpolation" in tag for tag in tags["images"])  # tensorboardX stores videos as GIF images
+
+    out = tmp_path / "test_out"
+    run_cli(demo_overrides(synthetic_root, "mode=test", "dataset/view_sampler=evaluation",
+                           f"checkpointing.load={checkpoints[0]}", f"test.output_path={out}",
+                           "test.save_video=true", "test.save_gaussians=true", f"output_dir={tmp_path / 'test_run'}"),
+            cwd=tmp_path)
+    result_dir = out / "demo"
+    averages = json.loads((result_dir / "scores_all_avg.json").read_text())
+    psnr = json.loads((result_dir / "scores_psnr_all.json").read_text())
+    assert len(psnr) == 3 == averages["num_scenes"] and all(5 < p < 60 for p in psnr)
+    assert 0 < averages["ssim"] <= 1 and averages["encoder"][0] == 2  # first batch skipped as warm-up
+    index = json.loads((synthetic_root / "evaluation_index.json").read_text())
+    for scene, entry in index.items():
+        for frame in entry["target"]:
+            assert (result_dir / scene / "color" / f"{frame:06d}.png").is_file()
+        assert (result_dir / "gaussians" / f"{scene}.ply").stat().st_size > 0
+        first, last = entry["context"]
+        assert (result_dir / "video" / f"{scene}_frame_{first}_{last}.mp4").stat().st_size > 0
+    for name in ("benchmark.json", "peak_memory.json", "scores_ssim_all.json"):
+        assert (result_dir / name).is_file()
+
+
+def test_test_mode_scores_are_identical_on_one_and_two_ranks(synthetic_root, tmp_path):
+    from fabric_mvsplat.checkpoint import save_atomically
+
+    torch.manual_seed(1)
+    cfg = compose_cfg(demo_overrides(synthetic_root))
+    checkpoint = tmp_path / "weights.ckpt"
+    save_atomically({"state_dict": build_model(cfg).state_dict(), "global_step": 0}, checkpoint)
+    scores = {}
+    for nproc in (1, 2):
+        out = tmp_path / f"out{nproc}"
+        run_cli(demo_overrides(synthetic_root, "mode=test", "dataset/view_sampler=evaluation",
+                               f"checkpointing.load={checkpoint}", f"test.output_path={out}",
+                               "test.save_image=false", f"output_dir={tmp_path / f'run{nproc}'}"),
+                cwd=tmp_path, nproc=nproc)
+        scores[nproc] = json.loads((out / "demo" / "scores_per_scene.json").read_text())
+    assert len(scores[1]) == 3
+    assert scores[1] == scores[2]
+
+
+def lightning_checkpoint_from_golden(path: Path) -> dict:
+    golden = SHARED / "golden" / "encoder_small"
+    if not golden.is_dir():
+        pytest.skip(f"golden tensors not found at {golden} (../shared is absent)")
+    state_dict = torch.load(golden / "state_dict.pt", weights_only=True)
+    checkpoint = {"epoch": 3, "global_step": 1000, "pytorch-lightning_version": "2.2.4",
+                  "state_dict": {f"encoder.{k}": v for k, v in state_dict.items()},
+                  "optimizer_states": [], "lr_schedulers": []}
+    torch.save(checkpoint, path)
+    return state_dict
+
+
+# The golden small encoder's architecture (golden/README.md), on top of the demo.
+GOLDEN_SMALL = ["model.encoder.d_feature=64", "model.encoder.num_depth_candidates=16",
+                "model.encoder.costvolume_unet_feat_dim=64", "model.encoder.depth_unet_feat_dim=32"]
+
+
+def test_original_lightning_checkpoint_loads_for_test_and_fine_tuning(synthetic_root, tmp_path):
+    from fabric_mvsplat.checkpoint import load_weights
+
+    path = tmp_path / "released.ckpt"
+    golden = lightning_checkpoint_from_golden(path)
+    overrides = ["+experiment=demo", f"dataset.roots=[{synthetic_root}]", "dataset.image_shape=[32,32]", *GOLDEN_SMALL]
+    model = build_model(compose_cfg([*overrides, "mode=test", f"checkpointing.load={path}"]))
+    load_weights(model, path)
+    for key, value in golden.items():
+        assert torch.equal(model.encoder.state_dict()[key], value), key
+
+    out = tmp_path / "out"
+    run_cli([*overrides, "mode=test", "dataset/view_sampler=evaluation", f"checkpointing.load={path}",
+             f"test.output_path={out}", "test.save_image=false", f"output_dir={tmp_path / 'test_run'}"], cwd=tmp_path)
+    assert len(json.loads((out / "demo" / "scores_psnr_all.json").read_text())) == 3
+
+    run_dir = tmp_path / "finetune"
+    result = run_cli([*overrides, f"checkpointing.load={path}", "checkpointing.resume=false", "trainer.max_steps=1",
+                      "trainer.val_check_interval=null", "checkpointing.every_n_train_steps=1",
+                      f"output_dir={run_dir}"], cwd=tmp_path)
+    assert "loaded weights" in result.stdout
+    fine_tuned = torch.load(run_dir / "checkpoints" / "epoch_0-step_1.ckpt", weights_only=True)
+    assert fine_tuned["global_step"] == 1  # a fresh step counter, not the released 1000
