@@ -140,7 +140,18 @@ def make_fabric(trainer: TrainerCfg) -> Fabric:
     if devices == "auto" and "LOCAL_WORLD_SIZE" in os.environ:
         devices = int(os.environ["LOCAL_WORLD_SIZE"])  # under torchrun: one device per local process
     return Fabric(accelerator=trainer.accelerator, devices=devices, num_nodes=trainer.num_nodes,
-                  strategy=trainer.strategy, precision=trainer.precision)
+                  strategy=make_strategy(trainer.strategy), precision=trainer.precision)
+
+
+def make_strategy(name: str):
+    """DDP without buffer broadcasts: the model's buffers are constants (SH mask, the frozen LPIPS
+    net's ~59 MB of VGG weights), so broadcasting them every forward would only cost bandwidth."""
+    several_processes = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if name == "auto" and not several_processes:
+        return "auto"
+    from lightning_fabric.strategies import DDPStrategy
+
+    return DDPStrategy(broadcast_buffers=False, find_unused_parameters=name == "ddp_find_unused_parameters_true")
 
 
 def make_optimizer(cfg: OptimizerCfg, model: torch.nn.Module) -> torch.optim.Adam:
