@@ -26,6 +26,10 @@ def compare_with_dense(gaussians, extrinsics, intrinsics, near, far, shape, dept
     dense = render_dense(gaussians, extrinsics, intrinsics, near, far, shape, depth_mode, background_color=background)
     assert (ours.color - dense.color).abs().max() <= 1e-5
     assert (ours.depth - dense.depth).abs().max() <= 1e-5
+    with torch.no_grad():  # the inference path reuses the selection's alphas
+        inference = render(gaussians, extrinsics, intrinsics, near, far, shape, depth_mode, backend="torch",
+                           background_color=background, **render_kwargs)
+    assert (inference.color - dense.color).abs().max() <= 1e-5
     weights = torch.randn_like(ours.color, generator=torch.Generator().manual_seed(7))
     loss_ours = (ours.color * weights).sum() + 0.1 * ours.depth.sum()
     loss_dense = (dense.color * weights).sum() + 0.1 * dense.depth.sum()

@@ -52,6 +52,7 @@ class Contributions:
     center_x: Tensor  # [P] pixel centre coordinates
     center_y: Tensor
     segment_start: Tensor  # [P] index of the first pair of the same pixel
+    alpha: Tensor  # [P] as computed while selecting (reused when no gradient is needed)
 
 
 def footprint_boxes(means2d: Tensor, cov2d_diag: Tensor, opacities: Tensor, usable: Tensor,
@@ -177,26 +178,31 @@ def select_contributions(packed: Tensor, bins: Intersections, start: int, stop: 
     log_keep = torch.log1p(-alpha)
     log_t_after = segmented_log_transmittance(log_keep, first_of_run(pixel)).double() + log_keep.double()
     keep = (log_t_after >= math.log(TRANSMITTANCE_MIN)).nonzero().squeeze(1)
-    pixel, gaussian = pixel.index_select(0, keep), gaussian.index_select(0, keep)
+    pixel, gaussian, alpha = (t.index_select(0, keep) for t in (pixel, gaussian, alpha))
     in_image = pixel % (height * width)
     center_x = (in_image % width).to(packed.dtype) + 0.5
     center_y = (in_image // width).to(packed.dtype) + 0.5
     # int64 from here: the autograd gathers/scatters below are faster with it.
-    return Contributions(gaussian.long(), pixel.long(), center_x, center_y, first_of_run(pixel.long()))
+    return Contributions(gaussian.long(), pixel.long(), center_x, center_y, first_of_run(pixel.long()), alpha)
 
 
 def composite(packed: Tensor, gaussian: Tensor, pixel: Tensor, center_x: Tensor, center_y: Tensor,
-              segment_start: Tensor, num_pixels: int) -> tuple[Tensor, Tensor]:
-    """Differentiable front-to-back compositing of the selected pairs; packed [I*N, 6 + D] as above.
+              segment_start: Tensor, num_pixels: int, alpha: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Front-to-back compositing of the selected pairs; packed [I*N, 6 + D] as above. Differentiable
+    when alpha is None (recomputed from packed); a given alpha [P] skips that (no-grad renders).
     Returns accumulated features [num_pixels, D] and log transmittance [num_pixels]."""
-    pair = packed.index_select(0, gaussian)
-    dx = pair[:, 0] - center_x
-    dy = pair[:, 1] - center_y
-    power = 0.5 * (pair[:, 2] * dx * dx + pair[:, 4] * dy * dy) + pair[:, 3] * dx * dy
-    alpha = (pair[:, 5] * torch.exp(-power)).clamp_max(ALPHA_MAX)
+    if alpha is None:
+        pair = packed.index_select(0, gaussian)
+        dx = pair[:, 0] - center_x
+        dy = pair[:, 1] - center_y
+        power = 0.5 * (pair[:, 2] * dx * dx + pair[:, 4] * dy * dy) + pair[:, 3] * dx * dy
+        alpha = (pair[:, 5] * torch.exp(-power)).clamp_max(ALPHA_MAX)
+        features = pair[:, 6:]
+    else:
+        features = packed[:, 6:].index_select(0, gaussian)
     log_keep = torch.log1p(-alpha)
     weight = alpha * torch.exp(segmented_log_transmittance(log_keep, segment_start))
-    accumulated = packed.new_zeros(num_pixels, packed.shape[1] - 6).index_add(0, pixel, weight[:, None] * pair[:, 6:])
+    accumulated = packed.new_zeros(num_pixels, packed.shape[1] - 6).index_add(0, pixel, weight[:, None] * features)
     log_transmittance = log_keep.new_zeros(num_pixels).index_add(0, pixel, log_keep)
     return accumulated, log_transmittance
 
@@ -217,6 +223,7 @@ def rasterize_torch(means2d: Tensor, conics: Tensor, opacities: Tensor, features
                         image_shape, tile_size, chunk_pairs)
     packed = torch.cat([means2d, conics, opacities[..., None], features], dim=-1).flatten(0, 1)
     packed_detached = packed.detach()
+    needs_grad = torch.is_grad_enabled() and packed.requires_grad
 
     accumulated = features.new_zeros(num_pixels, channels)
     log_transmittance = features.new_zeros(num_pixels)
@@ -225,7 +232,9 @@ def rasterize_torch(means2d: Tensor, conics: Tensor, opacities: Tensor, features
         pairs = select_contributions(packed_detached, bins, start, start + size, image_shape, num_gaussians)
         start += size
         args = (packed, pairs.gaussian, pairs.pixel, pairs.center_x, pairs.center_y, pairs.segment_start, num_pixels)
-        if len(bins.chunk_sizes) > 1 and torch.is_grad_enabled():
+        if not needs_grad:
+            chunk_features, chunk_log_t = composite(*args, alpha=pairs.alpha)
+        elif len(bins.chunk_sizes) > 1:
             chunk_features, chunk_log_t = checkpoint(composite, *args, use_reentrant=False)
         else:
             chunk_features, chunk_log_t = composite(*args)
