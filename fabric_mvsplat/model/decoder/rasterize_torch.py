@@ -140,36 +140,43 @@ def select_contributions(packed: Tensor, bins: Intersections, start: int, stop: 
     packed [I*N, 6 + D] = (u, v, conic a, b, c, opacity, features) per Gaussian, detached."""
     height, width = image_shape
     gaussian = bins.gaussian[start:stop]
-    x_lo, y_lo = bins.x_lo[start:stop], bins.y_lo[start:stop]
-    box_w = bins.x_hi[start:stop] - x_lo + 1
-    counts = box_w * (bins.y_hi[start:stop] - y_lo + 1)
+    x_lo, y_lo, x_hi = bins.x_lo[start:stop], bins.y_lo[start:stop], bins.x_hi[start:stop]
     params = packed[:, :6].index_select(0, gaussian)
-    opacity = params[:, 5]
-    # Per intersection, once: offsets of the mean from the box's first pixel centre, and the power
-    # below which alpha >= 1/255 (the 0.99 cap cannot push alpha under the threshold).
-    per_box = torch.stack([params[:, 0] - x_lo - 0.5, params[:, 1] - y_lo - 0.5, 0.5 * params[:, 2], params[:, 3],
-                           0.5 * params[:, 4], torch.log(opacity * 255)], dim=-1)
-    first_pixel = ((gaussian // num_gaussians) * height + y_lo) * width + x_lo
-    # int32 pair indices (when they fit) halve the memory traffic and make the sort ~2.5x faster.
+    # power = A dx^2 + B dx dy + C dy^2 with dx = u - pixel centre x, dy = v - pixel centre y;
+    # alpha >= 1/255 <=> power <= level = log(255 opacity) (the 0.99 cap cannot push it under).
+    u, v, a_half, b, c_half = params[:, 0], params[:, 1], 0.5 * params[:, 2], params[:, 3], 0.5 * params[:, 4]
+    level = torch.log(params[:, 5] * 255)
     index_dtype = torch.int32 if packed.shape[0] * max(height * width, 1) < 2**31 else torch.int64
-    per_box_int = torch.stack([box_w, first_pixel, gaussian], dim=-1).to(index_dtype)
 
-    # Enumerate each box's pixels (repeat_interleave streams; no random gathers over pairs).
-    pair_box = torch.repeat_interleave(per_box, counts, dim=0)
-    pair_int = torch.repeat_interleave(per_box_int, counts, dim=0)
-    starts = torch.repeat_interleave((torch.cumsum(counts, 0) - counts).to(index_dtype), counts)
+    # Rows of each box: the exact column interval of the ellipse power <= level (plus a rounding
+    # margin; the per-pair test below decides), so only pixels inside the footprint are enumerated.
+    box_h = bins.y_hi[start:stop] - y_lo + 1
+    row_owner = torch.repeat_interleave(torch.arange(box_h.shape[0], device=box_h.device), box_h)
+    row_y = y_lo[row_owner] + torch.arange(row_owner.shape[0], device=box_h.device) - (torch.cumsum(box_h, 0) - box_h)[row_owner]
+    row_params = torch.stack([u, v, a_half, b, c_half, level], dim=-1).index_select(0, row_owner)
+    ru, rv, ra, rb, rc, rlevel = row_params.unbind(-1)
+    dy = rv - (row_y.to(packed.dtype) + 0.5)
+    c_term = rc * dy * dy
+    half_width = torch.sqrt(((rb * dy) ** 2 - 4 * ra * (c_term - rlevel)).clamp_min(0)) / (2 * ra)
+    centre = ru + rb * dy / (2 * ra)  # the x where power is smallest on this row
+    x_from = torch.ceil(centre - half_width - 0.5 - 1e-3).clamp_min(x_lo[row_owner].to(packed.dtype)).long()
+    x_to = torch.floor(centre + half_width - 0.5 + 1e-3).clamp_max(x_hi[row_owner].to(packed.dtype)).long()
+    row_counts = (x_to - x_from + 1).clamp_min(0)
+    row_pixel = ((gaussian[row_owner] // num_gaussians) * height + row_y) * width + x_from
+    per_row = torch.stack([ru - x_from.to(packed.dtype) - 0.5, dy, ra, rb, c_term, rlevel], dim=-1)
+    per_row_int = torch.stack([row_pixel, gaussian[row_owner]], dim=-1).to(index_dtype)
+
+    # Pixels of each row (repeat_interleave streams; no random gathers over pairs).
+    pair_row = torch.repeat_interleave(per_row, row_counts, dim=0)
+    pair_int = torch.repeat_interleave(per_row_int, row_counts, dim=0)
+    starts = torch.repeat_interleave((torch.cumsum(row_counts, 0) - row_counts).to(index_dtype), row_counts)
     position = torch.arange(starts.shape[0], device=starts.device, dtype=index_dtype) - starts
-    w = pair_int[:, 0]
-    col, row = position % w, position // w
-    dx = pair_box[:, 0] - col.to(pair_box.dtype)
-    dy = pair_box[:, 1] - row.to(pair_box.dtype)
-    power = pair_box[:, 2] * dx * dx + pair_box[:, 4] * dy * dy + pair_box[:, 3] * dx * dy
-    # margin >= 0 is alpha >= 1/255 up to rounding, and alpha = exp(margin) / 255 before the cap.
-    margin = pair_box[:, 5] - power
-    pixel = pair_int[:, 1] + row * width + col
+    dx = pair_row[:, 0] - position.to(packed.dtype)
+    power = pair_row[:, 2] * dx * dx + pair_row[:, 3] * dx * pair_row[:, 1] + pair_row[:, 4]
+    margin = pair_row[:, 5] - power  # >= 0 is alpha >= 1/255; alpha = exp(margin) / 255 before the cap
     keep = ((margin >= 0) & (power >= 0)).nonzero().squeeze(1)
-    pixel = pixel.index_select(0, keep)
-    gaussian = pair_int[:, 2].index_select(0, keep)
+    pixel = (pair_int[:, 0] + position).index_select(0, keep)
+    gaussian = pair_int[:, 1].index_select(0, keep)
     alpha = (torch.exp(margin.index_select(0, keep)) / 255).clamp_max(ALPHA_MAX)
 
     pixel, sort = torch.sort(pixel, stable=True)  # stable: depth order within each pixel survives
