@@ -10,7 +10,8 @@ How it stays fast and bounded:
 1. bin: every visible Gaussian's footprint box is cut into 16x16 tiles; the (image, tile,
    Gaussian) intersections are sorted by tile, then depth.
 2. chunk: consecutive whole tiles are grouped so each chunk enumerates at most `chunk_pairs`
-   (pixel, Gaussian) candidates — only the pixels of each footprint inside the tile, never tile x all.
+   (pixel, Gaussian) candidates — per footprint row only the columns inside its alpha >= 1/255
+   ellipse and inside the tile, never tile x all Gaussians.
 3. select (no grad): evaluate alpha for the candidates, keep alpha >= 1/255, sort by pixel (stable:
    depth order survives), apply the early stop on the running transmittance.
 4. composite (autograd): recompute alpha for the survivors only, transmittance by a segmented
