@@ -33,6 +33,9 @@ class SceneScores:
     psnr: float
     ssim: float
     lpips: float | None
+    # PSNR of predicting every target pixel as the mean colour of the context images: the floor a
+    # model must clear to show it learned anything beyond the average colour.
+    psnr_mean_colour: float
 
 
 @dataclass
@@ -123,8 +126,10 @@ def run_test(fabric: "Fabric", cfg: "RootCfg", model: "MVSplat", test_loader: It
                 lpips = None
                 if module.lpips_metric is not None:
                     lpips = float(module.lpips_metric(rendered, ground_truth, normalize=True).mean())
+                mean_colour = context["image"][b].float().mean(dim=(0, 2, 3))[None, :, None, None]
                 scores.append(SceneScores(scene, float(compute_psnr(ground_truth, rendered).mean()),
-                                          float(compute_ssim(ground_truth, rendered).mean()), lpips))
+                                          float(compute_ssim(ground_truth, rendered).mean()), lpips,
+                                          float(compute_psnr(ground_truth, mean_colour.expand_as(ground_truth)).mean())))
         progress.update(len(batch["scene"]))
     progress.close()
 
@@ -135,7 +140,10 @@ def run_test(fabric: "Fabric", cfg: "RootCfg", model: "MVSplat", test_loader: It
     peak_memory = max(_gather(fabric, [peak_memory]))
     if fabric.global_rank != 0:
         return None
-    return write_test_results(out_dir, all_scores, all_encoder, all_decoder, peak_memory, test_cfg.compute_scores)
+    averages = write_test_results(out_dir, all_scores, all_encoder, all_decoder, peak_memory, test_cfg.compute_scores)
+    summary = ", ".join(f"{k} {v:.4f}" for k, v in averages.items() if isinstance(v, float))
+    fabric.print(f"test: {len(all_scores)} scenes -> {out_dir}: {summary}")
+    return averages
 
 
 def write_test_results(out_dir: Path, scores: list[dict], encoder_times: list[float], decoder_times: list[float],
@@ -150,6 +158,7 @@ def write_test_results(out_dir: Path, scores: list[dict], encoder_times: list[fl
             values = [s[metric] for s in scores]
             (out_dir / f"scores_{metric}_all.json").write_text(json.dumps(values))
             averages[metric] = sum(values) / max(len(values), 1)
+        averages["psnr_mean_colour_baseline"] = sum(s["psnr_mean_colour"] for s in scores) / max(len(scores), 1)
         (out_dir / "scores_per_scene.json").write_text(json.dumps(scores, indent=1))
     for tag, times in (("encoder", encoder_times), ("decoder", decoder_times)):
         averages[tag] = [len(times), sum(times) / len(times) if times else 0.0]
