@@ -90,9 +90,3 @@ def build_losses(cfg: LossCfg) -> nn.ModuleDict:
         raise ValueError("config key 'loss' enables no loss: use e.g. loss=[mse] or loss=[mse,lpips]")
     return losses
 
-
-def psnr(ground_truth: Tensor, predicted: Tensor) -> Tensor:
-    """Mean PSNR over images of [..., 3, H, W] tensors clipped to [0, 1]."""
-    mse = ((ground_truth.clamp(0, 1) - predicted.clamp(0, 1)) ** 2).flatten(-3).mean(-1)
-    return (-10 * torch.log10(mse.clamp_min(1e-10))).mean()
-

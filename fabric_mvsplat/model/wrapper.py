@@ -19,7 +19,8 @@ from ..visualization.trajectories import (
 )
 from .decoder import DecoderSplatting
 from .encoder import EncoderCostVolume, load_encoder_weights
-from .losses import build_losses, psnr
+from ..evaluation.metrics import compute_psnr, compute_ssim
+from .losses import build_losses
 from .types import BatchedExample, BatchedViews, Gaussians, StepOutput, ValidationOutput
 
 if TYPE_CHECKING:
@@ -74,7 +75,8 @@ class MVSplat(nn.Module):
             logs[f"loss/{name}"] = value.detach()
             total = total + value
         logs["loss/total"] = total.detach()
-        logs["train/psnr"] = psnr(target["image"], output.color.detach())
+        rendered = output.color.detach().flatten(0, 1)  # [(B V), 3, H, W]
+        logs["train/psnr"] = compute_psnr(target["image"].flatten(0, 1), rendered).mean()
         logs["info/near"] = target["near"].detach().float().mean()
         logs["info/far"] = target["far"].detach().float().mean()
         return StepOutput(loss=total, logs=logs)
@@ -87,8 +89,6 @@ class MVSplat(nn.Module):
     @torch.no_grad()
     def validation_step(self, batch: BatchedExample, global_step: int) -> ValidationOutput:
         """Scores, the comparison grid and the two videos for the first scene of the batch."""
-        from ..evaluation.metrics import compute_ssim
-
         batch = self.data_shim(batch)
         context, target = batch["context"], batch["target"]
         image_shape = tuple(target["image"].shape[-2:])
@@ -98,7 +98,7 @@ class MVSplat(nn.Module):
         rendered = output.color[0].float()  # [V, 3, H, W]
         ground_truth = target["image"][0].float()
         scalars = {
-            "val/psnr": float(psnr(ground_truth, rendered)),
+            "val/psnr": float(compute_psnr(ground_truth, rendered).mean()),
             "val/ssim": float(compute_ssim(ground_truth, rendered).mean()),
         }
         if self.lpips_metric is not None:
