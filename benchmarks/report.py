@@ -93,6 +93,9 @@ def paper_ratio(case: Case) -> str:
     parts = []
     if case.info.get("paper_seconds"):
         parts.append(f"{case.mean_s / case.info['paper_seconds']:.3g}× {case.info.get('paper_reference', '')}")
+    if case.info.get("encoder_vs_paper"):  # inference cases also time the encoder/render split
+        parts.append(f"encoder {case.info['encoder_vs_paper']:.3g}×, "
+                     f"render {case.info['render_view_vs_paper']:.3g}×/view")
     if case.info.get("paper_memory_bytes") and case.info.get("peak_memory_bytes"):
         parts.append(f"mem {case.info['peak_memory_bytes'] / case.info['paper_memory_bytes']:.3g}×")
     return "; ".join(parts).replace(" ;", ";")
@@ -116,8 +119,8 @@ def header(results: dict[str, Any], source: str) -> str:
 
 def main_table(all_cases: list[Case]) -> str:
     rows = [[c.name, c.params, format_seconds(c.mean_s) + f" ± {format_seconds(c.stddev_s)}", str(c.rounds),
-             throughput(c), memory(c), paper_ratio(c)] for c in all_cases]
-    return table(["case", "params", "mean time", "rounds", "throughput", "peak memory", "vs paper"], rows)
+             throughput(c), memory(c), paper_ratio(c), str(c.info.get("note", ""))] for c in all_cases]
+    return table(["case", "params", "mean time", "rounds", "throughput", "peak memory", "vs paper", "note"], rows)
 
 
 def comparison_row(group: str, variant: str, case: Case, baseline: Case | None) -> list[str]:

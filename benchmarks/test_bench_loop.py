@@ -5,8 +5,8 @@ batches (so data loading is out of the picture), with gradient clipping at 0.5 a
 `bare` is the baseline: forward, backward, clip, Adam step, scheduler step, nothing else. `fabric`
 is `fabric_mvsplat.loop.fit` as configured for training (scalars every step: one all_reduce, a
 TensorBoard write and a console line); `fabric-log50` logs every 50th step, which separates the
-logging cost from the loop itself. Two models: `tiny` (one conv, so the loop's own per-step cost is
-visible) and `mvsplat-small` (the real model, golden small encoder at 32x32, 2 context + 4 targets).
+logging cost from the loop itself. Two models: `tiny` (one conv, so the loop's own cost is visible;
+run for 20 and 200 steps, the difference of the two overheads / 180 is the per-step overhead) and `mvsplat-small` (the real model, golden small encoder at 32x32, 2 context + 4 targets).
 
 The Lightning Trainer case needs `pytorch_lightning`, which is not a project dependency: its wheel
 ships a second copy of `lightning_fabric` that would overwrite the pinned one, so it is installed
@@ -25,7 +25,8 @@ from benchmarks.conftest import make_batch
 from fabric_mvsplat.model.types import StepOutput
 
 LOOPS = ["bare", "fabric", "fabric-log50", "lightning"]
-STEPS = {"tiny": 50, "mvsplat-small": 3}
+# Two tiny lengths separate fit's fixed cost (writer, progress bar, barrier) from its per-step cost.
+STEPS = {"tiny-20": 20, "tiny-200": 200, "mvsplat-small": 3}
 IMAGE = 32  # the real model's loop case must stay in seconds per step on 2 shared CPU cores
 CLIP = 0.5
 
@@ -91,7 +92,7 @@ def build(model_name: str, make_cfg, device: str, steps: int, log_every: int):
         "trainer.devices=1", f"train.print_log_every_n_steps={log_every}",
     ])
     torch.manual_seed(0)
-    if model_name == "tiny":
+    if model_name.startswith("tiny"):
         model = TinyModel()
     else:
         from fabric_mvsplat.model.wrapper import build_model
@@ -172,7 +173,7 @@ def test_loop_overhead(bench, benchmark, device, loop, model_name, make_cfg, tmp
         run = lambda: lightning_trainer_fit(model, optimizer, stream, steps, device, tmp_path)  # noqa: E731
 
     before = [p.detach().clone() for p in model.parameters()]
-    result = bench(run, device=device, setup=setup, rounds=5 if model_name == "tiny" else 3, items=steps, unit="steps",
+    result = bench(run, device=device, setup=setup, rounds=5 if model_name.startswith("tiny") else 3, items=steps, unit="steps",
                    compare=f"loop/{model_name}/{device}", variant=loop, baseline=loop == "bare",
                    steps_per_round=steps)
     if loop.startswith("fabric"):

@@ -53,7 +53,7 @@ def test_table_has_one_row_per_case_with_time_throughput_memory_and_paper_ratio(
     assert "torch 2.13.0+cpu, gsplat 1.5.3, lightning_fabric 2.6.6" in text
     header = next(line for line in lines if line.startswith("| case"))
     assert header.split("|")[1:-1] == [" case ", " params ", " mean time ", " rounds ", " throughput ",
-                                       " peak memory ", " vs paper "]
+                                       " peak memory ", " vs paper ", " note "]
     row = next(line for line in lines if "precision=32-true" in line and line.startswith("| inference"))
     cells = [cell.strip() for cell in row.split("|")[1:-1]]
     assert cells[1] == "device=cpu, precision=32-true"
