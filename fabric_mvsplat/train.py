@@ -45,7 +45,8 @@ def run(cfg: RootCfg, output_dir: Path, config_yaml: str | None = None):
     if fabric.global_rank == 0:
         output_dir.mkdir(parents=True, exist_ok=True)
         if config_yaml is not None:
-            (output_dir / "config.yaml").write_text(config_yaml)
+            # A test run into a training run's folder must not overwrite that run's config.
+            (output_dir / ("config.yaml" if cfg.mode == "train" else "config_test.yaml")).write_text(config_yaml)
         fabric.print(f"output directory: {output_dir}")
     result = run_test_mode(fabric, cfg, output_dir) if cfg.mode == "test" else run_training(fabric, cfg, output_dir)
     shut_down(fabric)
