@@ -183,3 +183,27 @@ def test_original_lightning_checkpoint_loads_for_test_and_fine_tuning(synthetic_
     assert "loaded weights" in result.stdout
     fine_tuned = torch.load(run_dir / "checkpoints" / "epoch_0-step_1.ckpt", weights_only=True)
     assert fine_tuned["global_step"] == 1  # a fresh step counter, not the released 1000
+
+
+def test_three_context_views_in_test_mode(synthetic_root, tmp_path):
+    """The DTU protocol's 3-view index: contexts [a, b, c] and `num_context_views=3`."""
+    index = json.loads((synthetic_root / "evaluation_index.json").read_text())
+    three_views = {key: {"context": [e["context"][0], e["context"][1], (e["context"][0] + e["context"][1]) // 2],
+                         "target": e["target"][:1]} for key, e in index.items()}
+    index_path = tmp_path / "index_nctx3.json"
+    index_path.write_text(json.dumps(three_views))
+    torch.manual_seed(2)
+    overrides = demo_overrides(synthetic_root, "mode=test", "dataset/view_sampler=evaluation",
+                               f"dataset.view_sampler.index_path={index_path}",
+                               "dataset.view_sampler.num_context_views=3")
+    checkpoint = tmp_path / "weights.ckpt"
+    cfg = compose_cfg([*overrides, f"checkpointing.load={checkpoint}"])
+    torch.save({"state_dict": build_model(cfg).state_dict()}, checkpoint)
+    out = tmp_path / "out"
+    run_cli([*overrides, f"checkpointing.load={checkpoint}", f"test.output_path={out}", "test.save_image=false",
+             "test.save_gaussians=true", f"output_dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert len(json.loads((out / "demo" / "scores_psnr_all.json").read_text())) == 3
+    from fabric_mvsplat.model.ply_export import read_ply
+
+    ply = read_ply(next((out / "demo" / "gaussians").glob("*.ply")))
+    assert len(ply["x"]) == 3 * 32 * 32  # one Gaussian per pixel of each of the 3 context views
