@@ -235,13 +235,16 @@ class SavedTensorMeter:
 MEMORY_SIZES = {"small-32": ("small", 32), "re10k-64": ("re10k", 64), "re10k-128": ("re10k", 128)}
 
 
-@pytest.mark.parametrize("checkpointing", ["on", "off"])
+# on: the original's U-Net attention checkpointing; off: none; on+lpips: also the frozen LPIPS VGG.
+@pytest.mark.parametrize("checkpointing", ["on", "off", "on+lpips"])
 @pytest.mark.parametrize("size", size_params(MEMORY_SIZES))
 def test_activation_memory(bench, benchmark, size, checkpointing, make_cfg):
     """Saved-for-backward bytes of one training forward (batch 1) and the batch-14 256x256 estimate."""
     encoder_size, image = MEMORY_SIZES[size]
-    flag = "true" if checkpointing == "on" else "false"
-    _, model = build(make_cfg, encoder_size, image, "cpu", extra=[f"model.encoder.gradient_checkpointing={flag}"])
+    flag = "false" if checkpointing == "off" else "true"
+    lpips_flag = "true" if checkpointing == "on+lpips" else "false"
+    _, model = build(make_cfg, encoder_size, image, "cpu", extra=[f"model.encoder.gradient_checkpointing={flag}",
+                                                                   f"loss.lpips.gradient_checkpointing={lpips_flag}"])
     model.train()
     batch = make_batch(1, 2, 4, image, "cpu")
     meters = []

@@ -17,6 +17,9 @@ class LossLpipsCfg:
     # Directory with `vgg16.pth` (torchvision's vgg16 state_dict, downloaded as
     # vgg16-397923af.pth) and `vgg.pth` (the lpips package's v0.1 linear heads).
     weights: str | None = None
+    # Added: recompute the frozen VGG in backward instead of keeping its activations (the largest
+    # single share of training memory at batch 14, 256x256; costs one more VGG forward per step).
+    gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         if self.apply_after_step < 0:

@@ -3,6 +3,7 @@
 import torch
 from einops import reduce
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from .loss_config import LossCfg, LossDepthCfg, LossLpipsCfg, LossMseCfg
 
@@ -40,9 +41,13 @@ class LossLpips(nn.Module):
     def forward(self, rendered: Tensor, target: Tensor, global_step: int, **_) -> Tensor:
         if global_step < self.cfg.apply_after_step:
             return torch.zeros((), device=rendered.device, dtype=rendered.dtype)
-        flat_rendered = rendered.flatten(0, 1)
+        flat_rendered = rendered.flatten(0, 1)  # [(B V), 3, H, W]
         flat_target = target.flatten(0, 1)
-        return self.cfg.weight * self.lpips(flat_rendered, flat_target, normalize=True).mean()
+        if self.cfg.gradient_checkpointing and torch.is_grad_enabled():
+            distance = checkpoint(self.lpips, flat_rendered, flat_target, normalize=True, use_reentrant=False)
+        else:
+            distance = self.lpips(flat_rendered, flat_target, normalize=True)
+        return self.cfg.weight * distance.mean()
 
 
 class LossDepth(nn.Module):
