@@ -114,7 +114,7 @@ def run_test_mode(fabric: Fabric, cfg: RootCfg, output_dir: Path):
     load_weights(model, cfg.checkpointing.load, cfg.checkpointing.allow_unsafe_load)
     model = fabric.to_device(model).eval()
     test_loader = make_test_loader(cfg.dataset, cfg.data_loader.test, fabric.global_rank, fabric.world_size)
-    return run_test(fabric, cfg, model, test_loader, output_dir)
+    return run_test(fabric, cfg, model, test_loader)
 
 
 def prepare_data(fabric: Fabric, cfg: RootCfg) -> None:
@@ -141,18 +141,23 @@ def make_fabric(trainer: TrainerCfg) -> Fabric:
     if devices == "auto" and "LOCAL_WORLD_SIZE" in os.environ:
         devices = int(os.environ["LOCAL_WORLD_SIZE"])  # under torchrun: one device per local process
     return Fabric(accelerator=trainer.accelerator, devices=devices, num_nodes=trainer.num_nodes,
-                  strategy=make_strategy(trainer.strategy), precision=trainer.precision)
+                  strategy=make_strategy(trainer, devices), precision=trainer.precision)
 
 
-def make_strategy(name: str):
+def make_strategy(trainer: TrainerCfg, devices):
     """DDP without buffer broadcasts: the model's buffers are constants (SH mask, the frozen LPIPS
     net's ~59 MB of VGG weights), so broadcasting them every forward would only cost bandwidth."""
-    several_processes = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    if name == "auto" and not several_processes:
+    if devices == "auto":
+        uses_cuda = trainer.accelerator in ("auto", "cuda", "gpu")
+        devices = torch.cuda.device_count() if uses_cuda and torch.cuda.is_available() else 1
+    several_processes = (int(os.environ.get("WORLD_SIZE", "1")) > 1 or trainer.num_nodes > 1
+                         or int(devices) != 1)
+    if trainer.strategy == "auto" and not several_processes:
         return "auto"
     from lightning_fabric.strategies import DDPStrategy
 
-    return DDPStrategy(broadcast_buffers=False, find_unused_parameters=name == "ddp_find_unused_parameters_true")
+    find_unused = trainer.strategy == "ddp_find_unused_parameters_true"
+    return DDPStrategy(broadcast_buffers=False, find_unused_parameters=find_unused)
 
 
 def make_optimizer(cfg: OptimizerCfg, model: torch.nn.Module) -> torch.optim.Adam:

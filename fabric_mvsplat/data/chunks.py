@@ -67,7 +67,7 @@ def check_dataset_roots(dataset_cfg: DatasetCfg, stage: Stage) -> None:
                     f"index.json); set dataset.roots or create data, e.g. `python -m fabric_mvsplat.data.synthetic "
                     f"--out {root}`")
             index = _read_index(stage_dir)
-            missing = sorted({file for file in index.values() if not (stage_dir / file).is_file()})
+            missing = sorted(file for file in set(index.values()) if not (stage_dir / file).is_file())
             if missing:
                 raise FileNotFoundError(f"{stage_dir / 'index.json'} points to missing chunk files "
                                         f"{missing[:5]}{' ...' if len(missing) > 5 else ''}; regenerate the index")

@@ -94,17 +94,17 @@ class EvaluationSampler:
     def __init__(self, cfg: ViewSamplerEvaluationCfg):
         path = Path(cfg.index_path)
         if not path.is_file():
-            raise ConfigError("index_path", cfg.index_path, "an existing evaluation index JSON (e.g. "
-                              "assets/evaluation_index_re10k.json)")
+            raise ConfigError("dataset.view_sampler.index_path", cfg.index_path,
+                              "an existing evaluation index JSON (e.g. assets/evaluation_index_re10k.json)")
         try:
             raw = json.loads(path.read_text())
         except json.JSONDecodeError as error:
-            raise ConfigError("index_path", cfg.index_path, f"valid JSON ({error})") from error
+            raise ConfigError("dataset.view_sampler.index_path", cfg.index_path, f"valid JSON ({error})") from error
         self.index: dict[str, tuple[list[int], list[int]] | None] = {}
         for key, entry in raw.items():
             if entry is not None and not (isinstance(entry, dict) and "context" in entry and "target" in entry):
-                raise ConfigError("index_path", cfg.index_path, f"entries with 'context' and 'target' "
-                                  f"lists or null; scene {key!r} has {entry!r}")
+                raise ConfigError("dataset.view_sampler.index_path", cfg.index_path,
+                                  f"entries with 'context' and 'target' lists or null; scene {key!r} has {entry!r}")
             self.index[key] = None if entry is None else (list(entry["context"]), list(entry["target"]))
 
     def sample(self, key: str, num_views: int, generator: torch.Generator, step: int) -> tuple[Tensor, Tensor]:

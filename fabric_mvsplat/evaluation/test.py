@@ -6,17 +6,15 @@ same numbers.
 """
 
 import json
-import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
 import torch
-import torch.distributed as dist
 from tqdm import tqdm
 
+from ..loop import gather_objects, show_progress_bar
 from ..model.types import BatchedExample
 from .metrics import compute_psnr, compute_ssim
 
@@ -57,22 +55,10 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _gather(fabric: "Fabric", items: list) -> list:
-    if fabric.world_size == 1:
-        return items
-    gathered: list[list] = [[] for _ in range(fabric.world_size)]
-    dist.all_gather_object(gathered, items)
-    return [item for part in gathered for item in part]
-
-
-def _show_progress(fabric: "Fabric") -> bool:
-    return fabric.global_rank == 0 and sys.stderr.isatty() and not os.environ.get("CI")
-
-
 @torch.no_grad()
-def run_test(fabric: "Fabric", cfg: "RootCfg", model: "MVSplat", test_loader: Iterable[BatchedExample],
-             output_dir: Path | None = None) -> dict | None:
-    """Evaluate `model` over `test_loader`; returns the averaged scores on rank 0 (None elsewhere)."""
+def run_test(fabric: "Fabric", cfg: "RootCfg", model: "MVSplat", test_loader: Iterable[BatchedExample]) -> dict | None:
+    """Evaluate `model` over `test_loader`, writing under `test.output_path/<wandb.name>/` (the original's
+    place, independent of the run's output_dir); returns the averaged scores on rank 0 (None elsewhere)."""
     from .media import save_image, save_video
 
     test_cfg = cfg.test
@@ -89,7 +75,7 @@ def run_test(fabric: "Fabric", cfg: "RootCfg", model: "MVSplat", test_loader: It
 
     scores: list[SceneScores] = []
     timings = Timings(skip=test_cfg.eval_time_skip_steps)
-    progress = tqdm(desc="test scenes", unit="scene", disable=not _show_progress(fabric))
+    progress = tqdm(desc="test scenes", unit="scene", disable=not (fabric.global_rank == 0 and show_progress_bar()))
     for batch in test_loader:
         batch = fabric.to_device(batch)
         batch = module.data_shim(batch)
@@ -99,7 +85,8 @@ def run_test(fabric: "Fabric", cfg: "RootCfg", model: "MVSplat", test_loader: It
 
         _synchronize(device)
         start = time.perf_counter()
-        gaussians = module.encode(context, global_step=0)
+        with fabric.autocast():  # trainer.precision, as in training; the decoder renders in fp32
+            gaussians = module.encode(context, global_step=0)
         _synchronize(device)
         timings.record("encoder", time.perf_counter() - start)
 
@@ -133,13 +120,14 @@ def run_test(fabric: "Fabric", cfg: "RootCfg", model: "MVSplat", test_loader: It
         progress.update(len(batch["scene"]))
     progress.close()
 
-    all_scores = sorted(_gather(fabric, [vars(s) for s in scores]), key=lambda s: s["scene"])
-    all_encoder = _gather(fabric, timings.encoder)
-    all_decoder = _gather(fabric, timings.decoder)
     peak_memory = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
-    peak_memory = max(_gather(fabric, [peak_memory]))
+    per_rank = gather_objects(fabric, ([vars(s) for s in scores], timings.encoder, timings.decoder, peak_memory))
     if fabric.global_rank != 0:
         return None
+    all_scores = sorted((s for rank in per_rank for s in rank[0]), key=lambda s: s["scene"])
+    all_encoder = [t for rank in per_rank for t in rank[1]]
+    all_decoder = [t for rank in per_rank for t in rank[2]]
+    peak_memory = max(rank[3] for rank in per_rank)
     averages = write_test_results(out_dir, all_scores, all_encoder, all_decoder, peak_memory, test_cfg.compute_scores)
     summary = ", ".join(f"{k} {v:.4f}" for k, v in averages.items() if isinstance(v, float))
     fabric.print(f"test: {len(all_scores)} scenes -> {out_dir}: {summary}")

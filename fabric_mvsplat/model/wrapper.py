@@ -149,9 +149,11 @@ class MVSplat(nn.Module):
 
 
 def build_model(cfg: "RootCfg") -> MVSplat:
-    """The model for `cfg.mode`; loads the UniMatch backbone when training with a weights path."""
+    """The model for `cfg.mode`; loads the UniMatch backbone when training from scratch with a weights path
+    (a resumed or fine-tuned run overwrites every encoder weight from its checkpoint)."""
     model = MVSplat(cfg)
-    if cfg.mode == "train" and cfg.model.encoder.unimatch_weights_path is not None:
+    from_scratch = cfg.mode == "train" and cfg.checkpointing.load is None
+    if from_scratch and cfg.model.encoder.unimatch_weights_path is not None:
         from .encoder import load_unimatch_backbone
 
         load_unimatch_backbone(model.encoder, cfg.model.encoder.unimatch_weights_path)

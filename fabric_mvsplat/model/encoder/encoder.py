@@ -38,16 +38,15 @@ def crop_views_to_patch(views: BatchedViews, patch_size: int) -> BatchedViews:
 class EncoderCostVolume(nn.Module):
     def __init__(self, cfg: EncoderCostVolumeCfg, num_context_views: int = 2) -> None:
         super().__init__()
-        if cfg.use_epipolar_trans:
-            raise ConfigError("use_epipolar_trans", True, "false: the epipolar-transformer ablation is not supported")
         if cfg.wo_cost_volume_refine and cfg.costvolume_unet_feat_dim != cfg.num_depth_candidates:
             raise ConfigError(
-                "costvolume_unet_feat_dim", cfg.costvolume_unet_feat_dim,
+                "model.encoder.costvolume_unet_feat_dim", cfg.costvolume_unet_feat_dim,
                 f"equal to num_depth_candidates ({cfg.num_depth_candidates}) when wo_cost_volume_refine is set "
                 "(the projection output feeds the depth head directly)",
             )
         if num_context_views < 2:
-            raise ConfigError("num_context_views", num_context_views, "at least 2 (the cost volume needs a second view)")
+            raise ConfigError("dataset.view_sampler.num_context_views", num_context_views,
+                              "at least 2 (the cost volume needs a second view)")
         self.cfg = cfg
         # Kept for reference: the original sized the U-Net's joint attention with it; we read the
         # view count from the batch, so any number of context views >= 2 works.
