@@ -144,7 +144,7 @@ def save_checkpoint(fabric: Fabric, cfg: RootCfg, model, optimizer, scheduler, t
     per_rank = gather_objects(fabric, {"train_stream": train_stream.state_dict(), "rng": capture_rng()})
     if fabric.global_rank == 0:
         module = model.module if isinstance(model, _FabricModule) else model
-        epoch = int(getattr(train_stream, "epoch", 0))
+        epoch = int(getattr(train_stream, "epoch", 0))  # the pass over the training scenes
         checkpoint = make_checkpoint(
             module, optimizer, scheduler, step, epoch,
             train_stream_states=[entry["train_stream"] for entry in per_rank],

@@ -207,3 +207,14 @@ def test_three_context_views_in_test_mode(synthetic_root, tmp_path):
 
     ply = read_ply(next((out / "demo" / "gaussians").glob("*.ply")))
     assert len(ply["x"]) == 3 * 32 * 32  # one Gaussian per pixel of each of the 3 context views
+
+
+def test_train_stream_epoch_counts_passes_for_checkpoint_names(synthetic_root):
+    cfg = compose_cfg(demo_overrides(synthetic_root, "data_loader.train.batch_size=2"))
+    stream = make_train_stream(cfg.dataset, cfg.data_loader.train, StepTracker(), 0, 1, cfg.seed)
+    batches = iter(stream)
+    epochs = []
+    for _ in range(3):  # 4 training scenes, 2 per batch: passes 0, 0, 1
+        next(batches)
+        epochs.append(stream.epoch)
+    assert epochs == [0, 0, 1]

@@ -174,6 +174,11 @@ class TrainStream:
         return len(self.scenes)
 
     @property
+    def epoch(self) -> int:
+        """The pass over the training scenes that the last batch came from (0 before any batch)."""
+        return max(self.last_positions, default=0) // max(1, self.num_scenes)
+
+    @property
     def skip_counts(self) -> dict[str, int]:
         """Scenes skipped on this rank (all workers), by the filter or fault that rejected them."""
         return dict(sum((Counter(skips) for skips in self.state["skips"]), Counter()))
