@@ -17,57 +17,15 @@ from functools import lru_cache
 import torch
 from torch import Tensor
 
-SH_C0 = 0.28209479177387814
-SH_C1 = 0.4886025119029199
-SH_C2 = (
-    1.0925484305920792,
-    -1.0925484305920792,
-    0.31539156525252005,
-    -1.0925484305920792,
-    0.5462742152960396,
-)
-SH_C3 = (
-    -0.5900435899266435,
-    2.890611442640554,
-    -0.4570457994644658,
-    0.3731763325901154,
-    -0.4570457994644658,
-    1.445305721320277,
-    -0.5900435899266435,
-)
+from .decoder.sh import inria_sh_basis, mvsplat_sh_basis
+
 MAX_DEGREE = 3
 NUM_COEFFICIENTS = (MAX_DEGREE + 1) ** 2  # 16
 
 
 def sh_basis(directions: Tensor) -> Tensor:
     """Inria/3DGS real SH basis, degrees 0..3: [..., 3] unit directions -> [..., 16]."""
-    x, y, z = directions.unbind(-1)
-    xx, yy, zz = x * x, y * y, z * z
-    basis = [
-        torch.full_like(x, SH_C0),
-        -SH_C1 * y,
-        SH_C1 * z,
-        -SH_C1 * x,
-        SH_C2[0] * x * y,
-        SH_C2[1] * y * z,
-        SH_C2[2] * (2 * zz - xx - yy),
-        SH_C2[3] * x * z,
-        SH_C2[4] * (xx - yy),
-        SH_C3[0] * y * (3 * xx - yy),
-        SH_C3[1] * x * y * z,
-        SH_C3[2] * y * (4 * zz - xx - yy),
-        SH_C3[3] * z * (2 * zz - 3 * xx - 3 * yy),
-        SH_C3[4] * x * (4 * zz - xx - yy),
-        SH_C3[5] * z * (xx - yy),
-        SH_C3[6] * x * (xx - 3 * yy),
-    ]
-    return torch.stack(basis, dim=-1)
-
-
-def mvsplat_direction(directions: Tensor) -> Tensor:
-    """[..., 3] d -> [..., 3] (d_z, d_x, d_y), where MVSplat's rasterizer evaluates the basis."""
-    x, y, z = directions.unbind(-1)
-    return torch.stack([z, x, y], dim=-1)
+    return torch.stack(inria_sh_basis(*directions.unbind(-1), NUM_COEFFICIENTS), dim=-1)
 
 
 @lru_cache(maxsize=1)
@@ -77,7 +35,7 @@ def _permutation_to_standard_matrix() -> Tensor:
     directions = torch.randn(512, 3, generator=generator, dtype=torch.float64)
     directions = torch.nn.functional.normalize(directions, dim=-1)
     standard = sh_basis(directions)  # [N, 16]
-    permuted = sh_basis(mvsplat_direction(directions))  # [N, 16]
+    permuted = mvsplat_sh_basis(directions, NUM_COEFFICIENTS)  # [N, 16], the basis at (d_z, d_x, d_y)
     matrix = torch.zeros(NUM_COEFFICIENTS, NUM_COEFFICIENTS, dtype=torch.float64)
     for degree in range(MAX_DEGREE + 1):
         band = slice(degree**2, (degree + 1) ** 2)
