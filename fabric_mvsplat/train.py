@@ -34,6 +34,7 @@ def main(dict_config: DictConfig) -> None:
 
 def run(cfg: RootCfg, output_dir: Path, config_yaml: str | None = None):
     """Everything after the config: the same code for one process and for every torchrun rank."""
+    refuse_to_mix_runs(cfg, output_dir)
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")  # TF32 matmuls, as the original
     fabric = make_fabric(cfg.trainer)
@@ -51,6 +52,18 @@ def run(cfg: RootCfg, output_dir: Path, config_yaml: str | None = None):
     result = run_test_mode(fabric, cfg, output_dir) if cfg.mode == "test" else run_training(fabric, cfg, output_dir)
     shut_down(fabric)
     return result
+
+
+def refuse_to_mix_runs(cfg: RootCfg, output_dir: Path) -> None:
+    """A run that starts at step 0 in a folder holding another run's checkpoints would mix its events with
+    them, and the top-k rotation (newest steps win) would delete its own checkpoints: stop before any work."""
+    starts_fresh = cfg.mode == "train" and not (cfg.checkpointing.load is not None and cfg.checkpointing.resume)
+    existing = sorted(Path(output_dir, "checkpoints").glob("*.ckpt")) if starts_fresh else []
+    if existing:
+        print(f"fabric_mvsplat: output_dir {output_dir} already holds checkpoints of an earlier run "
+              f"({', '.join(p.name for p in existing[:3])}). Resume it with checkpointing.load={existing[-1]}, "
+              "or start a new run in another output_dir=..., or delete that folder.", file=sys.stderr)
+        sys.exit(2)
 
 
 def shut_down(fabric: Fabric) -> None:

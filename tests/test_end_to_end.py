@@ -218,3 +218,17 @@ def test_train_stream_epoch_counts_passes_for_checkpoint_names(synthetic_root):
         next(batches)
         epochs.append(stream.epoch)
     assert epochs == [0, 0, 1]
+
+
+def test_a_fresh_run_refuses_a_folder_with_another_runs_checkpoints(synthetic_root, tmp_path):
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "epoch_4-step_300.ckpt").write_bytes(b"an earlier run")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    result = subprocess.run([sys.executable, "-m", "fabric_mvsplat.train",
+                             *demo_overrides(synthetic_root, f"output_dir={run_dir}", "trainer.max_steps=1")],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert "already holds checkpoints" in result.stderr and "checkpointing.load=" in result.stderr
+    assert (run_dir / "checkpoints" / "epoch_4-step_300.ckpt").read_bytes() == b"an earlier run"
+    assert not (run_dir / "tensorboard").exists()
