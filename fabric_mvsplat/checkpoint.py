@@ -96,6 +96,7 @@ def load_file(path: str | Path, allow_unsafe_load: bool = False) -> dict:
                 "checkpointing.allow_unsafe_load=true"
             ) from error
         warnings.warn(f"loading {path} with weights_only=False (checkpointing.allow_unsafe_load=true)")
+        # The explicit opt-in (checkpointing.allow_unsafe_load=true, off by default) for trusted files only.
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     except (RuntimeError, EOFError, OSError, KeyError, ValueError) as error:
         raise CheckpointError(

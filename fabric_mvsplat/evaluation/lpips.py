@@ -89,12 +89,6 @@ class LPIPS(nn.Module):
     def heads(self) -> list[LinearHead]:
         return [getattr(self, f"lin{k}") for k in range(len(TAP_CHANNELS))]
 
-    def load_weights(self, vgg_state: dict[str, Tensor], lin_state: dict[str, Tensor]) -> None:
-        """Copy torchvision vgg16 (`features.*`) and lpips v0.1 (`lin*`) tensors into the buffers."""
-        self.copy_buffers("features.", vgg_state)
-        self.copy_buffers("lin", lin_state)
-        self.is_loaded = True
-
     def copy_buffers(self, prefix: str, state: dict[str, Tensor]) -> None:
         """Fill every buffer named `prefix*` from `state`; extra keys (e.g. torchvision's
         classifier) are ignored, a missing key or wrong shape raises ValueError naming it."""
