@@ -162,21 +162,59 @@ def flat_parameters(model: nn.Module) -> torch.Tensor:
 
 
 
-def ddp_worker(output_dir: Path) -> None:
-    """One torchrun rank of tests/test_ddp.py: train the tiny model, report what this rank did and wrote."""
+class RealSceneFeatures:
+    """The real sharded TrainStream, each batch reduced to the tiny model's features.
+
+    x: the context images' mean colours and near/far [B, 8]; y: the first target's mean colour [B, 3];
+    scene: the real scene keys, so which rank saw which scene comes from the data layer's own sharding.
+    """
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+
+    def __iter__(self):
+        for batch in self.stream:
+            context, target = batch["context"], batch["target"]
+            colours = context["image"].mean(dim=(-1, -2)).flatten(1)  # [B, V*3]
+            x = torch.cat([colours, context["near"][:, :1], context["far"][:, :1] / 100], dim=1)[:, :FEATURES]
+            yield {"x": x, "y": target["image"][:, 0].mean(dim=(-1, -2)), "scene": list(batch["scene"])}
+
+    def state_dict(self) -> dict:
+        return self.stream.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.stream.load_state_dict(state)
+
+    @property
+    def skipped_scenes(self) -> int:
+        return self.stream.skipped_scenes
+
+    @property
+    def epoch(self) -> int:
+        return self.stream.epoch
+
+
+def ddp_worker(data_root: Path, output_dir: Path, results_dir: Path) -> None:
+    """One torchrun rank of tests/test_ddp.py: train the tiny model on the real sharded train stream of
+    `data_root`, and write what this rank did and wrote to `results_dir/rank<r>.json` (never stdout: the
+    ranks' prints interleave)."""
     import builtins
     import hashlib
     import io
+    import json
     import os
 
-    from fabric_mvsplat.train import shut_down
+    from fabric_mvsplat.data import StepTracker, make_train_stream
+    from fabric_mvsplat.data.config import DataLoaderStageCfg
+    from fabric_mvsplat.loop import fit
+    from fabric_mvsplat.train import make_fabric, prepare_training, seed_everything, shut_down
+    from test_data_fixtures import dataset_cfg
 
     rank = int(os.environ["RANK"])
     writes: list[str] = []
     watched = str(Path(output_dir).resolve().parent)
+    real_open, real_io_open, real_mkdir = builtins.open, io.open, os.mkdir
     if rank != 0:  # record every file this rank opens for writing, or directory it creates, near output_dir
-        real_open, real_mkdir = builtins.open, os.mkdir
-
         def recording_open(file, mode="r", *args, **kwargs):
             if any(flag in mode for flag in "wax+") and str(Path(str(file)).resolve()).startswith(watched):
                 writes.append(str(file))
@@ -192,18 +230,49 @@ def ddp_worker(output_dir: Path) -> None:
 
     cfg = tiny_cfg(**{"trainer.devices": "auto", "trainer.max_steps": 6, "trainer.val_check_interval": 2,
                       "checkpointing.every_n_train_steps": 3, "checkpointing.save_top_k": 1})
-    fabric, model, state, stream, _ = train_tiny(cfg, output_dir)
+    fabric = make_fabric(cfg.trainer)
+    fabric.launch()
+    seed_everything(cfg.seed + fabric.global_rank)
+    model = TinyModel()
+    tracker = StepTracker()
+    stream = RealSceneFeatures(make_train_stream(
+        dataset_cfg(data_root), DataLoaderStageCfg(batch_size=cfg.data_loader.train.batch_size), tracker,
+        fabric.global_rank, fabric.world_size, cfg.seed))
+    seen: list[str] = []
+    recording_stream = RecordingStream(stream, seen)
+    val_source = OneSceneValidationSource() if fabric.global_rank == 0 else None
+    wrapped, optimizer, scheduler, state = prepare_training(fabric, cfg, model, recording_stream, val_source,
+                                                            tracker)
+    state = fit(fabric, cfg, wrapped, optimizer, scheduler, recording_stream, val_source, tracker, output_dir,
+                state)
     params = flat_parameters(model)
     gathered = fabric.all_gather(params)
-    digest = hashlib.sha256(params.numpy().tobytes()).hexdigest()
-    print(f"RESULT rank={rank} world={fabric.world_size} strategy={type(fabric.strategy).__name__} "
-          f"step={state['global_step']} equal={all(torch.equal(g, params) for g in gathered)} sha={digest} "
-          f"validations={len(model.validation_steps)} writes={len(writes)} {writes[:3]} "
-          f"scenes={','.join(stream.scenes_seen)}", flush=True)
+    builtins.open, io.open, os.mkdir = real_open, real_io_open, real_mkdir
+    result = {"rank": rank, "world": fabric.world_size, "strategy": type(fabric.strategy).__name__,
+              "step": state["global_step"], "equal": all(torch.equal(g, params) for g in gathered),
+              "sha": hashlib.sha256(params.numpy().tobytes()).hexdigest(),
+              "validations": len(model.validation_steps), "writes": writes, "scenes": seen}
+    Path(results_dir).mkdir(parents=True, exist_ok=True)
+    (Path(results_dir) / f"rank{rank}.json").write_text(json.dumps(result))
     shut_down(fabric)
+
+
+class RecordingStream:
+    """Passes a stream through, appending each batch's scene keys to `seen`."""
+
+    def __init__(self, stream, seen: list[str]) -> None:
+        self.stream, self.seen = stream, seen
+
+    def __iter__(self):
+        for batch in self.stream:
+            self.seen.extend(batch["scene"])
+            yield batch
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
 
 
 if __name__ == "__main__":
     import sys
 
-    ddp_worker(Path(sys.argv[1]))
+    ddp_worker(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]))

@@ -1,41 +1,49 @@
-"""A real 2-process torchrun (gloo, CPU) run of the loop: identical parameters, only rank 0 writes."""
+"""A real 2-process torchrun (gloo, CPU) run of the loop on the real sharded train stream: identical
+parameters, disjoint scenes, only rank 0 writes. Each rank reports through its own JSON file."""
 
+import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
 
 import torch
 
+from test_data_fixtures import make_split
+
 TESTS = Path(__file__).resolve().parent
 
 
 def test_torchrun_two_ranks(tmp_path):
+    data_root = tmp_path / "data"
+    keys = make_split(data_root / "train", num_scenes=24)  # one pass = 2 ranks x 6 steps x batch 2
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS.parent), str(TESTS), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
+    results = tmp_path / "results"
+    completed = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         str(TESTS / "loop_fixtures.py"), str(tmp_path / "run")],
+         str(TESTS / "loop_fixtures.py"), str(data_root), str(tmp_path / "run"), str(results)],
         capture_output=True, text=True, env=env, timeout=300,
     )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    lines = {int(m.group(1)): m.group(0) for m in re.finditer(r"RESULT rank=(\d) .*", result.stdout)}
-    assert sorted(lines) == [0, 1], result.stdout[-3000:]
-    fields = {rank: dict(re.findall(r"(\w+)=(\S+)", line)) for rank, line in lines.items()}
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    fields = {rank: json.loads((results / f"rank{rank}.json").read_text()) for rank in (0, 1)}
     for rank in (0, 1):
-        assert fields[rank]["world"] == "2" and fields[rank]["strategy"] == "DDPStrategy"
-        assert fields[rank]["step"] == "6" and fields[rank]["equal"] == "True"
+        assert fields[rank]["rank"] == rank and fields[rank]["world"] == 2
+        assert fields[rank]["strategy"] == "DDPStrategy"
+        assert fields[rank]["step"] == 6 and fields[rank]["equal"]
     assert fields[0]["sha"] == fields[1]["sha"]  # parameters stay identical across ranks
-    assert fields[0]["validations"] == "4" and fields[1]["validations"] == "0"  # sanity + steps 2, 4, 6 on rank 0
-    assert fields[1]["writes"] == "0", lines[1]  # rank 1 created no file and no directory
-    scenes = [set(fields[rank]["scenes"].split(",")) for rank in (0, 1)]
-    assert len(scenes[0]) == len(scenes[1]) == 12 and not scenes[0] & scenes[1]  # different scenes per rank
+    assert fields[0]["validations"] == 4 and fields[1]["validations"] == 0  # sanity + steps 2, 4, 6 on rank 0
+    assert fields[1]["writes"] == [], fields[1]["writes"]  # rank 1 created no file and no directory
+    # The data layer shards by rank: together the ranks see one full pass, each scene exactly once.
+    scenes = [fields[rank]["scenes"] for rank in (0, 1)]
+    assert len(scenes[0]) == len(scenes[1]) == 12
+    assert sorted(scenes[0] + scenes[1]) == sorted(keys)
 
     run = tmp_path / "run"
     assert len(list((run / "tensorboard").glob("events.out.tfevents*"))) == 1
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["epoch_0-step_6.ckpt"]
     checkpoint = torch.load(run / "checkpoints" / "epoch_0-step_6.ckpt", weights_only=True)
-    assert checkpoint["train_stream"] == [{"position": 6}, {"position": 6}]
+    assert [state["batches"] for state in checkpoint["train_stream"]] == [6, 6]
+    assert [state["layout"]["rank"] for state in checkpoint["train_stream"]] == [0, 1]
     assert len(checkpoint["rng_states"]) == 2
     assert not torch.equal(checkpoint["rng_states"][0]["torch"], checkpoint["rng_states"][1]["torch"])  # seed + rank
