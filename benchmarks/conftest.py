@@ -28,7 +28,7 @@ import pytest
 import torch
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "fabric_mvsplat" / "configs"
 
 # MVSplat's published figures (spec §10.1): one GPU, 256x256, 2 context views, batch 1.
 PAPER_SECONDS = {

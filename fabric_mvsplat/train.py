@@ -1,6 +1,6 @@
 """Entry point: `python -m fabric_mvsplat.train +experiment=re10k [key=value ...]`.
 
-Hydra composes `config/main.yaml`; `load_config` checks every key before any work; then Fabric, data,
+Hydra composes `fabric_mvsplat/configs/main.yaml`; `load_config` checks every key before any work; then Fabric, data,
 model, optimizer and scheduler are built here and handed to `loop.fit` (mode=train) or to
 `evaluation.test.run_test` (mode=test). Under `torchrun`, Fabric reads the rank layout from torchrun's
 environment and every rank runs this same file.
@@ -18,7 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 from .config import OptimizerCfg, RootCfg, TrainerCfg, load_config
 from .errors import ConfigError
 
-CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "config")
+# The Hydra configs ship inside the package, so a plain `pip install .` finds them from any directory.
+CONFIG_DIR = str(Path(__file__).resolve().parent / "configs")
 
 
 @hydra.main(version_base=None, config_path=CONFIG_DIR, config_name="main")

@@ -12,7 +12,7 @@ from torch import nn
 from fabric_mvsplat.config import RootCfg, load_config
 from fabric_mvsplat.model.types import StepOutput, ValidationOutput
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "fabric_mvsplat" / "configs"
 FEATURES = 8
 
 

@@ -12,7 +12,7 @@ from fabric_mvsplat.data.view_sampler import (AllSampler, ArbitrarySampler, Boun
                                               SceneRejected, schedule)
 
 ASSETS = Path(__file__).resolve().parents[2] / "shared" / "assets"
-# config/dataset/view_sampler_dataset_specific_config/bounded_re10k.yaml
+# fabric_mvsplat/configs/dataset/view_sampler_dataset_specific_config/bounded_re10k.yaml
 RE10K = dict(min_distance_between_context_views=45, max_distance_between_context_views=192,
              warm_up_steps=150_000, initial_min_distance_between_context_views=25,
              initial_max_distance_between_context_views=45, num_target_views=4)

@@ -1,5 +1,5 @@
-"""Typed config of the data layer (`config/dataset/*.yaml`, `config/dataset/view_sampler/*.yaml`,
-`data_loader.*` in `config/main.yaml`)."""
+"""Typed config of the data layer (`fabric_mvsplat/configs/dataset/*.yaml`, `fabric_mvsplat/configs/dataset/view_sampler/*.yaml`,
+`data_loader.*` in `fabric_mvsplat/configs/main.yaml`)."""
 
 from dataclasses import dataclass, field
 from typing import Literal
@@ -57,7 +57,7 @@ ViewSamplerCfg = ViewSamplerBoundedCfg | ViewSamplerEvaluationCfg | ViewSamplerA
 
 @dataclass
 class DatasetCfg:
-    """`config/dataset/re10k.yaml`; ACID and DTU use the same reader with other roots."""
+    """`fabric_mvsplat/configs/dataset/re10k.yaml`; ACID and DTU use the same reader with other roots."""
 
     view_sampler: ViewSamplerCfg
     name: Literal["re10k", "acid", "dtu", "synthetic"] = "re10k"

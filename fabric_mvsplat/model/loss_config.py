@@ -1,4 +1,4 @@
-"""Typed config of the losses (`config/loss/{mse,lpips,depth}.yaml`)."""
+"""Typed config of the losses (`fabric_mvsplat/configs/loss/{mse,lpips,depth}.yaml`)."""
 
 from dataclasses import dataclass
 

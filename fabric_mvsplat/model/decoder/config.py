@@ -1,4 +1,4 @@
-"""Typed config of the splatting decoder (`config/model/decoder/splatting_cuda.yaml`)."""
+"""Typed config of the splatting decoder (`fabric_mvsplat/configs/model/decoder/splatting_cuda.yaml`)."""
 
 from dataclasses import dataclass
 from typing import Literal

@@ -1,4 +1,4 @@
-"""Typed config of the cost-volume encoder (`config/model/encoder/costvolume.yaml`)."""
+"""Typed config of the cost-volume encoder (`fabric_mvsplat/configs/model/encoder/costvolume.yaml`)."""
 
 from dataclasses import dataclass, field
 from typing import Literal
