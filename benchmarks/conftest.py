@@ -15,6 +15,7 @@ each remaining case once, without warm-up.
 
 import contextlib
 import datetime
+import os
 import platform
 import re
 import resource
@@ -79,6 +80,9 @@ def environment_info() -> dict[str, Any]:
         "device": device_name(),
         "cpu": cpu_model(),
         "cpu_threads": torch.get_num_threads(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "logical_cpus": os.cpu_count(),
+        "load_average_at_start": load_average(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
@@ -90,6 +94,15 @@ def environment_info() -> dict[str, Any]:
         except Exception as error:  # gsplat may fail to import without its CUDA extension
             info[package] = f"unavailable ({type(error).__name__})"
     return info
+
+
+def load_average() -> list[float] | None:
+    """1, 5 and 15-minute load averages (None where the OS has none): on a shared machine, what a
+    timing was measured under."""
+    try:
+        return [round(value, 2) for value in os.getloadavg()]
+    except OSError:
+        return None
 
 
 def cpu_model() -> str:
@@ -266,7 +279,8 @@ def bench(benchmark, request: pytest.FixtureRequest, peak_memory):
         with peak_memory(device):
             benchmark.pedantic(timed, setup=setup, rounds=rounds, iterations=1, warmup_rounds=0)
 
-        extra: dict[str, Any] = {"device": device, "precision": precision, **info}
+        extra: dict[str, Any] = {"device": device, "precision": precision, "threads": torch.get_num_threads(),
+                                 "load_average": load_average(), **info}
         if items is not None:
             extra.update(items=items, unit=unit or "items")
         if paper is not None:

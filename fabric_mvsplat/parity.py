@@ -110,21 +110,22 @@ def capture_intermediates(encoder: nn.Module, wanted: set[str]) -> tuple[dict[st
     return captured, handles
 
 
-def build_encoder(folder: Path):
+def build_encoder(folder: Path, options: dict | None = None):
     from .config import from_dict
     from .model.encoder import EncoderCostVolume, load_encoder_weights
     from .model.encoder.config import EncoderCostVolumeCfg
 
     config = json.loads((folder / "config.json").read_text())
-    cfg = from_dict(EncoderCostVolumeCfg, config["encoder_cfg"], "model.encoder")
+    # options: our added encoder keys (attention, cost_volume), on top of the golden config.
+    cfg = from_dict(EncoderCostVolumeCfg, {**config["encoder_cfg"], **(options or {})}, "model.encoder")
     num_views = config.get("dataset_side", {}).get("num_context_views", 2)
     encoder = EncoderCostVolume(cfg, num_context_views=num_views)
     load_encoder_weights(encoder, load(folder / "state_dict.pt"), str(folder / "state_dict.pt"))
     return encoder.float().eval()
 
 
-def check_encoder_folder(folder: Path, intermediates: bool) -> list[Row]:
-    encoder = build_encoder(folder)
+def check_encoder_folder(folder: Path, intermediates: bool, options: dict | None = None) -> list[Row]:
+    encoder = build_encoder(folder, options)
     inputs = load(folder / "inputs.pt")
     golden = load(folder / "outputs.pt")
     golden_intermediates = load(folder / "intermediates.pt") if intermediates else {}
@@ -243,9 +244,9 @@ def check_adapter_folder(folder: Path) -> list[Row]:
 # ----------------------------------------------------------------------------------- driver
 
 
-def check_folder(folder: Path, intermediates: bool = False) -> list[Row]:
+def check_folder(folder: Path, intermediates: bool = False, options: dict | None = None) -> list[Row]:
     if (folder / "config.json").is_file():
-        return check_encoder_folder(folder, intermediates)
+        return check_encoder_folder(folder, intermediates, options)
     if (folder / "meta.json").is_file():
         return check_adapter_folder(folder)
     raise FileNotFoundError(f"{folder} is not a parity folder: expected config.json (encoder) or meta.json (adapter)")
@@ -267,11 +268,16 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folders", nargs="+", type=Path, help="golden folders, e.g. ../shared/golden/encoder_small")
     parser.add_argument("--intermediates", action="store_true", help="also compare intermediates.pt captures")
+    parser.add_argument("--attention", choices=["sdpa", "original"], default="sdpa",
+                        help="model.encoder.attention for encoder folders (default sdpa)")
+    parser.add_argument("--cost-volume", choices=["auto", "warp", "correlate"], default="auto",
+                        help="model.encoder.cost_volume for encoder folders (default auto)")
     args = parser.parse_args(argv)
+    options = {"attention": args.attention, "cost_volume": args.cost_volume}
     all_ok = True
     for folder in args.folders:
         try:
-            rows = check_folder(folder, args.intermediates)
+            rows = check_folder(folder, args.intermediates, options)
         except (FileNotFoundError, ValueError) as error:
             print(f"== {folder}\nerror: {error}", file=sys.stderr)
             all_ok = False

@@ -30,6 +30,16 @@ def test_golden_folder_passes_with_intermediates(name):
         assert any(n.startswith("[int] backbone.out.0") for n in names)
 
 
+@pytest.mark.parametrize("options", [{"attention": "original", "cost_volume": "warp"},
+                                     {"attention": "sdpa", "cost_volume": "correlate"}])
+@pytest.mark.parametrize("name", ["encoder_small", "encoder_small_b2v3"])
+def test_golden_folder_passes_with_each_arithmetic(name, options):
+    """The original's explicit attention / warped cost volume and the fast paths all meet the tolerances."""
+    rows = parity.check_folder(golden_folder(name), intermediates=True, options=options)
+    failed = [r for r in rows if not r.ok]
+    assert rows and not failed, parity.format_table(golden_folder(name), failed)
+
+
 def test_command_exit_status(tmp_path, capsys):
     source = golden_folder("encoder_small")
     assert parity.main([str(source)]) == 0

@@ -68,6 +68,13 @@ class EncoderCostVolumeCfg:
     use_epipolar_trans: bool = False
     # Added: recompute the U-Net attention blocks in backward (the original always does).
     gradient_checkpointing: bool = True
+    # Added: attention through torch's fused scaled_dot_product_attention ("sdpa") or the original's
+    # explicit softmax(q k^T / sqrt(d)) v ("original"); both pass golden parity.
+    attention: Literal["sdpa", "original"] = "sdpa"
+    # Added: plane-sweep correlation by warping features ("warp", the original's arithmetic), by
+    # sampling a per-pixel correlation map ("correlate", same weights, sums swapped) or whichever is
+    # smaller in memory ("auto": correlate while (H/4 * W/4) <= d_feature * num_depth_candidates).
+    cost_volume: Literal["auto", "warp", "correlate"] = "auto"
 
     def __post_init__(self) -> None:
         positive = ("d_feature", "num_depth_candidates", "num_surfaces", "gaussians_per_pixel",

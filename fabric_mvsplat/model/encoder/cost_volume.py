@@ -49,12 +49,11 @@ def disparity_candidates(near: Tensor, far: Tensor, num_candidates: int, dtype: 
     return repeat((low + steps * (high - low)).to(dtype), "vb d -> vb d () ()")
 
 
-def warp_to_candidates(other: Tensor, intrinsics: Tensor, pose: Tensor, depths: Tensor) -> Tensor:
-    """Sample `other` [N, C, h, w] at the reprojection of every reference pixel at every candidate
-    z-depth depths [N, D, h, w]. Pixels sit on the integer grid 0..w-1 (no +0.5), as the weights expect.
-    Returns [N, C, D, h, w]."""
+def candidate_sample_grid(intrinsics: Tensor, pose: Tensor, depths: Tensor) -> Tensor:
+    """grid_sample coordinates [N, D*h, w, 2] (fp32, no grad) of every reference pixel reprojected into
+    the other view at every candidate z-depth depths [N, D, h, w]. Pixels sit on the integer grid
+    0..w-1 (no +0.5), as the weights expect."""
     n, d, h, w = depths.shape
-    c = other.shape[1]
     # Coordinates in fp32 even under bf16 autocast: bf16 would misplace samples by up to 1/4 pixel.
     with torch.no_grad(), torch.autocast(device_type=depths.device.type, enabled=False):
         intrinsics, pose, depths = intrinsics.float(), pose.float(), depths.float()
@@ -69,23 +68,55 @@ def warp_to_candidates(other: Tensor, intrinsics: Tensor, pose: Tensor, depths: 
         pixels = points[:, :2] / points[:, -1:].clamp(min=1e-3)
         x_grid = 2 * pixels[:, 0] / (w - 1) - 1
         y_grid = 2 * pixels[:, 1] / (h - 1) - 1
-        sample_grid = torch.stack([x_grid, y_grid], dim=-1)
-    warped = F.grid_sample(other, sample_grid.view(n, d * h, w, 2).to(other.dtype), mode="bilinear", padding_mode="zeros",
+        return torch.stack([x_grid, y_grid], dim=-1).view(n, d * h, w, 2)
+
+
+def warp_to_candidates(other: Tensor, intrinsics: Tensor, pose: Tensor, depths: Tensor) -> Tensor:
+    """Sample `other` [N, C, h, w] at the reprojection of every reference pixel at every candidate
+    z-depth depths [N, D, h, w]. Returns [N, C, D, h, w]."""
+    n, d, h, w = depths.shape
+    sample_grid = candidate_sample_grid(intrinsics, pose, depths)
+    warped = F.grid_sample(other, sample_grid.to(other.dtype), mode="bilinear", padding_mode="zeros",
                            align_corners=True)
-    return warped.view(n, c, d, h, w)
+    return warped.view(n, other.shape[1], d, h, w)
 
 
-def correlation_volume(features: Tensor, intrinsics: Tensor, extrinsics: Tensor, disparities: Tensor) -> Tensor:
+def sampled_correlation(reference: Tensor, other: Tensor, intrinsics: Tensor, pose: Tensor, depths: Tensor) -> Tensor:
+    """sum_c reference[c, p] * bilinear(other[c], grid(d, p)) as bilinear(corr[p], grid(d, p)) with
+    corr[p, q] = sum_c reference[c, p] other[c, q]: the same weights and corners as warping `other`,
+    only the two sums swapped. One [h*w, h*w] product per view instead of a [C, D, h, w] warp: far
+    less memory and time while h*w <= C*D. reference, other [N, C, h, w]. Returns [N, D, h, w]."""
+    n, d, h, w = depths.shape
+    sample_grid = candidate_sample_grid(intrinsics, pose, depths).view(n, d, h * w, 2)
+    corr = torch.bmm(reference.flatten(2).transpose(1, 2), other.flatten(2))  # [N, P, P]
+    # One single-channel h x w "image" per reference pixel, sampled at its D candidates.
+    per_pixel_grid = sample_grid.transpose(1, 2).reshape(n * h * w, 1, d, 2)
+    sampled = F.grid_sample(corr.view(n * h * w, 1, h, w), per_pixel_grid.to(corr.dtype), mode="bilinear",
+                            padding_mode="zeros", align_corners=True)
+    return sampled.view(n, h, w, d).permute(0, 3, 1, 2)
+
+
+def correlation_volume(features: Tensor, intrinsics: Tensor, extrinsics: Tensor, disparities: Tensor,
+                       method: str = "auto") -> Tensor:
     """Average over the other views of <f_ref, warped f_other> / sqrt(C).
 
     features [b, v, c, h, w]; disparities [(v b), D, 1, 1]. Returns [(v b), D, h, w].
+    method: "warp" (the original: warp C x D planes, multiply, sum), "correlate" (`sampled_correlation`,
+    equal up to float rounding) or "auto" (correlate while its [h*w, h*w] product is the smaller tensor).
     """
     b, v, c, h, w = features.shape
     reference = rearrange(features, "b v ... -> (v b) ...")
     k = feature_intrinsics(intrinsics, h, w)
     depths = 1.0 / disparities.repeat(1, 1, h, w)
     volumes = []
+    if method == "auto":
+        method = "correlate" if h * w <= c * disparities.shape[1] else "warp"
+    if method not in ("warp", "correlate"):
+        raise ValueError(f"correlation_volume: method={method!r}, expected 'auto', 'warp' or 'correlate'")
     for other, pose in zip(shifted_features(features), relative_poses(extrinsics)):
-        warped = warp_to_candidates(other, k, pose, depths)
-        volumes.append((reference.unsqueeze(2) * warped).sum(1) / (c**0.5))
+        if method == "correlate":
+            volumes.append(sampled_correlation(reference, other, k, pose, depths) / (c**0.5))
+        else:
+            warped = warp_to_candidates(other, k, pose, depths)
+            volumes.append((reference.unsqueeze(2) * warped).sum(1) / (c**0.5))
     return torch.stack(volumes).mean(0)

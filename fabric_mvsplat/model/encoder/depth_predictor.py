@@ -30,6 +30,8 @@ class DepthPredictorMultiView(nn.Module):
         wo_cost_volume: bool = False,
         wo_cost_volume_refine: bool = False,
         gradient_checkpointing: bool = True,
+        attention: str = "sdpa",
+        cost_volume: str = "auto",
     ) -> None:
         super().__init__()
         self.num_depth_candidates = num_depth_candidates
@@ -38,6 +40,7 @@ class DepthPredictorMultiView(nn.Module):
         self.wo_depth_refine = wo_depth_refine
         self.wo_cost_volume = wo_cost_volume
         self.wo_cost_volume_refine = wo_cost_volume_refine
+        self.cost_volume = cost_volume
         d, c = num_depth_candidates, feature_channels
 
         # Cost-volume refinement (1/4 resolution).
@@ -52,7 +55,7 @@ class DepthPredictorMultiView(nn.Module):
                 nn.GroupNorm(8, width),
                 nn.GELU(),
                 UNetModel(width, width, width, 1, list(costvolume_unet_attn_res), list(costvolume_unet_channel_mult),
-                          32, gradient_checkpointing),
+                          32, gradient_checkpointing, attention),
                 nn.Conv2d(width, d, 3, padding=1),
             )
             self.regressor_residual = nn.Conv2d(in_channels, d, 1)
@@ -80,7 +83,7 @@ class DepthPredictorMultiView(nn.Module):
                 nn.GroupNorm(4, width),
                 nn.GELU(),
                 UNetModel(width, width, width, 1, list(depth_unet_attn_res), list(depth_unet_channel_mult),
-                          32, gradient_checkpointing),
+                          32, gradient_checkpointing, attention),
             )
 
         gaussians_in = depth_unet_feat_dim + 3 + c
@@ -109,7 +112,7 @@ class DepthPredictorMultiView(nn.Module):
         if self.wo_cost_volume:
             volume_in = ref_features
         else:
-            volume = correlation_volume(features, intrinsics, extrinsics, disparities)
+            volume = correlation_volume(features, intrinsics, extrinsics, disparities, self.cost_volume)
             volume_in = torch.cat((volume, ref_features), dim=1)
 
         if self.wo_cost_volume_refine:

@@ -51,7 +51,8 @@ class EncoderCostVolume(nn.Module):
         # Kept for reference: the original sized the U-Net's joint attention with it; we read the
         # view count from the batch, so any number of context views >= 2 works.
         self.num_context_views = num_context_views
-        self.backbone = BackboneMultiview(cfg.d_feature, cfg.downscale_factor, cfg.wo_backbone_cross_attn)
+        self.backbone = BackboneMultiview(cfg.d_feature, cfg.downscale_factor, cfg.wo_backbone_cross_attn,
+                                          cfg.attention)
         self.gaussian_adapter = GaussianAdapter(cfg.gaussian_adapter)
         self.depth_predictor = DepthPredictorMultiView(
             feature_channels=cfg.d_feature,
@@ -69,6 +70,8 @@ class EncoderCostVolume(nn.Module):
             wo_cost_volume=cfg.wo_cost_volume,
             wo_cost_volume_refine=cfg.wo_cost_volume_refine,
             gradient_checkpointing=cfg.gradient_checkpointing,
+            attention=cfg.attention,
+            cost_volume=cfg.cost_volume,
         )
 
     def required_multiple(self) -> int:

@@ -44,12 +44,28 @@ def _multiview_mask(mask: Tensor, num_key_views: int) -> Tensor:
     return mask[..., columns.flatten()]
 
 
+ATTENTION_KINDS = ("sdpa", "original")
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None, kind: str) -> Tensor:
+    """softmax(q k^T / sqrt(d) + mask) v over the last two dims. "sdpa": torch's fused kernels (flash /
+    memory-efficient on CUDA, the fused CPU kernel); "original": UniMatch's explicit matmuls."""
+    if kind == "sdpa":
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+    if kind != "original":
+        raise ValueError(f"attention={kind!r}: expected one of {ATTENTION_KINDS}")
+    scores = torch.matmul(q, k.transpose(-2, -1)) / q.shape[-1] ** 0.5
+    if attn_mask is not None:
+        scores = scores + attn_mask
+    return torch.matmul(torch.softmax(scores, dim=-1), v)
+
+
 def window_attention(query: Tensor, key: Tensor, value: Tensor, num_splits: int, shift: bool,
-                     mask: Tensor | None) -> Tensor:
+                     mask: Tensor | None, kind: str = "sdpa") -> Tensor:
     """Single-head attention inside K x K windows.
 
     query [N, H, W, C]; key, value [N, S, H, W, C] (S key views, concatenated per window);
-    mask [K*K, L, L] applied when shift is set. Returns [N, H, W, C].
+    mask [K*K, L, L] applied when shift is set; kind as in `attend`. Returns [N, H, W, C].
     """
     n, h, w, c = query.shape
     num_key_views = key.shape[1]
@@ -63,7 +79,7 @@ def window_attention(query: Tensor, key: Tensor, value: Tensor, num_splits: int,
     k = rearrange(key, "n s (kh wh) (kw ww) c -> n (kh kw) (s wh ww) c", **split)
     v = rearrange(value, "n s (kh wh) (kw ww) c -> n (kh kw) (s wh ww) c", **split)
     attn_mask = _multiview_mask(mask, num_key_views).to(q.dtype) if shift else None
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+    out = attend(q, k, v, attn_mask, kind)
     out = rearrange(out, "n (kh kw) (wh ww) c -> n (kh wh) (kw ww) c", wh=h // num_splits, **split)
     if shift:
         out = torch.roll(out, shifts=(sh, sw), dims=(1, 2))
@@ -80,8 +96,11 @@ def other_views(x: Tensor, num_views: int) -> Tensor:
 class TransformerLayer(nn.Module):
     """Post-norm attention layer: source + norm(merge(attn)) [+ FFN on concat(source, message)]."""
 
-    def __init__(self, d_model: int, with_ffn: bool, ffn_dim_expansion: int = 4) -> None:
+    def __init__(self, d_model: int, with_ffn: bool, ffn_dim_expansion: int = 4, attention: str = "sdpa") -> None:
         super().__init__()
+        if attention not in ATTENTION_KINDS:
+            raise ValueError(f"attention={attention!r}: expected one of {ATTENTION_KINDS}")
+        self.attention = attention
         self.q_proj = nn.Linear(d_model, d_model, bias=False)
         self.k_proj = nn.Linear(d_model, d_model, bias=False)
         self.v_proj = nn.Linear(d_model, d_model, bias=False)
@@ -105,20 +124,18 @@ class TransformerLayer(nn.Module):
             key, value = other_views(key, num_views), other_views(value, num_views)
         else:
             key, value = key.unsqueeze(1), value.unsqueeze(1)
-        message = self.norm1(self.merge(window_attention(query, key, value, num_splits, shift, mask)))
+        message = self.norm1(self.merge(window_attention(query, key, value, num_splits, shift, mask, self.attention)))
         if self.mlp is not None:
             message = self.norm2(self.mlp(torch.cat([source, message], dim=-1)))
         return source + message
 
 
 class TransformerBlock(nn.Module):
-    def __init__(self, d_model: int, ffn_dim_expansion: int, no_cross_attn: bool) -> None:
+    def __init__(self, d_model: int, ffn_dim_expansion: int, no_cross_attn: bool, attention: str = "sdpa") -> None:
         super().__init__()
         # Without cross-attention the FFN moves into the self-attention layer (ablation).
-        self.self_attn = TransformerLayer(d_model, with_ffn=no_cross_attn, ffn_dim_expansion=ffn_dim_expansion)
-        self.cross_attn_ffn = (
-            None if no_cross_attn else TransformerLayer(d_model, with_ffn=True, ffn_dim_expansion=ffn_dim_expansion)
-        )
+        self.self_attn = TransformerLayer(d_model, no_cross_attn, ffn_dim_expansion, attention)
+        self.cross_attn_ffn = None if no_cross_attn else TransformerLayer(d_model, True, ffn_dim_expansion, attention)
 
     def forward(self, x: Tensor, num_views: int, num_splits: int, shift: bool, mask: Tensor | None) -> Tensor:
         source = self.self_attn(x, x, num_views, False, num_splits, shift, mask)
@@ -131,11 +148,11 @@ class TransformerBlock(nn.Module):
 
 class MultiViewFeatureTransformer(nn.Module):
     def __init__(self, num_layers: int = 6, d_model: int = 128, ffn_dim_expansion: int = 4,
-                 no_cross_attn: bool = False) -> None:
+                 no_cross_attn: bool = False, attention: str = "sdpa") -> None:
         super().__init__()
         self.d_model = d_model
         self.layers = nn.ModuleList(
-            TransformerBlock(d_model, ffn_dim_expansion, no_cross_attn) for _ in range(num_layers)
+            TransformerBlock(d_model, ffn_dim_expansion, no_cross_attn, attention) for _ in range(num_layers)
         )
         for p in self.parameters():
             if p.dim() > 1:

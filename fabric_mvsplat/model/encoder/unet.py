@@ -49,12 +49,16 @@ class ResBlock(nn.Module):
 class AttentionBlock(nn.Module):
     """Post-norm multi-head attention over the tokens of all views of a scene (32 channels/head)."""
 
-    def __init__(self, channels: int, num_head_channels: int = 32, gradient_checkpointing: bool = True) -> None:
+    def __init__(self, channels: int, num_head_channels: int = 32, gradient_checkpointing: bool = True,
+                 attention: str = "sdpa") -> None:
         super().__init__()
         if channels % num_head_channels:
             raise ValueError(f"U-Net attention: {channels} channels is not a multiple of {num_head_channels} per head")
+        if attention not in ("sdpa", "original"):
+            raise ValueError(f"U-Net attention={attention!r}: expected 'sdpa' or 'original'")
         self.num_heads = channels // num_head_channels
         self.gradient_checkpointing = gradient_checkpointing
+        self.attention = attention
         self.qkv = nn.Conv1d(channels, 3 * channels, 1)
         self.proj_out = nn.Conv1d(channels, channels, 1)
         self.norm = zero_init(normalization(channels))
@@ -70,7 +74,12 @@ class AttentionBlock(nn.Module):
         qkv = self.qkv(tokens)
         # "Legacy" head layout: channels are (head, q/k/v, head_dim).
         q, k, v = rearrange(qkv, "(v b) (n three d) t -> three b n (v t) d", v=num_views, n=self.num_heads, three=3)
-        out = F.scaled_dot_product_attention(q, k, v)
+        if self.attention == "sdpa":
+            out = F.scaled_dot_product_attention(q, k, v)
+        else:  # the original's QKVAttentionLegacy: both sides scaled by d^-1/4, softmax in fp32
+            scale = q.shape[-1] ** -0.25
+            weight = torch.matmul(q * scale, (k * scale).transpose(-2, -1))
+            out = torch.matmul(torch.softmax(weight.float(), dim=-1).type(weight.dtype), v)
         out = rearrange(out, "b n (v t) d -> (v b) (n d) t", v=num_views)
         return (tokens + self.norm(self.proj_out(out))).reshape(vb, c, h, w)
 
@@ -105,11 +114,11 @@ class Chain(nn.ModuleList):
 class UNetModel(nn.Module):
     def __init__(self, in_channels: int, model_channels: int, out_channels: int, num_res_blocks: int,
                  attention_resolutions: list[int], channel_mult: list[int], num_head_channels: int = 32,
-                 gradient_checkpointing: bool = True) -> None:
+                 gradient_checkpointing: bool = True, attention_kind: str = "sdpa") -> None:
         super().__init__()
 
         def attention(ch: int) -> AttentionBlock:
-            return AttentionBlock(ch, num_head_channels, gradient_checkpointing)
+            return AttentionBlock(ch, num_head_channels, gradient_checkpointing, attention_kind)
 
         ch = model_channels
         self.input_blocks = nn.ModuleList([Chain([nn.Conv2d(in_channels, ch, 3, padding=1)])])
