@@ -232,6 +232,32 @@ class SavedTensorMeter:
         return sum(self.by_module.values())
 
 
+def part_of(module: str) -> str:
+    """Module path (SavedTensorMeter's innermost, <= 4 levels) -> the budget's part."""
+    if module.startswith("encoder.backbone"):
+        return "backbone+transformer"
+    if module.startswith(("encoder.depth_predictor.corr_refine_net", "encoder.depth_predictor.refine_unet")):
+        return "U-Nets"
+    if module == "encoder.depth_predictor":  # correlation_volume runs in the depth predictor's own forward
+        return "cost volume"
+    if module.startswith("encoder.depth_predictor."):
+        return "depth/Gaussian heads"
+    if module.startswith("encoder"):
+        return "Gaussian adapter"
+    if module.startswith("decoder"):
+        return "renderer"
+    if module.startswith("losses") and "lpips" in module:
+        return "LPIPS"
+    return "other (losses, glue)"
+
+
+def by_part(by_module: dict[str, int]) -> dict[str, int]:
+    parts: dict[str, int] = defaultdict(int)
+    for module, nbytes in by_module.items():
+        parts[part_of(module)] += nbytes
+    return dict(parts)
+
+
 MEMORY_SIZES = {"small-32": ("small", 32), "re10k-64": ("re10k", 64), "re10k-128": ("re10k", 128)}
 
 
@@ -250,7 +276,7 @@ def test_activation_memory(bench, benchmark, size, checkpointing, make_cfg):
     meters = []
 
     def forward():
-        with SavedTensorMeter(model) as meter:
+        with SavedTensorMeter(model, depth=4) as meter:
             loss = model(batch, 0).loss
         meters.append(meter)
         return loss
@@ -259,11 +285,14 @@ def test_activation_memory(bench, benchmark, size, checkpointing, make_cfg):
     assert torch.isfinite(loss)
     meter = meters[-1]
     assert meter.total > 0
+    parts = by_part(meter.by_module)
+    expected = {"backbone+transformer", "cost volume", "U-Nets", "depth/Gaussian heads", "renderer", "LPIPS"}
+    assert expected <= {part for part, nbytes in parts.items() if nbytes > 0}, f"unattributed parts: {parts}"
     # Activations grow with batch x pixels; at the full config this is the batch-14, 256x256 figure.
     scale = 14 * (256 / image) ** 2
     top = sorted(meter.by_module.items(), key=lambda kv: -kv[1])[:8]
     benchmark.extra_info.update(
-        saved_bytes=meter.total, saved_bytes_by_module=dict(top),
+        saved_bytes=meter.total, saved_bytes_by_module=dict(top), saved_bytes_by_part=by_part(meter.by_module),
         estimate_batch14_256_bytes=meter.total * scale,
         note=f"saved {meter.total / 1e6:.0f} MB; x{scale:.0f} -> {meter.total * scale / 1e9:.1f} GB at batch 14, 256²",
     )

@@ -1,0 +1,98 @@
+"""CPU rasterizer speed against an earlier commit: same scene, interleaved rounds, one process.
+
+    OMP_NUM_THREADS=1 python -m benchmarks.compare_decoder --baseline f5eba09 --rounds 7 \
+        --save benchmarks/results/rasterizer-64-vs-f5eba09.json
+
+The case is benchmarks/test_bench_decoder.py's: one MVSplat-shaped scene (a Gaussian per pixel of two
+64x64 context views: 8,192 Gaussians) rendered into 4 target views with backend="torch", forward
+(no grad) and forward + backward (gradients of sum(color^2) w.r.t. every Gaussian field). The
+baseline's package is imported from `git archive REV` as in `benchmarks.compare_encoder`; rounds
+alternate baseline / current and the ratio of minima is the figure. Outputs are compared too.
+"""
+
+import argparse
+import datetime
+import importlib
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks.compare_encoder import import_package_at
+from benchmarks.conftest import environment_info, load_average
+from benchmarks.test_bench_decoder import scene
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.compare_decoder", description=__doc__.splitlines()[0])
+    parser.add_argument("--baseline", default="f5eba09")
+    parser.add_argument("--size", type=int, default=64, help="context/target image side (default 64)")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--save", type=Path)
+    args = parser.parse_args(argv)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        baseline = import_package_at(args.baseline, Path(tmp), "fabric_mvsplat_baseline")
+        renders = {"baseline": importlib.import_module(f"{baseline.__name__}.model.decoder").render,
+                   "current": importlib.import_module("fabric_mvsplat.model.decoder").render}
+        gaussians, cameras = scene(args.size, "cpu")
+        leaves = [gaussians.means, gaussians.covariances, gaussians.harmonics, gaussians.opacities]
+        shape = (args.size, args.size)
+
+        def forward(render):
+            with torch.no_grad():
+                return render(gaussians, *cameras, shape, backend="torch").color
+
+        def forward_backward(render):
+            color = render(gaussians, *cameras, shape, backend="torch").color
+            return torch.autograd.grad(color.square().sum(), leaves)
+
+        images = {name: forward(render) for name, render in renders.items()}
+        grads = {name: forward_backward(render) for name, render in renders.items()}
+        parity = {"color": (images["current"] - images["baseline"]).abs().max().item()}
+        for field, a, b in zip(("means", "covariances", "harmonics", "opacities"), grads["current"], grads["baseline"]):
+            parity[f"grad_{field}_rel"] = ((a - b).abs().max() / b.abs().max()).item()
+        print(f"max |current - baseline|: {parity}", flush=True)
+
+        times = {(name, mode): [] for name in renders for mode in ("forward", "forward_backward")}
+        loads = []
+        for _ in range(args.rounds):
+            for name, render in renders.items():
+                loads.append(load_average())
+                for mode, fn in (("forward", forward), ("forward_backward", forward_backward)):
+                    start = time.perf_counter()
+                    fn(render)
+                    times[name, mode].append(time.perf_counter() - start)
+
+    command = "python -m benchmarks.compare_decoder " + " ".join(sys.argv[1:] if argv is None else argv)
+    benchmarks = []
+    for (name, mode), values in times.items():
+        mean = sum(values) / len(values)
+        stddev = (sum((v - mean) ** 2 for v in values) / max(len(values) - 1, 1)) ** 0.5
+        benchmarks.append({
+            "name": f"test_rasterizer_vs_revision[{mode}-{name}]", "params": {"mode": mode, "rasterizer": name},
+            "stats": {"min": min(values), "max": max(values), "mean": mean, "stddev": stddev, "rounds": len(values),
+                      "data": values},
+            "extra_info": {"compare": f"torch-rasterizer/{args.size}/{mode}", "baseline": name == "baseline",
+                           "variant": f"{name} ({args.baseline})" if name == "baseline" else name,
+                           "items": 4, "unit": "views", "parity": parity, "command": command, "load_average": loads},
+        })
+    for mode in ("forward", "forward_backward"):
+        ratio = min(times["baseline", mode]) / min(times["current", mode])
+        print(f"{mode}: baseline min {min(times['baseline', mode]) * 1e3:.0f} ms, current min "
+              f"{min(times['current', mode]) * 1e3:.0f} ms -> current is {ratio:.2f}x faster (load {loads[-1]})")
+    if args.save:
+        env = {**environment_info(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
+        args.save.parent.mkdir(parents=True, exist_ok=True)
+        args.save.write_text(json.dumps({"machine_info": {"fabric_mvsplat": env},
+                                         "datetime": datetime.datetime.now().isoformat(),
+                                         "benchmarks": benchmarks}, indent=1))
+        print(f"wrote {args.save}")
+
+
+if __name__ == "__main__":
+    main()
