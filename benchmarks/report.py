@@ -1,11 +1,14 @@
 """Turn pytest-benchmark JSON files into the markdown tables the README embeds.
 
     python -m benchmarks.report benchmarks/results/cpu-amd-epyc-2025-01-01.json [MORE.json] [-o OUT.md]
+    python -m benchmarks.report --between BEFORE.json AFTER.json     # ratios between two result files
 
 Per file: a header with the device and versions, then one row per case (mean time, throughput,
 peak memory, ratio to MVSplat's published figure where one exists), then the before/after
 comparisons: cases that share an `extra_info["compare"]` key (one of them `baseline`), and every
-case measured in both `32-true` and `bf16-mixed`.
+case measured in both `32-true` and `bf16-mixed`. With --between: one row per case present in both
+files (same test and parameters), AFTER's time over BEFORE's, with each file's machine, threads and
+load average, since ratios across runs mean little when those differ.
 """
 
 import argparse
@@ -179,12 +182,51 @@ def render(paths: list[str | Path]) -> str:
     return "\n\n".join(sections) + "\n"
 
 
+def run_conditions(results: dict[str, Any], case: Case | None = None) -> str:
+    """'cpu (..., 2 threads), OMP 1, load 0.4' for a file (or one of its cases, which may carry its own load)."""
+    env = results.get("machine_info", {}).get("fabric_mvsplat", {})
+    parts = [env.get("device", "unknown device")]
+    if env.get("omp_num_threads"):
+        parts.append(f"OMP {env['omp_num_threads']}")
+    load = (case.info.get("load_average") if case else None) or env.get("load_average_at_start")
+    if isinstance(load, list) and load and isinstance(load[0], list):  # per-round loads: the first round's
+        load = load[0]
+    if load:
+        parts.append(f"load {load[0]}")
+    return ", ".join(parts)
+
+
+def between(before_path: str | Path, after_path: str | Path) -> str:
+    """Ratios AFTER / BEFORE for the cases both files hold."""
+    before, after = load_results(before_path), load_results(after_path)
+    key = lambda case: (case.name, case.params)  # noqa: E731
+    old = {key(case): case for case in cases(before)}
+    rows = []
+    for case in cases(after):
+        base = old.get(key(case))
+        if base is None:
+            continue
+        rows.append([case.name, case.params, format_seconds(base.min_s), format_seconds(case.min_s),
+                     f"{case.min_s / base.min_s:.3f}", f"{case.mean_s / base.mean_s:.3f}",
+                     run_conditions(before, base), run_conditions(after, case)])
+    if not rows:
+        raise SystemExit(f"{before_path} and {after_path} share no case (same test and parameters)")
+    heading = (f"### {Path(after_path).name} vs {Path(before_path).name}\n\nratio = after / before "
+               "(< 1 is faster); minima are the steadier figure on a shared machine.\n")
+    return heading + "\n" + table(["case", "params", "before (min)", "after (min)", "ratio (min)", "ratio (mean)",
+                                  "before: machine, threads, load", "after: machine, threads, load"], rows) + "\n"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__.splitlines()[0])
     parser.add_argument("files", nargs="+", help="pytest-benchmark JSON files (--benchmark-json output)")
     parser.add_argument("-o", "--output", help="write the markdown here instead of stdout")
+    parser.add_argument("--between", action="store_true",
+                        help="exactly two files, BEFORE AFTER: one row per shared case with the ratio AFTER / BEFORE")
     args = parser.parse_args(argv)
-    text = render(args.files)
+    if args.between and len(args.files) != 2:
+        parser.error(f"--between takes exactly two files (BEFORE AFTER), got {len(args.files)}")
+    text = between(*args.files) if args.between else render(args.files)
     if args.output:
         Path(args.output).write_text(text)
     else:

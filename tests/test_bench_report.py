@@ -86,3 +86,29 @@ def test_command_line_writes_markdown_and_rejects_non_benchmark_json(results_fil
                             capture_output=True, text=True)
     assert failed.returncode != 0
     assert "bad.json" in failed.stderr and "--benchmark-json" in failed.stderr
+
+
+def test_between_two_files_gives_after_over_before_with_threads_and_load(results_file, tmp_path):
+    before = json.loads(results_file.read_text())
+    before["machine_info"]["fabric_mvsplat"].update(omp_num_threads="1", load_average_at_start=[0.5, 0.4, 0.3])
+    after = json.loads(json.dumps(before))
+    for entry_ in after["benchmarks"]:
+        entry_["stats"] = {key: value / 2 if key in ("mean", "min") else value for key, value in entry_["stats"].items()}
+    after["benchmarks"] = after["benchmarks"][:3]  # a case only BEFORE has is left out
+    after["benchmarks"][0]["extra_info"]["load_average"] = [3.5, 2.0, 1.0]
+    before_path, after_path = tmp_path / "before.json", tmp_path / "after.json"
+    before_path.write_text(json.dumps(before))
+    after_path.write_text(json.dumps(after))
+    text = load_report_module().between(before_path, after_path)
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in text.splitlines() if line.startswith("| ")]
+    rows = [row for row in rows if row[0] != "case"]
+    assert len(rows) == 3
+    first = rows[0]
+    assert first[:2] == ["inference", "device=cpu, precision=32-true"]
+    assert first[4:6] == ["0.500", "0.500"]  # halved times
+    assert first[6] == "cpu (Test CPU, 2 threads), OMP 1, load 0.5"
+    assert first[7] == "cpu (Test CPU, 2 threads), OMP 1, load 3.5"  # the case's own load wins
+
+    failed = subprocess.run([sys.executable, "-m", "benchmarks.report", "--between", str(before_path)], cwd=ROOT,
+                            capture_output=True, text=True)
+    assert failed.returncode != 0 and "exactly two files" in failed.stderr
