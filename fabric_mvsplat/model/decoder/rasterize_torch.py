@@ -136,14 +136,10 @@ def segmented_log_transmittance(log_keep: Tensor, segment_start: Tensor) -> Tens
 
 @torch.no_grad()
 def select_contributions(packed: Tensor, bins: Intersections, start: int, stop: int,
-                         image_shape: tuple[int, int], num_gaussians: int,
-                         weights_only: bool = False) -> "Contributions | ForwardWeights":
+                         image_shape: tuple[int, int], num_gaussians: int) -> Contributions:
     """Candidate pairs of intersections [start, stop) -> the pairs that actually contribute.
-    packed [I*N, 6 + D] = (u, v, conic a, b, c, opacity, features) per Gaussian, detached.
-    weights_only (no-grad renders): skip the survivors' compaction and return each candidate's final
-    compositing weight instead (zero where the early stop or the alpha test drops it)."""
+    packed [I*N, 6 + D] = (u, v, conic a, b, c, opacity, features) per Gaussian, detached."""
     height, width = image_shape
-    num_pixels = (packed.shape[0] // num_gaussians) * height * width
     gaussian = bins.gaussian[start:stop]
     x_lo, y_lo, x_hi = bins.x_lo[start:stop], bins.y_lo[start:stop], bins.x_hi[start:stop]
     params = packed[:, :6].index_select(0, gaussian)
@@ -167,65 +163,35 @@ def select_contributions(packed: Tensor, bins: Intersections, start: int, stop: 
     x_from = torch.ceil(centre - half_width - 0.5 - 1e-3).clamp_min(x_lo[row_owner].to(packed.dtype)).long()
     x_to = torch.floor(centre + half_width - 0.5 + 1e-3).clamp_max(x_hi[row_owner].to(packed.dtype)).long()
     row_counts = (x_to - x_from + 1).clamp_min(0)
-    row_pixel = (((gaussian[row_owner] // num_gaussians) * height + row_y) * width + x_from).to(index_dtype)
-    row_gaussian = gaussian[row_owner].to(index_dtype)
+    row_pixel = ((gaussian[row_owner] // num_gaussians) * height + row_y) * width + x_from
     per_row = torch.stack([ru - x_from.to(packed.dtype) - 0.5, dy, ra, rb, c_term, rlevel], dim=-1)
+    per_row_int = torch.stack([row_pixel, gaussian[row_owner]], dim=-1).to(index_dtype)
 
-    # Pixels of each row: one index per candidate back to its row, the rest is arithmetic.
-    pair_row = torch.repeat_interleave(torch.arange(row_counts.shape[0], device=row_counts.device,
-                                                    dtype=index_dtype), row_counts)
-    row_first = (torch.cumsum(row_counts, 0) - row_counts).to(index_dtype)
-    position = torch.arange(pair_row.shape[0], device=pair_row.device, dtype=index_dtype) - row_first[pair_row]
-    row = per_row.index_select(0, pair_row)
-    dx = row[:, 0] - position.to(packed.dtype)
-    power = row[:, 2] * dx * dx + row[:, 3] * dx * row[:, 1] + row[:, 4]
-    margin = row[:, 5] - power  # >= 0 is alpha >= 1/255; alpha = exp(margin) / 255 before the cap
-    valid = (margin >= 0) & (power >= 0)
-    # One stable sort groups the pairs by pixel (depth order survives); rejected candidates carry
-    # the key num_pixels and sort past the end, where they are cut off.
-    pixel = torch.where(valid, row_pixel[pair_row] + position, num_pixels)
-    pixel, order = torch.sort(pixel, stable=True)
-    num_valid = int(valid.sum())
-    pixel, order = pixel[:num_valid], order[:num_valid]
-    pair_row = pair_row.index_select(0, order)
-    alpha = (torch.exp(margin.index_select(0, order)) / 255).clamp_max(ALPHA_MAX)
+    # Pixels of each row (repeat_interleave streams; no random gathers over pairs).
+    pair_row = torch.repeat_interleave(per_row, row_counts, dim=0)
+    pair_int = torch.repeat_interleave(per_row_int, row_counts, dim=0)
+    starts = torch.repeat_interleave((torch.cumsum(row_counts, 0) - row_counts).to(index_dtype), row_counts)
+    position = torch.arange(starts.shape[0], device=starts.device, dtype=index_dtype) - starts
+    dx = pair_row[:, 0] - position.to(packed.dtype)
+    power = pair_row[:, 2] * dx * dx + pair_row[:, 3] * dx * pair_row[:, 1] + pair_row[:, 4]
+    margin = pair_row[:, 5] - power  # >= 0 is alpha >= 1/255; alpha = exp(margin) / 255 before the cap
+    keep = ((margin >= 0) & (power >= 0)).nonzero().squeeze(1)
+    pixel = (pair_int[:, 0] + position).index_select(0, keep)
+    gaussian = pair_int[:, 1].index_select(0, keep)
+    alpha = (torch.exp(margin.index_select(0, keep)) / 255).clamp_max(ALPHA_MAX)
 
+    pixel, sort = torch.sort(pixel, stable=True)  # stable: depth order within each pixel survives
+    gaussian, alpha = gaussian.index_select(0, sort), alpha.index_select(0, sort)
     # Early stop: drop every pair from the one that would take transmittance below 1e-4 onwards.
     log_keep = torch.log1p(-alpha)
-    log_t_before = segmented_log_transmittance(log_keep, first_of_run(pixel))
-    keep = (log_t_before.double() + log_keep.double()) >= math.log(TRANSMITTANCE_MIN)
-    gaussian = row_gaussian.index_select(0, pair_row)
-    if weights_only:
-        # Dropped pairs are each pixel's tail, so zeroing them equals removing them.
-        weight = torch.where(keep, alpha * torch.exp(log_t_before), 0)
-        return ForwardWeights(gaussian, pixel, weight, torch.where(keep, log_keep, 0))
-    keep = keep.nonzero().squeeze(1)
+    log_t_after = segmented_log_transmittance(log_keep, first_of_run(pixel)).double() + log_keep.double()
+    keep = (log_t_after >= math.log(TRANSMITTANCE_MIN)).nonzero().squeeze(1)
     pixel, gaussian, alpha = (t.index_select(0, keep) for t in (pixel, gaussian, alpha))
     in_image = pixel % (height * width)
     center_x = (in_image % width).to(packed.dtype) + 0.5
     center_y = (in_image // width).to(packed.dtype) + 0.5
     # int64 from here: the autograd gathers/scatters below are faster with it.
     return Contributions(gaussian.long(), pixel.long(), center_x, center_y, first_of_run(pixel.long()), alpha)
-
-
-@dataclass
-class ForwardWeights:
-    """A no-grad render's pairs, grouped by pixel: each one's final compositing weight
-    alpha * T (0 for dropped pairs) and its log(1 - alpha) (0 likewise)."""
-
-    gaussian: Tensor  # [P] flat Gaussian index
-    pixel: Tensor  # [P] flat pixel index
-    weight: Tensor  # [P]
-    log_keep: Tensor  # [P]
-
-
-def composite_weights(packed: Tensor, pairs: ForwardWeights, num_pixels: int) -> tuple[Tensor, Tensor]:
-    """No-grad compositing of precomputed weights: accumulated features [num_pixels, D], log T [num_pixels]."""
-    features = packed[:, 6:].index_select(0, pairs.gaussian)
-    accumulated = packed.new_zeros(num_pixels, packed.shape[1] - 6).index_add_(0, pairs.pixel,
-                                                                              pairs.weight[:, None] * features)
-    log_transmittance = pairs.log_keep.new_zeros(num_pixels).index_add_(0, pairs.pixel, pairs.log_keep)
-    return accumulated, log_transmittance
 
 
 def composite(packed: Tensor, gaussian: Tensor, pixel: Tensor, center_x: Tensor, center_y: Tensor,
@@ -271,16 +237,12 @@ def rasterize_torch(means2d: Tensor, conics: Tensor, opacities: Tensor, features
     log_transmittance = features.new_zeros(num_pixels)
     start = 0
     for size in bins.chunk_sizes:
-        pairs = select_contributions(packed_detached, bins, start, start + size, image_shape, num_gaussians,
-                                     weights_only=not needs_grad)
+        pairs = select_contributions(packed_detached, bins, start, start + size, image_shape, num_gaussians)
         start += size
-        if not needs_grad:
-            chunk_features, chunk_log_t = composite_weights(packed_detached, pairs, num_pixels)
-            accumulated = accumulated + chunk_features
-            log_transmittance = log_transmittance + chunk_log_t
-            continue
         args = (packed, pairs.gaussian, pairs.pixel, pairs.center_x, pairs.center_y, pairs.segment_start, num_pixels)
-        if len(bins.chunk_sizes) > 1:
+        if not needs_grad:
+            chunk_features, chunk_log_t = composite(*args, alpha=pairs.alpha)
+        elif len(bins.chunk_sizes) > 1:
             chunk_features, chunk_log_t = checkpoint(composite, *args, use_reentrant=False)
         else:
             chunk_features, chunk_log_t = composite(*args)
