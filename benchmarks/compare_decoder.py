@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--save", type=Path)
     args = parser.parse_args(argv)
 
+    env = {**environment_info(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}  # load at the start
     with tempfile.TemporaryDirectory() as tmp:
         baseline = import_package_at(args.baseline, Path(tmp), "fabric_mvsplat_baseline")
         renders = {"baseline": importlib.import_module(f"{baseline.__name__}.model.decoder").render,
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
             "stats": {"min": min(values), "max": max(values), "mean": mean, "stddev": stddev, "rounds": len(values),
                       "data": values},
             "extra_info": {"compare": f"torch-rasterizer/{args.size}/{mode}", "baseline": name == "baseline",
-                           "variant": f"{name} ({args.baseline})" if name == "baseline" else name,
+                           "variant": args.baseline if name == "baseline" else name,
                            "items": 4, "unit": "views", "parity": parity, "command": command, "load_average": loads},
         })
     for mode in ("forward", "forward_backward"):
@@ -86,7 +87,6 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{mode}: baseline min {min(times['baseline', mode]) * 1e3:.0f} ms, current min "
               f"{min(times['current', mode]) * 1e3:.0f} ms -> current is {ratio:.2f}x faster (load {loads[-1]})")
     if args.save:
-        env = {**environment_info(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
         args.save.parent.mkdir(parents=True, exist_ok=True)
         args.save.write_text(json.dumps({"machine_info": {"fabric_mvsplat": env},
                                          "datetime": datetime.datetime.now().isoformat(),

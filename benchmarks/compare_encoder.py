@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     extra = dict(option.split("=", 1) for option in args.option)
 
+    env = {**environment_info(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}  # load at the start
     with tempfile.TemporaryDirectory() as tmp:
         baseline_package = import_package_at(args.baseline, Path(tmp), "fabric_mvsplat_baseline")
         import fabric_mvsplat as current_package
@@ -130,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
             "stats": {"min": min(values), "max": max(values), "mean": mean, "stddev": stddev, "rounds": len(values),
                       "data": values},
             "extra_info": {"compare": f"encoder/{args.config}-{args.image}/{mode}", "baseline": name == "baseline",
-                           "variant": f"{name} ({args.baseline})" if name == "baseline" else f"{name} {extra or ''}",
+                           "variant": args.baseline if name == "baseline" else name + (f" {extra}" if extra else ""),
                            "items": 1, "unit": "scenes", "parity_max_abs": parity, "command": command,
                            "load_average": loads},
         })
@@ -139,7 +140,6 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{mode}: baseline min {min(times['baseline', mode]):.2f} s, current min "
               f"{min(times['current', mode]):.2f} s -> current is {ratio:.2f}x faster")
     if args.save:
-        env = {**environment_info(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
         results = {"machine_info": {"fabric_mvsplat": env}, "datetime": datetime.datetime.now().isoformat(),
                    "benchmarks": benchmarks}
         args.save.parent.mkdir(parents=True, exist_ok=True)
