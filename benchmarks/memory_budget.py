@@ -33,6 +33,8 @@ OPTIONS = {
     "none": ["model.encoder.gradient_checkpointing=false", "loss.lpips.gradient_checkpointing=false"],
     "attention-ckpt": ["model.encoder.gradient_checkpointing=true", "loss.lpips.gradient_checkpointing=false"],
     "attention+lpips-ckpt": ["model.encoder.gradient_checkpointing=true", "loss.lpips.gradient_checkpointing=true"],
+    "all-ckpt": ["model.encoder.gradient_checkpointing=true", "loss.lpips.gradient_checkpointing=true",
+                 "model.encoder.transformer_checkpointing=true"],
     "original-attention": ["model.encoder.gradient_checkpointing=false", "loss.lpips.gradient_checkpointing=false",
                            "model.encoder.attention=original"],
     "warp-cost-volume": ["model.encoder.gradient_checkpointing=false", "loss.lpips.gradient_checkpointing=false",
@@ -136,30 +138,35 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--image", type=int, default=256)
     parser.add_argument("--options", nargs="+", choices=sorted(OPTIONS), default=list(OPTIONS))
     parser.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=list(PRECISIONS))
-    parser.add_argument("--save", type=Path, help="write JSON here (and the table beside it as .md)")
+    parser.add_argument("--save", type=Path,
+                        help="JSON to add the rows to (same precision and option replaced; written after each row), "
+                             "with the table beside it as .md")
     args = parser.parse_args(argv)
     from fabric_mvsplat.evaluation.lpips import write_lpips_test_weights
 
-    rows = []
+    # One process holds one 256x256 training graph at a time; run big option sets as several calls
+    # with the same --save (a 2-core, 24 GB machine shared with others runs out of memory otherwise).
+    rows = json.loads(args.save.read_text())["rows"] if args.save and args.save.exists() else []
+    command = "python -m benchmarks.memory_budget " + " ".join(sys.argv[1:] if argv is None else argv)
     with tempfile.TemporaryDirectory() as tmp:
         write_lpips_test_weights(Path(tmp), seed=0)  # random VGG in the real format: same memory as the real one
         for precision in args.precisions:
             for option in args.options:
-                rows.append(measure(option, precision, args.image, Path(tmp)))
-                row = rows[-1]
-                print(f"{precision} {option}: saved {row['saved_bytes'] / 2**20:,.0f} MiB/scene, batch {BATCH} "
-                      f"estimate {row['estimate_batch14_bytes'] / GIB:.1f} GiB (load {row['load_average']})",
-                      flush=True)
-    table = markdown(rows)
-    print(table)
-    if args.save:
-        env = {**environment_info(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
-        args.save.parent.mkdir(parents=True, exist_ok=True)
-        args.save.write_text(json.dumps({"machine_info": {"fabric_mvsplat": env},
-                                         "datetime": datetime.datetime.now().isoformat(),
-                                         "command": "python -m benchmarks.memory_budget " + " ".join(sys.argv[1:] if argv is None else argv),
-                                         "rows": rows}, indent=1))
-        args.save.with_suffix(".md").write_text(table)
+                row = {**measure(option, precision, args.image, Path(tmp)), "command": command}
+                rows = [r for r in rows if (r["precision"], r["option"], r["image"]) != (precision, option, args.image)]
+                rows.append(row)
+                print(f"{precision} {option}: saved {row['saved_bytes'] / 2**20:,.0f} MiB/scene "
+                      f"{ {part: round(nbytes / 2**20) for part, nbytes in row['saved_bytes_by_part'].items()} }, "
+                      f"batch {BATCH} estimate {row['estimate_batch14_bytes'] / GIB:.1f} GiB "
+                      f"(load {row['load_average']})", flush=True)
+                if args.save:
+                    env = {**environment_info(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
+                    args.save.parent.mkdir(parents=True, exist_ok=True)
+                    args.save.write_text(json.dumps({"machine_info": {"fabric_mvsplat": env},
+                                                     "datetime": datetime.datetime.now().isoformat(),
+                                                     "rows": rows}, indent=1))
+                    args.save.with_suffix(".md").write_text(markdown(rows))
+    print(markdown(rows))
 
 
 if __name__ == "__main__":

@@ -173,9 +173,11 @@ def test_gradient_checkpointing_gives_same_gradients():
     context = make_context(1, 2, 16, 16)
     for checkpointing in (True, False):
         torch.manual_seed(0)
-        encoder = perturbed(EncoderCostVolume(cfg(gradient_checkpointing=checkpointing)))
+        encoder = perturbed(EncoderCostVolume(cfg(gradient_checkpointing=checkpointing,
+                                                  transformer_checkpointing=checkpointing)))
         encoder(context, global_step=0).means.mean().backward()
-        grads.append(encoder.depth_predictor.corr_refine_net[3].input_blocks[5][1].qkv.weight.grad.clone())
+        grads.append([encoder.depth_predictor.corr_refine_net[3].input_blocks[5][1].qkv.weight.grad.clone(),
+                      encoder.backbone.transformer.layers[1].cross_attn_ffn.q_proj.weight.grad.clone()])
     torch.testing.assert_close(grads[0], grads[1])
 
 
@@ -207,3 +209,35 @@ def test_data_shim_crops_and_rescales_focal():
     torch.testing.assert_close(k[..., 1, 1], k0[..., 1, 1] * 36 / 32)
     torch.testing.assert_close(k[..., :2, 2], k0[..., :2, 2])  # principal point kept, as the original
     assert shimmed["target"]["image"].shape[-2:] == (32, 48)
+
+
+@pytest.mark.parametrize("key, value", [("attention", "flash"), ("cost_volume", "dense")])
+def test_attention_and_cost_volume_options_validated(key, value):
+    with pytest.raises(ConfigError, match=f"model.encoder.{key}"):
+        cfg(**{key: value})
+
+
+def test_cost_volume_methods_agree_with_gradients():
+    """`correlate` swaps the two sums of the original's warp-multiply-sum: same volume, same gradients,
+    including samples that fall outside the other view (zero padding) with three views."""
+    from fabric_mvsplat.model.encoder.cost_volume import correlation_volume, disparity_candidates
+
+    generator = torch.Generator().manual_seed(0)
+    b, v, c, h, w, d = 2, 3, 8, 6, 10, 5
+    features = torch.randn(b, v, c, h, w, generator=generator, dtype=torch.float64)
+    intrinsics = torch.tensor([[0.9, 0.0, 0.5], [0.0, 1.2, 0.5], [0.0, 0.0, 1.0]], dtype=torch.float64).repeat(b, v, 1, 1)
+    extrinsics = torch.eye(4, dtype=torch.float64).repeat(b, v, 1, 1)
+    extrinsics[..., 0, 3] = torch.tensor([-0.4, 0.1, 0.5], dtype=torch.float64)
+    extrinsics[..., 1, 3] = torch.tensor([0.0, 0.2, -0.1], dtype=torch.float64)
+    near, far = torch.full((b, v), 1.0, dtype=torch.float64), torch.full((b, v), 50.0, dtype=torch.float64)
+    disparities = disparity_candidates(near, far, d, torch.float64)
+    results = {}
+    for method in ("warp", "correlate"):
+        leaf = features.clone().requires_grad_(True)
+        volume = correlation_volume(leaf, intrinsics, extrinsics, disparities, method)
+        weights = torch.randn(volume.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+        (volume * weights).sum().backward()
+        results[method] = volume.detach(), leaf.grad
+    assert results["warp"][0].abs().max() > 0.1 and (results["warp"][0] == 0).any()  # real values and off-image samples
+    torch.testing.assert_close(results["correlate"][0], results["warp"][0], rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(results["correlate"][1], results["warp"][1], rtol=1e-10, atol=1e-10)

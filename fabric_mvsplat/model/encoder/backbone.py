@@ -59,11 +59,11 @@ class CNNEncoder(nn.Module):
 
 class BackboneMultiview(nn.Module):
     def __init__(self, feature_channels: int = 128, downscale_factor: int = 4, no_cross_attn: bool = False,
-                 attention: str = "sdpa") -> None:
+                 attention: str = "sdpa", checkpointing: bool = False) -> None:
         super().__init__()
         self.feature_channels = feature_channels
         self.backbone = CNNEncoder(feature_channels, downscale_factor)
-        self.transformer = MultiViewFeatureTransformer(6, feature_channels, 4, no_cross_attn, attention)
+        self.transformer = MultiViewFeatureTransformer(6, feature_channels, 4, no_cross_attn, attention, checkpointing)
 
     def forward(self, images: Tensor, attn_splits: int) -> tuple[Tensor, Tensor]:
         """images [B, V, 3, H, W] in [0, 1] -> (transformer features, CNN features), each [B, V, C, h, w]."""

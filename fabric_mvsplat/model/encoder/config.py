@@ -71,6 +71,9 @@ class EncoderCostVolumeCfg:
     # Added: attention through torch's fused scaled_dot_product_attention ("sdpa") or the original's
     # explicit softmax(q k^T / sqrt(d)) v ("original"); both pass golden parity.
     attention: Literal["sdpa", "original"] = "sdpa"
+    # Added: recompute each transformer block in backward (its activations are the encoder's largest
+    # saved part at 256x256); costs about one more transformer forward per step.
+    transformer_checkpointing: bool = False
     # Added: plane-sweep correlation by warping features ("warp", the original's arithmetic), by
     # sampling a per-pixel correlation map ("correlate", same weights, sums swapped) or whichever is
     # smaller in memory ("auto": correlate while (H/4 * W/4) <= d_feature * num_depth_candidates).

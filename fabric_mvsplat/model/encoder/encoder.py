@@ -52,7 +52,7 @@ class EncoderCostVolume(nn.Module):
         # view count from the batch, so any number of context views >= 2 works.
         self.num_context_views = num_context_views
         self.backbone = BackboneMultiview(cfg.d_feature, cfg.downscale_factor, cfg.wo_backbone_cross_attn,
-                                          cfg.attention)
+                                          cfg.attention, cfg.transformer_checkpointing)
         self.gaussian_adapter = GaussianAdapter(cfg.gaussian_adapter)
         self.depth_predictor = DepthPredictorMultiView(
             feature_channels=cfg.d_feature,

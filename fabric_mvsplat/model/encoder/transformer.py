@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 
 def shifted_window_mask(h: int, w: int, num_splits: int, device: torch.device) -> Tensor:
@@ -148,9 +149,10 @@ class TransformerBlock(nn.Module):
 
 class MultiViewFeatureTransformer(nn.Module):
     def __init__(self, num_layers: int = 6, d_model: int = 128, ffn_dim_expansion: int = 4,
-                 no_cross_attn: bool = False, attention: str = "sdpa") -> None:
+                 no_cross_attn: bool = False, attention: str = "sdpa", checkpointing: bool = False) -> None:
         super().__init__()
         self.d_model = d_model
+        self.checkpointing = checkpointing
         self.layers = nn.ModuleList(
             TransformerBlock(d_model, ffn_dim_expansion, no_cross_attn, attention) for _ in range(num_layers)
         )
@@ -172,7 +174,11 @@ class MultiViewFeatureTransformer(nn.Module):
         mask = shifted_window_mask(h, w, attn_splits, features[0].device) if attn_splits > 1 else None
         x = rearrange(torch.stack(features), "v b c h w -> (v b) h w c")
         for i, layer in enumerate(self.layers):
-            x = layer(x, num_views, attn_splits, shift=attn_splits > 1 and i % 2 == 1, mask=mask)
+            shift = attn_splits > 1 and i % 2 == 1
+            if self.checkpointing and torch.is_grad_enabled():
+                x = checkpoint(layer, x, num_views, attn_splits, shift, mask, use_reentrant=False)
+            else:
+                x = layer(x, num_views, attn_splits, shift, mask)
         x = rearrange(x, "(v b) h w c -> v b c h w", v=num_views)
         return list(x.unbind(0))
 
