@@ -224,20 +224,38 @@ def test_cost_volume_methods_agree_with_gradients():
 
     generator = torch.Generator().manual_seed(0)
     b, v, c, h, w, d = 2, 3, 8, 6, 10, 5
-    features = torch.randn(b, v, c, h, w, generator=generator, dtype=torch.float64)
-    intrinsics = torch.tensor([[0.9, 0.0, 0.5], [0.0, 1.2, 0.5], [0.0, 0.0, 1.0]], dtype=torch.float64).repeat(b, v, 1, 1)
-    extrinsics = torch.eye(4, dtype=torch.float64).repeat(b, v, 1, 1)
-    extrinsics[..., 0, 3] = torch.tensor([-0.4, 0.1, 0.5], dtype=torch.float64)
-    extrinsics[..., 1, 3] = torch.tensor([0.0, 0.2, -0.1], dtype=torch.float64)
-    near, far = torch.full((b, v), 1.0, dtype=torch.float64), torch.full((b, v), 50.0, dtype=torch.float64)
-    disparities = disparity_candidates(near, far, d, torch.float64)
+    features = torch.randn(b, v, c, h, w, generator=generator)
+    intrinsics = torch.tensor([[0.9, 0.0, 0.5], [0.0, 1.2, 0.5], [0.0, 0.0, 1.0]]).repeat(b, v, 1, 1)
+    extrinsics = torch.eye(4).repeat(b, v, 1, 1)
+    extrinsics[..., 0, 3] = torch.tensor([-0.4, 0.1, 0.5])
+    extrinsics[..., 1, 3] = torch.tensor([0.0, 0.2, -0.1])
+    near, far = torch.full((b, v), 1.0), torch.full((b, v), 50.0)
+    disparities = disparity_candidates(near, far, d, torch.float32)
     results = {}
     for method in ("warp", "correlate"):
         leaf = features.clone().requires_grad_(True)
         volume = correlation_volume(leaf, intrinsics, extrinsics, disparities, method)
-        weights = torch.randn(volume.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+        weights = torch.randn(volume.shape, generator=torch.Generator().manual_seed(1))
         (volume * weights).sum().backward()
         results[method] = volume.detach(), leaf.grad
     assert results["warp"][0].abs().max() > 0.1 and (results["warp"][0] == 0).any()  # real values and off-image samples
-    torch.testing.assert_close(results["correlate"][0], results["warp"][0], rtol=1e-10, atol=1e-10)
-    torch.testing.assert_close(results["correlate"][1], results["warp"][1], rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(results["correlate"][0], results["warp"][0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(results["correlate"][1], results["warp"][1], rtol=1e-5, atol=1e-5)
+
+
+def test_correlate_cost_volume_stays_fp32_under_bf16_autocast():
+    """Like the warp path (fp32 grid, fp32 samples), the correlation path must not sample with a bf16 grid
+    nor sweep with bf16 relative poses: under autocast it equals the fp32 volume."""
+    from fabric_mvsplat.model.encoder.cost_volume import correlation_volume, disparity_candidates
+
+    generator = torch.Generator().manual_seed(2)
+    features = torch.randn(1, 2, 16, 8, 8, generator=generator)
+    intrinsics = torch.tensor([[1.0, 0.0, 0.5], [0.0, 1.0, 0.5], [0.0, 0.0, 1.0]]).repeat(1, 2, 1, 1)
+    extrinsics = torch.eye(4).repeat(1, 2, 1, 1)
+    extrinsics[0, :, 0, 3] = torch.tensor([-0.3, 0.3])
+    disparities = disparity_candidates(torch.ones(1, 2), torch.full((1, 2), 50.0), 8, torch.float32)
+    reference = correlation_volume(features, intrinsics, extrinsics, disparities, "warp")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        volume = correlation_volume(features, intrinsics, extrinsics, disparities, "correlate")
+    assert volume.dtype == torch.float32
+    torch.testing.assert_close(volume, reference, rtol=1e-5, atol=1e-5)

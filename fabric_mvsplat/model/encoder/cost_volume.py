@@ -85,14 +85,19 @@ def sampled_correlation(reference: Tensor, other: Tensor, intrinsics: Tensor, po
     """sum_c reference[c, p] * bilinear(other[c], grid(d, p)) as bilinear(corr[p], grid(d, p)) with
     corr[p, q] = sum_c reference[c, p] other[c, q]: the same weights and corners as warping `other`,
     only the two sums swapped. One [h*w, h*w] product per view instead of a [C, D, h, w] warp: far
-    less memory and time while h*w <= C*D. reference, other [N, C, h, w]. Returns [N, D, h, w]."""
+    less memory and time while h*w <= C*D. reference, other [N, C, h, w]. Returns [N, D, h, w] in float32.
+
+    fp32 under bf16 autocast, like the warp path: its product of fp32 warped features with the
+    reference is fp32, and a bf16 grid would misplace the samples."""
     n, d, h, w = depths.shape
     sample_grid = candidate_sample_grid(intrinsics, pose, depths).view(n, d, h * w, 2)
-    corr = torch.bmm(reference.flatten(2).transpose(1, 2), other.flatten(2))  # [N, P, P]
-    # One single-channel h x w "image" per reference pixel, sampled at its D candidates.
-    per_pixel_grid = sample_grid.transpose(1, 2).reshape(n * h * w, 1, d, 2)
-    sampled = F.grid_sample(corr.view(n * h * w, 1, h, w), per_pixel_grid.to(corr.dtype), mode="bilinear",
-                            padding_mode="zeros", align_corners=True)
+    dtype = torch.promote_types(reference.dtype, torch.float32)
+    with torch.autocast(device_type=depths.device.type, enabled=False):
+        corr = torch.bmm(reference.to(dtype).flatten(2).transpose(1, 2), other.to(dtype).flatten(2))  # [N, P, P]
+        # One single-channel h x w "image" per reference pixel, sampled at its D candidates.
+        per_pixel_grid = sample_grid.transpose(1, 2).reshape(n * h * w, 1, d, 2)
+        sampled = F.grid_sample(corr.view(n * h * w, 1, h, w), per_pixel_grid.to(dtype), mode="bilinear",
+                                padding_mode="zeros", align_corners=True)
     return sampled.view(n, h, w, d).permute(0, 3, 1, 2)
 
 
@@ -108,12 +113,15 @@ def correlation_volume(features: Tensor, intrinsics: Tensor, extrinsics: Tensor,
     reference = rearrange(features, "b v ... -> (v b) ...")
     k = feature_intrinsics(intrinsics, h, w)
     depths = 1.0 / disparities.repeat(1, 1, h, w)
+    # Poses in fp32 under bf16 autocast too (a bf16 matmul moves the plane sweep by ~0.05 at this scale).
+    with torch.autocast(device_type=features.device.type, enabled=False):
+        poses = relative_poses(extrinsics.float() if extrinsics.dtype in (torch.float16, torch.bfloat16) else extrinsics)
     volumes = []
     if method == "auto":
         method = "correlate" if h * w <= c * disparities.shape[1] else "warp"
     if method not in ("warp", "correlate"):
         raise ValueError(f"correlation_volume: method={method!r}, expected 'auto', 'warp' or 'correlate'")
-    for other, pose in zip(shifted_features(features), relative_poses(extrinsics)):
+    for other, pose in zip(shifted_features(features), poses):
         if method == "correlate":
             volumes.append(sampled_correlation(reference, other, k, pose, depths) / (c**0.5))
         else:
