@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from benchmarks.conftest import make_batch
-from fabric_mvsplat.model.types import StepOutput
+from fabric_mvsplat.types import StepOutput
 
 LOOPS = ["bare", "fabric", "fabric-log50", "lightning"]
 # Two tiny lengths separate fit's fixed cost (writer, progress bar, barrier) from its per-step cost.

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from benchmarks.conftest import autocast, make_batch, synchronize
-from fabric_mvsplat.model.types import Gaussians
+from fabric_mvsplat.types import Gaussians
 
 # name -> (encoder size, image side, batch); small-32 is the smoke-run size, the rest are `large`.
 INFERENCE_SIZES = {"small-32": ("small", 32, 1), "small-64": ("small", 64, 1), "re10k-256": ("re10k", 256, 1)}

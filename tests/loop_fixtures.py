@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from fabric_mvsplat.config import RootCfg, load_config
-from fabric_mvsplat.model.types import StepOutput, ValidationOutput
+from fabric_mvsplat.types import StepOutput, ValidationOutput
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "fabric_mvsplat" / "configs"
 FEATURES = 8

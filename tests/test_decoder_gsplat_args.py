@@ -11,7 +11,7 @@ from fabric_mvsplat.model.decoder.projection import pixel_intrinsics, project_ga
 from fabric_mvsplat.model.decoder.rasterize_gsplat import rasterize_gsplat
 from fabric_mvsplat.model.decoder.rasterize_torch import rasterize_torch
 from fabric_mvsplat.model.decoder.rendering import render, view_dependent_colors
-from fabric_mvsplat.model.decoder.synthetic_scenes import look_at_cameras, random_gaussians
+from synthetic_scenes import look_at_cameras, random_gaussians
 
 
 def fake_rasterization(means, quats, scales, opacities, colors, viewmats, Ks, width, height, near_plane,

@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fabric_mvsplat.evaluation.lpips import LPIPS, load_lpips, write_lpips_test_weights
+from fabric_mvsplat.metrics.lpips import LPIPS, load_lpips
+from lpips_test_weights import write_lpips_test_weights
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from ..model.types import BatchedExample
+from ..types import BatchedExample
 from .chunks import CORRUPT_REASONS, ChunkCache, ExampleBuilder, SceneRef, list_scenes, warn_skip
 from .config import DataLoaderStageCfg, DatasetCfg
 from .step_tracker import StepTracker

@@ -9,7 +9,7 @@ then reads the step tracker at exactly the step being validated.
 
 from typing import Iterator
 
-from ..model.types import BatchedExample
+from ..types import BatchedExample
 from .chunks import list_scenes
 from .config import DataLoaderStageCfg, DatasetCfg
 from .step_tracker import StepTracker

@@ -27,7 +27,7 @@ class LossLpips(nn.Module):
 
     def __init__(self, cfg: LossLpipsCfg) -> None:
         super().__init__()
-        from ..evaluation.lpips import load_lpips
+        from ..metrics.lpips import load_lpips
 
         self.cfg = cfg
         if cfg.weights is None:

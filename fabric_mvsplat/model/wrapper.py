@@ -19,9 +19,9 @@ from ..visualization.trajectories import (
 )
 from .decoder import DecoderSplatting
 from .encoder import EncoderCostVolume, load_encoder_weights
-from ..evaluation.metrics import compute_psnr, compute_ssim
+from ..metrics import compute_psnr, compute_ssim
 from .losses import build_losses
-from .types import BatchedExample, BatchedViews, Gaussians, StepOutput, ValidationOutput
+from ..types import BatchedExample, BatchedViews, Gaussians, StepOutput, ValidationOutput
 
 if TYPE_CHECKING:
     from ..config import RootCfg
@@ -44,7 +44,7 @@ class MVSplat(nn.Module):
         if "lpips" in self.losses:
             return self.losses["lpips"].lpips
         if cfg.test.lpips_weights is not None:
-            from ..evaluation.lpips import load_lpips
+            from ..metrics.lpips import load_lpips
 
             return load_lpips(cfg.test.lpips_weights)
         return None

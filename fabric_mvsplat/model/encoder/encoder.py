@@ -7,7 +7,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from ..types import BatchedExample, BatchedViews, Gaussians
+from ...types import BatchedExample, BatchedViews, Gaussians
 from .backbone import BackboneMultiview
 from .config import EncoderCostVolumeCfg, OpacityMappingCfg
 from .depth_predictor import DepthPredictorMultiView
