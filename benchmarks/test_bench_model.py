@@ -39,11 +39,11 @@ def skip_big_on_cpu(size: str, device: str) -> None:
 
 
 def build(make_cfg, encoder: str, image: int, device: str, extra: list[str] = ()):
-    from fabric_mvsplat.model.wrapper import build_model
+    from fabric_mvsplat.train import make_model
 
     torch.manual_seed(0)
     cfg = make_cfg(encoder, image=image, extra=list(extra))
-    return cfg, build_model(cfg).to(device)
+    return cfg, make_model(cfg).to(device)
 
 
 def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:

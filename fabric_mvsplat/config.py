@@ -17,15 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from .data.config import DataLoaderCfg, DatasetCfg
 from .errors import ConfigError
-from .model.decoder.config import DecoderSplattingCudaCfg
-from .model.encoder.config import EncoderCostVolumeCfg
+from .model.config import ModelCfg
 from .model.loss_config import LossCfg
-
-
-@dataclass
-class ModelCfg:
-    encoder: EncoderCostVolumeCfg
-    decoder: DecoderSplattingCudaCfg
 
 
 @dataclass

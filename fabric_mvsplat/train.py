@@ -77,9 +77,7 @@ def shut_down(fabric: Fabric) -> None:
 def run_training(fabric: Fabric, cfg: RootCfg, output_dir: Path) -> dict:
     from .data import StepTracker, ValidationSource, make_train_stream
     from .loop import fit
-    from .model.wrapper import build_model
-
-    model = build_model(cfg)
+    model = make_model(cfg)
     step_tracker = StepTracker()
     train_stream = make_train_stream(cfg.dataset, cfg.data_loader.train, step_tracker,
                                      fabric.global_rank, fabric.world_size, cfg.seed)
@@ -122,13 +120,26 @@ def run_test_mode(fabric: Fabric, cfg: RootCfg, output_dir: Path):
     from .checkpoint import load_weights
     from .data import make_test_loader
     from .evaluation.test import run_test
-    from .model.wrapper import build_model
-
-    model = build_model(cfg)
+    model = make_model(cfg)
     load_weights(model, cfg.checkpointing.load, cfg.checkpointing.allow_unsafe_load)
     model = fabric.to_device(model).eval()
     test_loader = make_test_loader(cfg.dataset, cfg.data_loader.test, fabric.global_rank, fabric.world_size)
     return run_test(fabric, cfg, model, test_loader)
+
+
+def make_model(cfg: RootCfg):
+    """The model for `cfg.mode`, from its config slices: losses only when training, the UniMatch
+    backbone only when training from scratch."""
+    from .model.wrapper import build_model
+
+    training = cfg.mode == "train"
+    return build_model(
+        cfg.model, cfg.loss if training else None,
+        num_context_views=getattr(cfg.dataset.view_sampler, "num_context_views", 2),
+        background_color=cfg.dataset.background_color, depth_mode=cfg.train.depth_mode,
+        video_frames=cfg.train.video_frames, lpips_weights=cfg.test.lpips_weights,
+        load_unimatch_backbone=training and cfg.checkpointing.load is None,
+    )
 
 
 def prepare_data(fabric: Fabric, cfg: RootCfg) -> None:

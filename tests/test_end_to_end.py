@@ -11,7 +11,7 @@ import torch
 
 from fabric_mvsplat.data import StepTracker, make_train_stream
 from fabric_mvsplat.data.synthetic import generate_synthetic_dataset
-from fabric_mvsplat.model.wrapper import build_model
+from fabric_mvsplat.train import make_model
 from loop_fixtures import compose_cfg
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,7 +51,7 @@ def run_cli(overrides: list[str], cwd: Path, nproc: int = 1) -> subprocess.Compl
 def test_training_steps_reduce_the_loss_on_a_fixed_batch(synthetic_root):
     torch.manual_seed(0)
     cfg = compose_cfg(demo_overrides(synthetic_root))
-    model = build_model(cfg)
+    model = make_model(cfg)
     stream = make_train_stream(cfg.dataset, cfg.data_loader.train, StepTracker(), 0, 1, cfg.seed)
     batch = next(iter(stream))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -68,7 +68,7 @@ def test_training_steps_reduce_the_loss_on_a_fixed_batch(synthetic_root):
 
 def test_validation_step_gives_scores_a_comparison_image_and_videos(synthetic_root):
     cfg = compose_cfg(demo_overrides(synthetic_root, "train.video_frames=4"))
-    model = build_model(cfg).eval()
+    model = make_model(cfg).eval()
     stream = make_train_stream(cfg.dataset, cfg.data_loader.train, StepTracker(), 0, 1, cfg.seed)
     output = model.validation_step(next(iter(stream)), global_step=0)
     assert set(output.scalars) == {"val/psnr", "val/ssim"}  # no LPIPS weights configured
@@ -130,7 +130,7 @@ def test_test_mode_scores_are_identical_on_one_and_two_ranks(synthetic_root, tmp
     torch.manual_seed(1)
     cfg = compose_cfg(demo_overrides(synthetic_root))
     checkpoint = tmp_path / "weights.ckpt"
-    save_atomically({"state_dict": build_model(cfg).state_dict(), "global_step": 0}, checkpoint)
+    save_atomically({"state_dict": make_model(cfg).state_dict(), "global_step": 0}, checkpoint)
     scores = {}
     for nproc in (1, 2):
         out = tmp_path / f"out{nproc}"
@@ -166,7 +166,7 @@ def test_original_lightning_checkpoint_loads_for_test_and_fine_tuning(synthetic_
     path = tmp_path / "released.ckpt"
     golden = lightning_checkpoint_from_golden(path)
     overrides = ["+experiment=demo", f"dataset.roots=[{synthetic_root}]", "dataset.image_shape=[32,32]", *GOLDEN_SMALL]
-    model = build_model(compose_cfg([*overrides, "mode=test", f"checkpointing.load={path}"]))
+    model = make_model(compose_cfg([*overrides, "mode=test", f"checkpointing.load={path}"]))
     load_weights(model, path)
     for key, value in golden.items():
         assert torch.equal(model.encoder.state_dict()[key], value), key
@@ -198,7 +198,7 @@ def test_three_context_views_in_test_mode(synthetic_root, tmp_path):
                                "dataset.view_sampler.num_context_views=3")
     checkpoint = tmp_path / "weights.ckpt"
     cfg = compose_cfg([*overrides, f"checkpointing.load={checkpoint}"])
-    torch.save({"state_dict": build_model(cfg).state_dict()}, checkpoint)
+    torch.save({"state_dict": make_model(cfg).state_dict()}, checkpoint)
     out = tmp_path / "out"
     run_cli([*overrides, f"checkpointing.load={checkpoint}", f"test.output_path={out}", "test.save_image=false",
              "test.save_gaussians=true", f"output_dir={tmp_path / 'run'}"], cwd=tmp_path)
