@@ -18,6 +18,7 @@ FORBIDDEN = {
     "evaluation": ["loop", "train"],
     "metrics": ["model", "data", "loop", "train", "evaluation", "config"],
     "visualization": ["model", "data", "loop", "train", "evaluation"],
+    "camera": ["model", "data", "loop", "train", "evaluation", "config"],
     "types": ["model", "data", "loop", "train", "evaluation", "config"],
     "distributed": ["model", "data", "loop", "train", "evaluation", "config"],
     "errors": ["model", "data", "loop", "train", "evaluation", "config"],

@@ -16,10 +16,10 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from ..camera import crop_intrinsics, field_of_view
 from .chunk_io import ChunkReadError, check_scene, read_chunk, vector_to_cameras
 from .config import DatasetCfg
-from .shims import (crop_intrinsics, field_of_view, reflect_extrinsics, rescale_and_crop, scaled_shape,
-                    to_float_image)
+from .shims import reflect_extrinsics, rescale_and_crop, scaled_shape, to_float_image
 from .view_sampler import SceneRejected, Stage, get_view_sampler
 
 DEFAULT_NEAR, DEFAULT_FAR = 0.1, 1000.0
@@ -151,7 +151,7 @@ class ExampleBuilder:
         key = scene["key"]
         extrinsics, intrinsics = vector_to_cameras(scene["cameras"])
         context, target = self.sampler.sample(key, len(extrinsics), generator, step)
-        fov = field_of_view(intrinsics).rad2deg()
+        fov = field_of_view(intrinsics.double()).rad2deg()
         if (fov > cfg.max_fov).any():
             raise SceneRejected("max_fov", f"scene {key!r} has a {fov.max():.1f} deg field of view "
                                 f"> dataset.max_fov={cfg.max_fov}")

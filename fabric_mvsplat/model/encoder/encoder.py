@@ -7,6 +7,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
+from ...camera import center_crop_box, crop_intrinsics
 from ...types import BatchedExample, BatchedViews, Gaussians
 from .backbone import BackboneMultiview
 from .config import EncoderCostVolumeCfg, OpacityMappingCfg
@@ -28,10 +29,8 @@ def crop_views_to_patch(views: BatchedViews, patch_size: int) -> BatchedViews:
     if h % 2 or w % 2:
         raise ValueError(f"image size {h}x{w} must be even so that centre-cropping keeps pixels aligned")
     h_new, w_new = (h // patch_size) * patch_size, (w // patch_size) * patch_size
-    row, col = (h - h_new) // 2, (w - w_new) // 2
-    intrinsics = views["intrinsics"].clone()
-    intrinsics[..., 0, 0] *= w / w_new
-    intrinsics[..., 1, 1] *= h / h_new
+    row, col = center_crop_box((h, w), (h_new, w_new))
+    intrinsics = crop_intrinsics(views["intrinsics"], (h, w), (h_new, w_new))
     return {**views, "image": views["image"][..., row:row + h_new, col:col + w_new], "intrinsics": intrinsics}
 
 
