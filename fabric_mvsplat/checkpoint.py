@@ -26,12 +26,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from .errors import CheckpointError  # noqa: F401 (raised here, imported from here by callers)
+
 CHECKPOINT_NAME = re.compile(r"^epoch_(\d+)-step_(\d+)\.ckpt$")
 LIGHTNING_VERSION = "2.2.4"  # the original's pin; Lightning's loader reads this key
 
-
-class CheckpointError(RuntimeError):
-    """A checkpoint file is missing, corrupt, refused by weights_only, or does not fit the model."""
 
 
 def checkpoint_path(directory: Path, epoch: int, step: int) -> Path:

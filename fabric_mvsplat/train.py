@@ -15,8 +15,8 @@ import torch
 from lightning_fabric import Fabric
 from omegaconf import DictConfig, OmegaConf
 
-from .config import OptimizerCfg, RootCfg, TrainerCfg, load_config
-from .errors import ConfigError
+from .config import OptimizerCfg, RootCfg, TrainerCfg, check_before_work, load_config
+from .errors import ConfigError, UserError
 
 # The Hydra configs ship inside the package, so a plain `pip install .` finds them from any directory.
 CONFIG_DIR = str(Path(__file__).resolve().parent / "configs")
@@ -24,18 +24,21 @@ CONFIG_DIR = str(Path(__file__).resolve().parent / "configs")
 
 @hydra.main(version_base=None, config_path=CONFIG_DIR, config_name="main")
 def main(dict_config: DictConfig) -> None:
+    """The one place user errors end: one line naming the key or file, the value and the fix; exit code 2."""
     try:
         cfg = load_config(dict_config)
-    except ConfigError as error:
+        check_before_work(cfg)
+        run(cfg, Path(cfg.output_dir), config_yaml=OmegaConf.to_yaml(dict_config, resolve=True))
+    except UserError as error:
         print(f"fabric_mvsplat: {error}", file=sys.stderr)
         sys.exit(2)
-    output_dir = cfg.output_dir or hydra.core.hydra_config.HydraConfig.get().runtime.output_dir
-    run(cfg, Path(output_dir), config_yaml=OmegaConf.to_yaml(dict_config, resolve=True))
 
 
 def run(cfg: RootCfg, output_dir: Path, config_yaml: str | None = None):
     """Everything after the config: the same code for one process and for every torchrun rank."""
     refuse_to_mix_runs(cfg, output_dir)
+    if not cfg.dataset.synthetic_if_missing:  # before Fabric starts and anything is written
+        check_dataset(cfg)
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")  # TF32 matmuls, as the original
     fabric = make_fabric(cfg.trainer)
@@ -61,10 +64,10 @@ def refuse_to_mix_runs(cfg: RootCfg, output_dir: Path) -> None:
     starts_fresh = cfg.mode == "train" and not (cfg.checkpointing.load is not None and cfg.checkpointing.resume)
     existing = sorted(Path(output_dir, "checkpoints").glob("*.ckpt")) if starts_fresh else []
     if existing:
-        print(f"fabric_mvsplat: output_dir {output_dir} already holds checkpoints of an earlier run "
-              f"({', '.join(p.name for p in existing[:3])}). Resume it with checkpointing.load={existing[-1]}, "
-              "or start a new run in another output_dir=..., or delete that folder.", file=sys.stderr)
-        sys.exit(2)
+        raise ConfigError("output_dir", str(output_dir),
+                          f"a folder without an earlier run's checkpoints; it already holds checkpoints "
+                          f"({', '.join(p.name for p in existing[:3])}): resume it with checkpointing.load="
+                          f"{existing[-1]}, or start a new run in another output_dir=..., or delete that folder")
 
 
 def shut_down(fabric: Fabric) -> None:
@@ -143,22 +146,23 @@ def make_model(cfg: RootCfg):
 
 
 def prepare_data(fabric: Fabric, cfg: RootCfg) -> None:
-    """Generate the synthetic dataset if asked (rank 0), then stop on missing or empty dataset roots."""
+    """Generate the synthetic dataset if asked (rank 0 first, the others wait), then stop on missing or empty
+    dataset roots."""
+    if cfg.dataset.synthetic_if_missing:
+        from .data.synthetic import ensure_synthetic_dataset
+
+        with fabric.rank_zero_first():  # the other ranks then find the chunks in place and generate nothing
+            ensure_synthetic_dataset(Path(cfg.dataset.roots[0]), progress=sys.stderr.isatty())
+    check_dataset(cfg)
+
+
+def check_dataset(cfg: RootCfg) -> None:
+    """DatasetError (naming dataset.roots and the folder) when a stage this run reads has no usable chunks."""
     from .data import check_dataset_roots
 
-    if cfg.dataset.synthetic_if_missing:
-        if fabric.global_rank == 0:
-            from .data.synthetic import ensure_synthetic_dataset
-
-            ensure_synthetic_dataset(Path(cfg.dataset.roots[0]), progress=sys.stderr.isatty())
-        fabric.barrier()
     stages = ["test"] if cfg.mode == "test" else ["train"] + (["val"] if cfg.trainer.val_check_interval else [])
-    try:
-        for stage in stages:
-            check_dataset_roots(cfg.dataset, stage)
-    except FileNotFoundError as error:
-        print(f"fabric_mvsplat: dataset.roots={cfg.dataset.roots}: {error}", file=sys.stderr)
-        sys.exit(2)
+    for stage in stages:
+        check_dataset_roots(cfg.dataset, stage)
 
 
 def make_fabric(trainer: TrainerCfg) -> Fabric:

@@ -109,7 +109,7 @@ def test_epipolar_transformer_rejected():
 
 def test_wo_cost_volume_refine_needs_matching_width():
     with pytest.raises(ConfigError, match="costvolume_unet_feat_dim"):
-        EncoderCostVolume(cfg(wo_cost_volume_refine=True))
+        cfg(wo_cost_volume_refine=True)
 
 
 # ----------------------------------------------------------------------------------- forward

@@ -17,6 +17,7 @@ from PIL import Image
 from torch import Tensor
 
 from ..camera import crop_intrinsics, field_of_view
+from ..errors import DatasetError
 from .chunk_io import ChunkReadError, check_scene, read_chunk, vector_to_cameras
 from .config import DatasetCfg
 from .shims import reflect_extrinsics, rescale_and_crop, scaled_shape, to_float_image
@@ -62,14 +63,14 @@ def check_dataset_roots(dataset_cfg: DatasetCfg, stage: Stage) -> None:
                 continue
             chunks = sorted(stage_dir.glob("*.torch")) if stage_dir.is_dir() else []
             if not chunks:
-                raise FileNotFoundError(
+                raise DatasetError(
                     f"dataset root {root!r} has no chunks in {stage_dir} (expected NNNNNN.torch files + "
                     f"index.json); set dataset.roots or create data, e.g. `python -m fabric_mvsplat.data.synthetic "
                     f"--out {root}`")
             index = _read_index(stage_dir)
             missing = sorted(file for file in set(index.values()) if not (stage_dir / file).is_file())
             if missing:
-                raise FileNotFoundError(f"{stage_dir / 'index.json'} points to missing chunk files "
+                raise DatasetError(f"{stage_dir / 'index.json'} points to missing chunk files "
                                         f"{missing[:5]}{' ...' if len(missing) > 5 else ''}; regenerate the index")
 
 

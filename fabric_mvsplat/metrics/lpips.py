@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import MissingWeightsError, WeightsError
+
 # (output channels | "M" for a 2x2 max-pool) of torchvision's vgg16 `features`, truncated
 # after relu5_3 (index 29): the last pool is never used by LPIPS.
 VGG16_LAYOUT = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512]
@@ -147,8 +149,8 @@ def _find_vgg16_file(weights_dir: Path) -> Path | None:
     return matches[0] if matches else None
 
 
-def _missing_weights_error(path: Path, what: str, url: str) -> FileNotFoundError:
-    return FileNotFoundError(
+def _missing_weights_error(path: Path, what: str, url: str) -> MissingWeightsError:
+    return MissingWeightsError(
         f"LPIPS weight file not found: {path} ({what}). Put it in the directory given by "
         f"loss.lpips.weights (training) or test.lpips_weights (testing); download it from "
         f"{url} (no download happens here)."
@@ -165,10 +167,11 @@ def _load_state(path: Path) -> dict[str, Tensor]:
     return state
 
 
-def load_lpips(weights_dir: str | Path, device: torch.device | str | None = None) -> LPIPS:
-    """LPIPS-VGG from `weights_dir`: vgg16*.pth (torchvision) and vgg.pth (lpips v0.1 heads)."""
+def find_weight_files(weights_dir: str | Path | None) -> tuple[Path, Path]:
+    """(vgg16*.pth, vgg.pth) in `weights_dir`, or MissingWeightsError naming the file, the config keys and
+    where to download it. Config validation calls this at start-up; `load_lpips` again when it loads."""
     if weights_dir is None:
-        raise FileNotFoundError(
+        raise MissingWeightsError(
             "no LPIPS weights directory given: set loss.lpips.weights (training) or "
             f"test.lpips_weights (testing) to a directory holding vgg16.pth ({VGG16_URL}) "
             f"and vgg.pth (the lpips repo's lpips/weights/v0.1/vgg.pth, {LIN_URL})"
@@ -184,12 +187,18 @@ def load_lpips(weights_dir: str | Path, device: torch.device | str | None = None
         raise _missing_weights_error(
             lin_path, "lpips v0.1 linear heads, the lpips repo's lpips/weights/v0.1/vgg.pth", LIN_URL
         )
+    return vgg_path, lin_path
+
+
+def load_lpips(weights_dir: str | Path, device: torch.device | str | None = None) -> LPIPS:
+    """LPIPS-VGG from `weights_dir`: vgg16*.pth (torchvision) and vgg.pth (lpips v0.1 heads)."""
+    vgg_path, lin_path = find_weight_files(weights_dir)
     model = LPIPS()
     for prefix, path in (("features.", vgg_path), ("lin", lin_path)):
         try:
             model.copy_buffers(prefix, _load_state(path))
         except ValueError as error:
-            raise ValueError(f"bad LPIPS weight file {path}: {error}") from error
+            raise WeightsError(f"bad LPIPS weight file {path}: {error}") from error
     model.is_loaded = True
     return model.to(device).eval()
 

@@ -37,12 +37,6 @@ def crop_views_to_patch(views: BatchedViews, patch_size: int) -> BatchedViews:
 class EncoderCostVolume(nn.Module):
     def __init__(self, cfg: EncoderCostVolumeCfg, num_context_views: int = 2) -> None:
         super().__init__()
-        if cfg.wo_cost_volume_refine and cfg.costvolume_unet_feat_dim != cfg.num_depth_candidates:
-            raise ConfigError(
-                "model.encoder.costvolume_unet_feat_dim", cfg.costvolume_unet_feat_dim,
-                f"equal to num_depth_candidates ({cfg.num_depth_candidates}) when wo_cost_volume_refine is set "
-                "(the projection output feeds the depth head directly)",
-            )
         if num_context_views < 2:
             raise ConfigError("dataset.view_sampler.num_context_views", num_context_views,
                               "at least 2 (the cost volume needs a second view)")
