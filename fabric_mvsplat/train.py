@@ -39,6 +39,8 @@ def run(cfg: RootCfg, output_dir: Path, config_yaml: str | None = None):
     refuse_to_mix_runs(cfg, output_dir)
     if not cfg.dataset.synthetic_if_missing:  # before Fabric starts and anything is written
         check_dataset(cfg)
+    # Every check has passed: the folder may exist now (Hydra's log file opens in it on the first logged line).
+    output_dir.mkdir(parents=True, exist_ok=True)
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")  # TF32 matmuls, as the original
     fabric = make_fabric(cfg.trainer)
@@ -46,7 +48,7 @@ def run(cfg: RootCfg, output_dir: Path, config_yaml: str | None = None):
     prepare_data(fabric, cfg)
     # Each rank may have composed its own time-stamped Hydra directory; rank 0's wins.
     output_dir = Path(fabric.broadcast(str(output_dir), src=0))
-    seed_everything(cfg.seed + fabric.global_rank)  # per-rank seeds, as the original
+    fabric.seed_everything(cfg.seed + fabric.global_rank)  # per-rank seeds, as the original
     if fabric.global_rank == 0:
         output_dir.mkdir(parents=True, exist_ok=True)
         if config_yaml is not None:
@@ -203,17 +205,6 @@ def make_scheduler(cfg: OptimizerCfg, max_steps: int, optimizer: torch.optim.Opt
         )
     warm_up = cfg.warm_up_steps
     return torch.optim.lr_scheduler.LinearLR(optimizer, 1 / warm_up, 1.0, total_iters=warm_up)
-
-
-def seed_everything(seed: int) -> None:
-    """torch (CPU and CUDA), python and numpy, from one per-rank seed."""
-    import random
-
-    import numpy as np
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 if __name__ == "__main__":
