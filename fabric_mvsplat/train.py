@@ -6,6 +6,7 @@ model, optimizer and scheduler are built here and handed to `loop.fit` (mode=tra
 environment and every rank runs this same file.
 """
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -20,6 +21,7 @@ from .errors import ConfigError, UserError
 
 # The Hydra configs ship inside the package, so a plain `pip install .` finds them from any directory.
 CONFIG_DIR = str(Path(__file__).resolve().parent / "configs")
+log = logging.getLogger(__name__)
 
 
 @hydra.main(version_base=None, config_path=CONFIG_DIR, config_name="main")
@@ -54,7 +56,8 @@ def run(cfg: RootCfg, output_dir: Path, config_yaml: str | None = None):
         if config_yaml is not None:
             # A test run into a training run's folder must not overwrite that run's config.
             (output_dir / ("config.yaml" if cfg.mode == "train" else "config_test.yaml")).write_text(config_yaml)
-        fabric.print(f"output directory: {output_dir}")
+        # Through logging, so that under Hydra the line also lands in output_dir/train.log.
+        log.info(f"output directory: {output_dir}")
     result = run_test_mode(fabric, cfg, output_dir) if cfg.mode == "test" else run_training(fabric, cfg, output_dir)
     shut_down(fabric)
     return result

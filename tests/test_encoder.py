@@ -3,16 +3,16 @@
 import json
 import math
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
+from conftest import SHARED
 import torch
 
 from fabric_mvsplat.config import from_dict
 from fabric_mvsplat.errors import ConfigError
 from fabric_mvsplat.model.encoder import EncoderCostVolume, EncoderCostVolumeCfg
 
-GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden"
+GOLDEN = SHARED / "golden"
 
 # +experiment=re10k (spec §6.6); written out so the layout test also runs without ../shared.
 RE10K = dict(d_feature=128, num_depth_candidates=128, costvolume_unet_feat_dim=128,

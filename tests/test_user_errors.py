@@ -4,15 +4,11 @@ The combinations and files are checked by `config.check_before_work` (called onc
 configs come from Hydra's own composition, and the command-line cases run the real entry point.
 """
 
-import os
 import re
-import subprocess
-import sys
 import warnings
-from pathlib import Path
 
 import pytest
-import torch
+from conftest import run_train
 from hydra import compose, initialize_config_dir
 from lpips_test_weights import write_lpips_test_weights
 
@@ -20,7 +16,6 @@ from fabric_mvsplat.config import check_before_work, load_config
 from fabric_mvsplat.errors import ConfigError, MissingWeightsError, UserError
 from fabric_mvsplat.train import CONFIG_DIR
 
-REPO = Path(__file__).resolve().parents[1]
 # +experiment=re10k without the two weight files a user may not have (each has its own case below).
 RE10K_WITHOUT_WEIGHTS = ["+experiment=re10k", "~loss.lpips", "model.encoder.unimatch_weights_path=null"]
 
@@ -93,14 +88,8 @@ def test_keys_without_effect_warn_once_when_set():
 
 
 # ------------------------------------------------------------------------------- the real command line
-def run_train(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "fabric_mvsplat.train", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
-
-
 def test_help_shows_the_projects_usage(tmp_path):
-    result = run_train(["--help"], tmp_path)
+    result = run_train(["--help"], tmp_path, check=False)
     assert result.returncode == 0, result.stderr
     for command in ("+experiment=demo", "checkpointing.load=", "mode=test", "checkpointing.resume=false",
                     "README.md", "torchrun"):
@@ -114,7 +103,7 @@ def test_help_shows_the_projects_usage(tmp_path):
     ([*RE10K_WITHOUT_WEIGHTS, "dataset.roots=[nowhere]", "output_dir=run"], "nowhere"),  # a dataset error
 ])
 def test_a_failing_command_writes_nothing(tmp_path, args, named):
-    result = run_train(args, tmp_path)
+    result = run_train(args, tmp_path, check=False)
     assert result.returncode == 2, result.stderr[-3000:]
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("fabric_mvsplat: ") and named in lines[0], result.stderr
