@@ -36,6 +36,8 @@ def test_gsplat_matches_torch_backend(use_principal_point):
     assert (error <= 1e-4).float().mean() > 0.999, error.max()
     assert ((depth_t - depth_g).abs() <= 1e-4 * depth_t.abs().max()).float().mean() > 0.999
     for name, a, b in zip(("means", "covariances", "harmonics", "opacities"), grads_t, grads_g):
+        if name == "covariances":  # the model's covariances are symmetric: compare the symmetric part
+            a, b = 0.5 * (a + a.transpose(-1, -2)), 0.5 * (b + b.transpose(-1, -2))
         # Norm-relative, with room for float32 summation order and rare alpha-threshold flips.
         relative = (a - b).norm() / b.norm()
         assert relative <= 1e-3, f"{name}: relative gradient difference {relative:.2e}"
