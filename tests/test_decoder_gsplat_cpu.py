@@ -100,3 +100,40 @@ def test_every_depth_mode_matches_torch_backend(gsplat_on_cpu, depth_mode):
     assert (gsplat_out.color - torch_out.color).abs().max() <= 1e-4
     assert (gsplat_out.depth - torch_out.depth).abs().max() <= 1e-4
     assert torch_out.depth.abs().max() > 0.1
+
+
+def test_cpu_kernels_match_gsplats_own_torch_reference():
+    """Projection, tile intersection and offsets against gsplat's pure-torch versions of those kernels
+    (gsplat/cuda/_torch_impl.py; without opacities, where both use the 3.33-sigma radius)."""
+    torch_impl = pytest.importorskip("gsplat.cuda._torch_impl")
+    import gsplat_cpu_kernels as kernels
+
+    gaussians, extrinsics, intrinsics, _, _ = scenes(count=40)
+    means, covariances = gaussians.means[:2], gaussians.covariances[:2]  # [2, N, ...], 3 cameras each
+    viewmats = extrinsics[:2].inverse().contiguous()
+    ks = torch.zeros_like(intrinsics[:2])
+    ks[..., 0, 0], ks[..., 1, 1] = intrinsics[:2, :, 0, 0] * SHAPE[1], intrinsics[:2, :, 1, 1] * SHAPE[0]
+    ks[..., 0, 2], ks[..., 1, 2], ks[..., 2, 2] = intrinsics[:2, :, 0, 2] * SHAPE[1], intrinsics[:2, :, 1, 2] * SHAPE[0], 1
+    upper = covariances[..., [0, 0, 0, 1, 1, 2], [0, 1, 2, 1, 2, 2]].contiguous()
+    height, width = SHAPE
+    radii, means2d, depths, conics, _ = kernels.projection_ewa_3dgs_fused_fwd(
+        means, upper, None, None, None, viewmats, ks, width, height, 0.3, 0.01, 1e10, 0.0, False, kernels.PINHOLE)
+    ref_radii, ref_means2d, ref_depths, ref_conics, _ = torch_impl._fully_fused_projection(
+        means, covariances, viewmats, ks, width, height, 0.3, 0.01, 1e10)
+    valid = (radii > 0).all(-1)
+    assert valid.sum() > 30 and (~valid).sum() > 30  # culling exercised both ways
+    assert torch.equal(radii, ref_radii)
+    assert torch.allclose(means2d[valid], ref_means2d[valid], rtol=1e-5, atol=1e-4)
+    assert torch.allclose(depths[valid], ref_depths[valid], rtol=1e-6)
+    assert torch.allclose(conics[valid], ref_conics[valid], rtol=1e-4, atol=1e-6)
+
+    means2d, depths = ref_means2d.contiguous(), ref_depths.contiguous()
+    tile_width, tile_height = -(-width // 16), -(-height // 16)
+    tiles, isect_ids, flatten_ids = kernels.intersect_tile(means2d, radii, depths, None, None, 6, 16, tile_width,
+                                                           tile_height, True, False)
+    ref_tiles, ref_isect_ids, ref_flatten_ids = torch_impl._isect_tiles(means2d, radii, depths, 16, tile_width,
+                                                                        tile_height)
+    assert torch.equal(tiles, ref_tiles) and torch.equal(isect_ids, ref_isect_ids)
+    assert torch.equal(flatten_ids, ref_flatten_ids)
+    offsets = kernels.intersect_offset(isect_ids, 6, tile_width, tile_height)
+    assert torch.equal(offsets, torch_impl._isect_offset_encode(isect_ids, 6, tile_width, tile_height))
