@@ -74,7 +74,8 @@ def _project(means: Tensor, covars: Tensor, viewmats: Tensor, Ks: Tensor, width:
     x, y, z = means_c.unbind(-1)
     if in_front is not None:
         z = torch.where(in_front, z, torch.ones_like(z))
-    covar_c = rotation[..., None, :, :] @ _covariance(covars)[..., None, :, :, :] @ rotation[..., None, :, :].transpose(-1, -2)
+    rotation_n = rotation[..., None, :, :]  # [..., C, 1, 3, 3] against covariances [..., 1, N, 3, 3]
+    covar_c = rotation_n @ _covariance(covars)[..., None, :, :, :] @ rotation_n.transpose(-1, -2)
     fx, fy = Ks[..., 0, 0, None], Ks[..., 1, 1, None]
     cx, cy = Ks[..., 0, 2, None], Ks[..., 1, 2, None]
     tan_fovx, tan_fovy = 0.5 * width / fx, 0.5 * height / fy
@@ -104,7 +105,8 @@ def _radii(projected: dict[str, Tensor], z: Tensor, opacities: Tensor | None, wi
     extend = torch.full_like(z, EXTEND_MAX)
     if opacities is not None:
         valid &= opacities >= ALPHA_THRESHOLD
-        extend = torch.minimum(extend, torch.sqrt(2 * torch.log(opacities.clamp_min(ALPHA_THRESHOLD) / ALPHA_THRESHOLD)))
+        level = torch.log(opacities.clamp_min(ALPHA_THRESHOLD) / ALPHA_THRESHOLD)
+        extend = torch.minimum(extend, torch.sqrt(2 * level))
     radius_x = torch.ceil(extend * torch.sqrt(projected["a"].clamp_min(0)))
     radius_y = torch.ceil(extend * torch.sqrt(projected["c"].clamp_min(0)))
     valid &= ~((radius_x <= radius_clip) & (radius_y <= radius_clip))
@@ -218,7 +220,8 @@ def _bits(count: int) -> int:
 @torch.no_grad()
 def intersect_tile(means2d, radii, depths, image_ids, gaussian_ids, I, tile_size, tile_width, tile_height, sort,
                    segmented):
-    """-> tiles_per_gauss int32 (shape of depths), isect_ids int64 [M] (image | tile | depth bits), flatten_ids int32 [M]."""
+    """-> tiles_per_gauss int32 (shape of depths), isect_ids int64 [M] (image | tile | depth bits),
+    flatten_ids int32 [M]."""
     _check_inputs(means2d=means2d, radii=radii, depths=depths)
     _check(depths.dtype == torch.float32, "depth bits are read as float32")
     packed = means2d.dim() == 2

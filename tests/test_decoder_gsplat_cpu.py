@@ -111,9 +111,7 @@ def test_cpu_kernels_match_gsplats_own_torch_reference():
     gaussians, extrinsics, intrinsics, _, _ = scenes(count=40)
     means, covariances = gaussians.means[:2], gaussians.covariances[:2]  # [2, N, ...], 3 cameras each
     viewmats = extrinsics[:2].inverse().contiguous()
-    ks = torch.zeros_like(intrinsics[:2])
-    ks[..., 0, 0], ks[..., 1, 1] = intrinsics[:2, :, 0, 0] * SHAPE[1], intrinsics[:2, :, 1, 1] * SHAPE[0]
-    ks[..., 0, 2], ks[..., 1, 2], ks[..., 2, 2] = intrinsics[:2, :, 0, 2] * SHAPE[1], intrinsics[:2, :, 1, 2] * SHAPE[0], 1
+    ks = intrinsics[:2] * torch.tensor([SHAPE[1], SHAPE[0], 1.0])[:, None]  # normalised -> pixels, rows x W, H, 1
     upper = covariances[..., [0, 0, 0, 1, 1, 2], [0, 1, 2, 1, 2, 2]].contiguous()
     height, width = SHAPE
     radii, means2d, depths, conics, _ = kernels.projection_ewa_3dgs_fused_fwd(
