@@ -9,6 +9,14 @@ from fabric_mvsplat.model.decoder.synthetic_scenes import look_at_cameras, rando
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA for the gsplat backend")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def gsplat_kernels():
+    """Build or load gsplat's kernels first: missing build tools fail here with what to install."""
+    from fabric_mvsplat.model.decoder.gsplat_build import load_gsplat_kernels
+
+    load_gsplat_kernels()
+
+
 @pytest.mark.parametrize("use_principal_point", [True, False])
 def test_gsplat_matches_torch_backend(use_principal_point):
     generator = torch.Generator().manual_seed(0)
