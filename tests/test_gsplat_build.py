@@ -1,6 +1,10 @@
 """Start-up loading of gsplat's CUDA kernels: what happens when the build tools are missing."""
 
+import json
+import os
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from lightning_fabric import Fabric
@@ -62,3 +66,22 @@ def test_prepare_gsplat_does_nothing_for_the_torch_backend(bare_machine):
     prepare_gsplat(Fabric(accelerator="cpu", devices=1), "auto")  # auto on CPU -> torch
     prepare_gsplat(Fabric(accelerator="cpu", devices=1), "torch")
     assert "gsplat.cuda._backend" not in sys.modules
+
+
+def test_under_torchrun_rank_zero_builds_first_and_a_failure_stops_every_rank(bare_machine, tmp_path):
+    tests = Path(__file__).resolve().parent
+    results = tmp_path / "results"
+    results.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PATH": os.pathsep.join([str(bare_machine)]),  # no nvcc, no c++ (the fixture's empty bin)
+           "PYTHONPATH": os.pathsep.join([str(tests.parent), str(tests), os.environ.get("PYTHONPATH", "")])}
+    completed = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                                str(tests / "gsplat_build_ranks.py"), str(results)],
+                               capture_output=True, text=True, env=env, timeout=300)
+    output = completed.stdout + completed.stderr
+    assert completed.returncode != 0 and not list(results.glob("*.unexpected")), output[-3000:]
+    ranks = [json.loads((results / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert ranks[0]["build"] and not ranks[1]["build"]  # only local rank 0 may compile
+    assert ranks[1]["start"] >= ranks[0]["end"]  # the others wait until it is done
+    assert output.count("model.decoder.backend=torch") >= 2, output[-3000:]  # each rank says why it stops
+    assert "nvcc" in output and "did not leave a built extension" in output
