@@ -125,6 +125,24 @@ def test_cpu_kernels_match_gsplats_own_torch_reference():
     assert torch.allclose(depths[valid], ref_depths[valid], rtol=1e-6)
     assert torch.allclose(conics[valid], ref_conics[valid], rtol=1e-4, atol=1e-6)
 
+    # The backward kernel (autograd of our forward) against autograd through gsplat's torch projection.
+    generator = torch.Generator().manual_seed(5)
+    v_means2d, v_depths, v_conics = (torch.randn(t.shape, generator=generator) * valid.reshape(
+        valid.shape + (1,) * (t.ndim - valid.ndim)) for t in (means2d, depths, conics))
+    v_means, v_upper, _, _, _ = kernels.projection_ewa_3dgs_fused_bwd(
+        means, upper, None, None, viewmats, ks, width, height, 0.3, kernels.PINHOLE, radii, conics, None,
+        v_means2d, v_depths, v_conics, None, False)
+    leaves = [means.clone().requires_grad_(True), covariances.clone().requires_grad_(True)]
+    _, ref_m, ref_d, ref_c, _ = torch_impl._fully_fused_projection(leaves[0], leaves[1], viewmats, ks, width, height)
+    loss = sum((v * torch.where(v != 0, o, torch.zeros_like(o))).sum()
+               for v, o in ((v_means2d, ref_m), (v_depths, ref_d), (v_conics, ref_c)))
+    ref_v_means, ref_v_covariances = torch.autograd.grad(loss, leaves)
+    g = ref_v_covariances  # upper-triangle layout of the kernel: off-diagonal pairs summed
+    ref_v_upper = torch.stack([g[..., 0, 0], g[..., 0, 1] + g[..., 1, 0], g[..., 0, 2] + g[..., 2, 0], g[..., 1, 1],
+                               g[..., 1, 2] + g[..., 2, 1], g[..., 2, 2]], dim=-1)
+    assert ref_v_means.abs().max() > 0 and ref_v_upper.abs().max() > 0
+    assert relative(v_means, ref_v_means) < 1e-4 and relative(v_upper, ref_v_upper) < 1e-4
+
     means2d, depths = ref_means2d.contiguous(), ref_depths.contiguous()
     tile_width, tile_height = -(-width // 16), -(-height // 16)
     tiles, isect_ids, flatten_ids = kernels.intersect_tile(means2d, radii, depths, None, None, 6, 16, tile_width,
