@@ -21,6 +21,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from .. import safe_load
+
 TARGET_BYTES_PER_CHUNK = 100_000_000
 SCENE_KEYS = ("url", "timestamps", "cameras", "images", "key")
 
@@ -78,9 +80,9 @@ def vector_to_cameras(cameras: Tensor) -> tuple[Tensor, Tensor]:
 def read_chunk(path: Path) -> list[dict]:
     """Load one chunk with weights_only=True (a pickle payload is refused, never executed)."""
     try:
-        chunk = torch.load(path, weights_only=True, map_location="cpu")
-    except Exception as error:  # truncated zip, garbage bytes, forbidden globals, ...
-        raise ChunkReadError(f"cannot read chunk {path}: {type(error).__name__}: {str(error)[:300]}") from error
+        chunk = safe_load.load(path, "data chunk")
+    except safe_load.FileLoadError as error:  # truncated zip, garbage bytes, forbidden globals, ...
+        raise ChunkReadError(str(error)) from error
     if not isinstance(chunk, list) or not all(isinstance(scene, dict) for scene in chunk):
         raise ChunkReadError(f"chunk {path} holds {type(chunk).__name__}, expected a list of scene dicts")
     return chunk
