@@ -115,12 +115,16 @@ def remove_stray_temporaries(directory: Path) -> list[Path]:
 
 
 def content_hashes(checkpoint: dict) -> dict[str, str]:
-    """SHA-256 of every top-level entry's content (tensor bytes, dtypes, shapes, keys and plain values)."""
+    """SHA-256 of every top-level entry: its key and content (tensor bytes, dtypes, shapes, keys, plain values).
+
+    The key is hashed too: pickle stores each string once, so a damaged key would rename the hash's key as well.
+    """
     hashes = {}
     for key, value in checkpoint.items():
         if key == CONTENT_HASH_KEY:
             continue
         digest = hashlib.sha256()
+        _feed(digest, key, str(key))
         _feed(digest, value, str(key))
         hashes[str(key)] = digest.hexdigest()
     return hashes
