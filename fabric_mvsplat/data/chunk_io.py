@@ -24,6 +24,7 @@ from torch import Tensor
 from .. import safe_load
 
 TARGET_BYTES_PER_CHUNK = 100_000_000
+ROTATION_TOLERANCE = 1e-2  # max |R R^T - I| and |det R - 1| of a world-to-camera rotation
 SCENE_KEYS = ("url", "timestamps", "cameras", "images", "key")
 
 
@@ -103,6 +104,32 @@ def check_scene(scene: dict) -> None:
         raise ValueError(f"scene {scene['key']!r}: every image must be a uint8 1-D tensor of file bytes")
     if not isinstance(scene["timestamps"], Tensor) or scene["timestamps"].shape != (cameras.shape[0],):
         raise ValueError(f"scene {scene['key']!r}: timestamps must be a [V] tensor")
+
+
+def camera_problem(cameras: Tensor) -> str | None:
+    """What makes a [V, 18] camera tensor unusable (first bad view), or None.
+
+    Non-finite values, a focal length <= 0, or a world-to-camera rotation that is not a rotation (singular,
+    scaled, sheared or mirrored) would give NaN poses or a crash when the pose is inverted.
+    """
+    values = cameras.detach().double().numpy()
+    finite = np.isfinite(values).all(axis=1)
+    if not finite.all():
+        view = int(np.argmin(finite))
+        return f"view {view} has non-finite camera values {values[view].tolist()}"
+    focal = values[:, :2]
+    if (focal <= 0).any():
+        view = int(np.argmax((focal <= 0).any(axis=1)))
+        return f"view {view} has focal length fx, fy = {focal[view].tolist()} (must be > 0)"
+    rotation = values[:, 6:].reshape(-1, 3, 4)[:, :, :3]
+    determinant = np.linalg.det(rotation)
+    off = np.abs(rotation @ rotation.transpose(0, 2, 1) - np.eye(3)).max(axis=(1, 2))
+    bad = (off > ROTATION_TOLERANCE) | (np.abs(determinant - 1) > ROTATION_TOLERANCE)
+    if bad.any():
+        view = int(np.argmax(bad))
+        return (f"view {view}'s world-to-camera rotation is not a rotation (det {determinant[view]:.3g}, "
+                f"max |R R^T - I| {off[view]:.3g}, tolerance {ROTATION_TOLERANCE})")
+    return None
 
 
 def _scene_bytes(scene: dict) -> int:
