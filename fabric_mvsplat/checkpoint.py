@@ -162,7 +162,10 @@ def verify_content_hashes(checkpoint: dict, path: Path) -> None:
            f"'{CONTENT_HASH_KEY}' entry to load it unverified")
     if not isinstance(stored, dict) or not all(isinstance(v, str) for v in stored.values()):
         raise CheckpointError(f"checkpoint corrupted: {path}: its '{CONTENT_HASH_KEY}' entry is damaged; {fix}")
-    actual = content_hashes(checkpoint)
+    try:
+        actual = content_hashes(checkpoint)
+    except TypeError as error:  # an object only an unsafe load can return: not what was written
+        raise CheckpointError(f"checkpoint corrupted: {path}: {error}; {fix}") from error
     changed = sorted(set(stored) ^ set(actual)) + [k for k in stored if k in actual and stored[k] != actual[k]]
     if changed:
         raise CheckpointError(

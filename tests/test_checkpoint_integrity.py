@@ -93,6 +93,16 @@ def test_intact_and_hashless_checkpoints_load(trained, tmp_path):
     assert load_file(released)["global_step"] == 7
 
 
+def test_an_object_added_to_a_hashed_checkpoint_is_refused_even_with_unsafe_load(trained, tmp_path):
+    checkpoint = torch.load(trained, weights_only=True)
+    checkpoint["hyper_parameters"] = Path("added later")
+    path = tmp_path / "edited.ckpt"
+    torch.save(checkpoint, path)
+    with pytest.warns(UserWarning, match="weights_only=False"):
+        with pytest.raises(CheckpointError, match="checkpoint corrupted.*hyper_parameters is a PosixPath"):
+            load_file(path, allow_unsafe_load=True)
+
+
 def test_resume_from_a_corrupted_checkpoint_stops_before_training(trained, tmp_path):
     path = copy_of(trained, tmp_path)
     data = bytearray(path.read_bytes())
