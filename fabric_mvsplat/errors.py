@@ -31,7 +31,8 @@ class ConfigError(UserError, ValueError):
 
 
 class CheckpointError(UserError, RuntimeError):
-    """A checkpoint file is missing, corrupt, refused by weights_only, or does not fit the model."""
+    """A checkpoint file is missing, corrupt, refused by weights_only, does not fit the model, or cannot be
+    written (disk full)."""
 
 
 class DatasetError(UserError, FileNotFoundError):

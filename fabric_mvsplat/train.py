@@ -39,14 +39,13 @@ def main(dict_config: DictConfig) -> None:
 def run(cfg: RootCfg, output_dir: Path, config_yaml: str | None = None):
     """Everything after the config: the same code for one process and for every torchrun rank."""
     refuse_to_mix_runs(cfg, output_dir)
-    if not cfg.dataset.synthetic_if_missing:  # before Fabric starts and anything is written
-        check_dataset(cfg)
-    # Every check has passed: the folder may exist now (Hydra's log file opens in it on the first logged line).
-    output_dir.mkdir(parents=True, exist_ok=True)
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")  # TF32 matmuls, as the original
     fabric = make_fabric(cfg.trainer)
     fabric.launch()
+    from .model.decoder.gsplat_build import prepare_gsplat
+
+    prepare_gsplat(fabric, cfg.model.decoder.backend)  # local rank 0 builds gsplat's kernels first, if used
     prepare_data(fabric, cfg)
     # Each rank may have composed its own time-stamped Hydra directory; rank 0's wins.
     output_dir = Path(fabric.broadcast(str(output_dir), src=0))
@@ -58,6 +57,11 @@ def run(cfg: RootCfg, output_dir: Path, config_yaml: str | None = None):
             (output_dir / ("config.yaml" if cfg.mode == "train" else "config_test.yaml")).write_text(config_yaml)
         # Through logging, so that under Hydra the line also lands in output_dir/train.log.
         log.info(f"output directory: {output_dir}")
+        if cfg.mode == "train":  # only the run that writes checkpoints here may delete half-written ones
+            from .checkpoint import remove_stray_temporaries
+
+            for stray in remove_stray_temporaries(output_dir / "checkpoints"):
+                fabric.print(f"removed {stray} (a checkpoint write interrupted by an earlier kill)")
     result = run_test_mode(fabric, cfg, output_dir) if cfg.mode == "test" else run_training(fabric, cfg, output_dir)
     shut_down(fabric)
     return result

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import safe_load
 from ..errors import MissingWeightsError, WeightsError
 
 # (output channels | "M" for a 2x2 max-pool) of torchvision's vgg16 `features`, truncated
@@ -159,11 +160,11 @@ def _missing_weights_error(path: Path, what: str, url: str) -> MissingWeightsErr
 
 def _load_state(path: Path) -> dict[str, Tensor]:
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # unreadable or pickled with arbitrary objects
-        raise ValueError(f"torch.load(weights_only=True) cannot read it: {error}") from error
+        state = safe_load.load(path, "LPIPS weight file")
+    except safe_load.FileLoadError as error:  # unreadable, or pickled with arbitrary objects
+        raise ValueError(str(error)) from error
     if not isinstance(state, dict):
-        raise ValueError(f"it must hold a state_dict (a dict of tensors), got {type(state)}")
+        raise ValueError(f"LPIPS weight file {path} must hold a state_dict (a dict of tensors), got {type(state)}")
     return state
 
 
@@ -195,8 +196,9 @@ def load_lpips(weights_dir: str | Path, device: torch.device | str | None = None
     vgg_path, lin_path = find_weight_files(weights_dir)
     model = LPIPS()
     for prefix, path in (("features.", vgg_path), ("lin", lin_path)):
+        state = _load_state(path)
         try:
-            model.copy_buffers(prefix, _load_state(path))
+            model.copy_buffers(prefix, state)
         except ValueError as error:
             raise WeightsError(f"bad LPIPS weight file {path}: {error}") from error
     model.is_loaded = True
