@@ -1,10 +1,12 @@
 """What the test files share: ../shared, the environment of subprocesses, TensorBoard events, and the
 end-to-end runs several tests read (each made once per session: one trained checkpoint, one test-mode run)."""
 
+import importlib.util
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -18,6 +20,14 @@ def shared_path(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"{path} not found (../shared beside the checkout holds it)")
     return path
+
+
+def load_by_path(relative_path: str, name: str) -> ModuleType:
+    """A module of this checkout by its path (benchmarks/ is not installed, so plain `pytest` works too)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / relative_path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def subprocess_env() -> dict[str, str]:
