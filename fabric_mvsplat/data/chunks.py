@@ -97,8 +97,8 @@ def list_scenes(dataset_cfg: DatasetCfg, stage: Stage) -> list[SceneRef]:
     if dataset_cfg.overfit_to_scene:
         scenes = [scene for scene in scenes if scene.key == dataset_cfg.overfit_to_scene][:1]
         if not scenes:
-            raise ValueError(f"dataset.overfit_to_scene={dataset_cfg.overfit_to_scene!r} is in no index.json "
-                             f"under {dataset_cfg.roots}")
+            raise DatasetError(f"dataset.overfit_to_scene={dataset_cfg.overfit_to_scene!r} is in no index.json "
+                               f"under {dataset_cfg.roots}")
     return scenes
 
 

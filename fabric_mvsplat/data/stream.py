@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from ..errors import DatasetError
 from ..types import BatchedExample
 from .chunks import CORRUPT_REASONS, ChunkCache, ExampleBuilder, SceneRef, list_scenes, warn_skip
 from .config import DataLoaderStageCfg, DatasetCfg
@@ -178,7 +179,7 @@ class TrainStream:
         self.seed = mix_seed(seed, loader_cfg.seed)
         self.scenes = list_scenes(dataset_cfg, "train")
         if not self.scenes:
-            raise RuntimeError(f"the train index.json files under {dataset_cfg.roots} list no scenes")
+            raise DatasetError(f"the train index.json files under dataset.roots={dataset_cfg.roots} list no scenes")
         self.state = fresh_state(loader_cfg.num_workers)
         # The sampler's step for batch k is step_offset + k: the step that batch is trained at when the loop
         # takes one batch per step. Prefetching workers then neither lag behind the curriculum nor race it.
