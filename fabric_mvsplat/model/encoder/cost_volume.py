@@ -73,10 +73,12 @@ def candidate_sample_grid(intrinsics: Tensor, pose: Tensor, depths: Tensor) -> T
 
 def warp_to_candidates(other: Tensor, intrinsics: Tensor, pose: Tensor, depths: Tensor) -> Tensor:
     """Sample `other` [N, C, h, w] at the reprojection of every reference pixel at every candidate
-    z-depth depths [N, D, h, w]. Returns [N, C, D, h, w]."""
+    z-depth depths [N, D, h, w]. Returns [N, C, D, h, w] in float32."""
     n, d, h, w = depths.shape
     sample_grid = candidate_sample_grid(intrinsics, pose, depths)
-    warped = F.grid_sample(other, sample_grid.to(other.dtype), mode="bilinear", padding_mode="zeros",
+    # Sampled in fp32 with the fp32 grid (autocast would run grid_sample in fp32 anyway, after a bf16 grid
+    # had already lost the sub-pixel positions); the result is fp32, as grid_sample gives under autocast.
+    warped = F.grid_sample(other.float(), sample_grid, mode="bilinear", padding_mode="zeros",
                            align_corners=True)
     return warped.view(n, other.shape[1], d, h, w)
 
