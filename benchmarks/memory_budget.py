@@ -125,7 +125,8 @@ def markdown(rows: list[dict]) -> str:
              "LPIPS", "other (losses, glue)"]
     header = ["precision", "option", *parts, "total / scene", f"batch {BATCH} estimate (gsplat)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in rows:
+    options = list(OPTIONS)
+    for row in sorted(rows, key=lambda r: (PRECISIONS.index(r["precision"]), options.index(r["option"]))):
         cells = [row["precision"], row["option"]]
         cells += [f"{row['saved_bytes_by_part'].get(part, 0) / 2**20:,.0f}" for part in parts]
         cells += [f"{row['saved_bytes'] / 2**20:,.0f}", f"{row['estimate_batch14_bytes'] / GIB:.1f} GiB"]
