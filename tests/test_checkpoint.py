@@ -62,7 +62,7 @@ def test_resume_after_a_crash_is_bit_identical(tmp_path):
 
     resume = {**keys, "checkpointing.load": tmp_path / "b" / "checkpoints" / "epoch_0-step_4.ckpt"}
     _, resumed, state, stream, _ = train_tiny(tiny_cfg(**resume), tmp_path / "b")
-    assert resumed.seen_steps == [4, 5, 6, 7] and state["global_step"] == 8 and stream.position == 8
+    assert resumed.seen_steps == [4, 5, 6, 7] and state["step"] == 8 and stream.position == 8
     assert torch.equal(flat_parameters(resumed), flat_parameters(uninterrupted))
     final_a = torch.load(tmp_path / "a" / "checkpoints" / "epoch_0-step_8.ckpt", weights_only=True)
     final_b = torch.load(tmp_path / "b" / "checkpoints" / "epoch_0-step_8.ckpt", weights_only=True)
@@ -79,7 +79,7 @@ def test_fine_tune_loads_weights_only_and_starts_fresh(tmp_path):
                       "trainer.val_check_interval": None, "trainer.gradient_clip_val": None,
                       "optimizer.cosine_lr": False, "optimizer.warm_up_steps": 1})
     _, model, state, stream, _ = train_tiny(cfg, tmp_path / "b")
-    assert model.seen_steps == [0] and stream.position == 1 and state["global_step"] == 1
+    assert model.seen_steps == [0] and stream.position == 1 and state["step"] == 1
     # One fresh Adam step (no moments loaded) moves each weight by at most lr from the loaded values.
     for key, value in model.state_dict().items():
         assert torch.allclose(value, weights[key], rtol=0, atol=1.001 * 2e-4)
@@ -99,7 +99,7 @@ def test_fine_tune_mismatch_lists_keys(tmp_path):
     message = str(error.value)
     assert str(path) in message
     assert "missing (1): encoder.3.bias" in message and "unexpected (1): encoder.9.weight" in message
-    assert "encoder.0.weight: checkpoint (4, 4) vs model (16, 8)" in message
+    assert "encoder.0.weight: file [4, 4] vs model [16, 8]" in message
 
 
 def test_resume_from_weights_only_file_says_to_fine_tune(tmp_path):

@@ -11,11 +11,11 @@ from fabric_mvsplat.train import make_scheduler
 
 
 def read_events(output_dir: Path):
+    """All event files of a run folder, as TensorBoard reads them (purges after a resume included)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    files = list((output_dir / "tensorboard").glob("events.out.tfevents*"))
-    assert len(files) == 1
-    events = EventAccumulator(str(files[0]), size_guidance={"scalars": 0, "images": 0})
+    assert list((output_dir / "tensorboard").glob("events.out.tfevents*"))
+    events = EventAccumulator(str(output_dir / "tensorboard"), size_guidance={"scalars": 0, "images": 0})
     events.Reload()
     return events
 
@@ -24,7 +24,7 @@ def test_step_semantics_and_validation_at_every_interval(tmp_path):
     cfg = tiny_cfg(**{"trainer.max_steps": 10, "trainer.val_check_interval": 2,
                       "checkpointing.every_n_train_steps": 100})
     _, model, state, stream, val_source = train_tiny(cfg, tmp_path)
-    assert state["global_step"] == 10
+    assert state["step"] == 10
     assert model.seen_steps == list(range(10))  # 0-based, as Lightning's global_step
     # 1 sanity batch, then every 2 steps: a 1-scene validation split never runs dry.
     assert model.validation_steps == [0, 2, 4, 6, 8, 10]
@@ -34,17 +34,25 @@ def test_step_semantics_and_validation_at_every_interval(tmp_path):
 
 
 def test_tensorboard_scalars_images_and_videos(tmp_path):
-    cfg = tiny_cfg(**{"trainer.max_steps": 4, "trainer.val_check_interval": 2, "train.print_log_every_n_steps": 2})
+    cfg = tiny_cfg(**{"trainer.max_steps": 4, "trainer.val_check_interval": 2, "train.print_log_every_n_steps": 2,
+                      "trainer.gradient_clip_val": 0.01})
     train_tiny(cfg, tmp_path)
     events = read_events(tmp_path)
     tags = events.Tags()
     for tag in ("loss/total", "loss/mse", "info/near", "info/global_step", "train/lr",
-                "train/scenes_per_second", "data/skipped_scenes", "val/mse"):
+                "train/scenes_per_second", "data/skipped_scenes", "val/mse", "train/grad_norm", "train/grad_clipped",
+                "time/data_wait_seconds", "time/compute_seconds", "memory/peak_rss_gib"):
         assert tag in tags["scalars"], tag
-    assert [e.step for e in events.Scalars("loss/total")] == [1, 3]  # every 2 steps, at the step's index
-    assert [e.value for e in events.Scalars("info/global_step")] == [1, 3]
+    # One convention: every scalar at the number of optimizer steps done when it was measured.
+    assert [e.step for e in events.Scalars("loss/total")] == [2, 4]
+    assert [e.value for e in events.Scalars("info/global_step")] == [2, 4]
     assert [e.step for e in events.Scalars("val/mse")] == [0, 2, 4]
     assert all(e.value > 0 for e in events.Scalars("train/scenes_per_second"))
+    assert all(e.value > 0.01 for e in events.Scalars("train/grad_norm"))  # before clipping
+    assert [e.value for e in events.Scalars("train/grad_clipped")] == [1.0, 1.0]
+    assert all(e.value > 0 for e in events.Scalars("time/compute_seconds"))
+    assert all(e.value >= 0 for e in events.Scalars("time/data_wait_seconds"))
+    assert all(0.01 < e.value < 64 for e in events.Scalars("memory/peak_rss_gib"))
     assert "comparison" in tags["images"] and "video/rgb" in tags["images"]  # tensorboardX videos are GIFs
 
 
@@ -64,22 +72,25 @@ def test_validation_does_not_change_training(tmp_path):
         assert torch.equal(p, q)
 
 
-def test_gradient_clipping_uses_the_configured_norm(tmp_path, monkeypatch):
-    from lightning_fabric import Fabric
+def test_gradients_are_clipped_to_the_configured_norm(tmp_path, monkeypatch):
+    """The gradients Adam receives have a global norm <= gradient_clip_val; the logged norm is before clipping."""
+    applied = []
+    original = torch.optim.Adam.step
 
-    calls = []
-    original = Fabric.clip_gradients
+    def recording_step(self, *args, **kwargs):
+        grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
+        applied.append(float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))))
+        return original(self, *args, **kwargs)
 
-    def spy(self, module, optimizer, clip_val=None, max_norm=None, **kwargs):
-        calls.append(max_norm)
-        return original(self, module, optimizer, clip_val=clip_val, max_norm=max_norm, **kwargs)
-
-    monkeypatch.setattr(Fabric, "clip_gradients", spy)
-    train_tiny(tiny_cfg(**{"trainer.max_steps": 3, "trainer.gradient_clip_val": 0.25}), tmp_path / "a")
-    assert calls == [0.25] * 3
-    calls.clear()
+    monkeypatch.setattr(torch.optim.Adam, "step", recording_step)
+    train_tiny(tiny_cfg(**{"trainer.max_steps": 3, "trainer.gradient_clip_val": 0.05}), tmp_path / "a")
+    logged = [e.value for e in read_events(tmp_path / "a").Scalars("train/grad_norm")]
+    assert all(norm > 0.05 for norm in logged)  # so clipping had work to do
+    assert applied == pytest.approx([0.05] * 3, rel=1e-4)
+    applied.clear()
     train_tiny(tiny_cfg(**{"trainer.max_steps": 3, "trainer.gradient_clip_val": None}), tmp_path / "b")
-    assert calls == []
+    logged = [e.value for e in read_events(tmp_path / "b").Scalars("train/grad_norm")]
+    assert applied == pytest.approx(logged, rel=1e-5) and max(applied) > 0.05  # untouched without clipping
 
 
 def lrs(scheduler, optimizer, steps):
