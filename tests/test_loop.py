@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from loop_fixtures import TinyModel, tiny_cfg, train_tiny
+from loop_fixtures import TinyModel, flat_parameters, tiny_cfg, train_tiny
 
 from fabric_mvsplat.config import OptimizerCfg
 from fabric_mvsplat.train import make_scheduler
@@ -145,3 +145,45 @@ def test_profile_window_writes_a_tensorboard_trace(tmp_path):
     assert len(traces) == 1
     text = traces[0].read_text()
     assert "train_step_1" in text and "train_step_2" in text and "train_step_3" not in text
+
+
+def test_exploding_learning_rate_stops_naming_the_step_and_scenes(tmp_path):
+    from fabric_mvsplat.loop import TrainingDiverged
+
+    cfg = tiny_cfg(**{"trainer.max_steps": 6, "optimizer.lr": 1e30, "trainer.gradient_clip_val": 0.5,
+                      "checkpointing.every_n_train_steps": 1, "trainer.val_check_interval": None,
+                      "optimizer.cosine_lr": False, "optimizer.warm_up_steps": 1})
+    with pytest.raises(TrainingDiverged) as error:
+        train_tiny(cfg, tmp_path)
+    message = str(error.value)
+    # Step 0 moves the weights by ~1e30; step 1's loss overflows float32.
+    assert "non-finite training loss at global step 1 on rank(s) [0]" in message
+    assert "rank 0: ['scene_r0_2', 'scene_r0_3']" in message and "optimizer.lr" in message
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["epoch_0-step_1.ckpt"]  # finite only
+
+
+def test_a_loss_without_a_graph_stops_naming_the_step(tmp_path):
+    from fabric_mvsplat.loop import TrainingDiverged
+
+    with pytest.raises(TrainingDiverged, match=r"global step 2 does not require grad on rank\(s\) \[0\].*scene_r0_4"):
+        train_tiny(tiny_cfg(**{"trainer.max_steps": 4}), tmp_path, graphless_at_step=2)
+
+
+def test_accumulating_4_batches_of_1_equals_one_batch_of_4(tmp_path):
+    keys = {"trainer.max_steps": 3, "trainer.val_check_interval": None, "trainer.gradient_clip_val": 0.5}
+    _, big, big_state, big_stream, _ = train_tiny(
+        tiny_cfg(**keys, **{"data_loader.train.batch_size": 4}), tmp_path / "a", dropout=0.0)
+    _, small, state, stream, _ = train_tiny(
+        tiny_cfg(**keys, **{"data_loader.train.batch_size": 1, "trainer.accumulate_grad_batches": 4}),
+        tmp_path / "b", dropout=0.0)
+    assert state["step"] == 3 and stream.position == 12 and big_stream.position == 3
+    assert state["scheduler"].last_epoch == big_state["scheduler"].last_epoch == 3
+    assert torch.allclose(flat_parameters(small), flat_parameters(big), rtol=0, atol=1e-6)
+    _, unaccumulated, *_ = train_tiny(tiny_cfg(**keys, **{"data_loader.train.batch_size": 1}), tmp_path / "c",
+                                      dropout=0.0)
+    assert not torch.allclose(flat_parameters(unaccumulated), flat_parameters(big), rtol=0, atol=1e-4)  # a control
+    for name in ("loss/total", "train/grad_norm"):
+        a = [e.value for e in read_events(tmp_path / "a").Scalars(name)]
+        b = [e.value for e in read_events(tmp_path / "b").Scalars(name)]
+        assert b == pytest.approx(a, rel=1e-5), name
+    assert [e.step for e in read_events(tmp_path / "b").Scalars("loss/total")] == [1, 2, 3]
