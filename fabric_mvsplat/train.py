@@ -172,8 +172,8 @@ def run_training(fabric: Fabric, cfg: RootCfg, output_dir: Path, config_yaml: st
 
     model = build_model(cfg)
     step_tracker = StepTracker()
-    train_stream = make_train_stream(cfg.dataset, cfg.data_loader.train, step_tracker,
-                                     fabric.global_rank, fabric.world_size, cfg.seed)
+    train_stream = make_train_stream(cfg.dataset, cfg.data_loader.train, step_tracker, fabric.global_rank,
+                                     fabric.world_size, cfg.seed, cfg.trainer.accumulate_grad_batches)
     validating = cfg.trainer.val_check_interval is not None and fabric.global_rank == 0
     val_source = ValidationSource(cfg.dataset, cfg.data_loader.val, step_tracker, cfg.seed) if validating else None
     state = prepare_training(fabric, cfg, model, train_stream, val_source, step_tracker)
