@@ -89,11 +89,18 @@ def read_events(log_dir: Path):
 
 def test_demo_trains_validates_checkpoints_and_tests(synthetic_root, tmp_path):
     run_dir = tmp_path / "run"
-    run_cli(demo_overrides(synthetic_root, f"output_dir={run_dir}", "trainer.max_steps=2",
-                           "trainer.val_check_interval=2", "checkpointing.every_n_train_steps=2",
-                           "train.video_frames=3", "train.print_log_every_n_steps=1"), cwd=tmp_path)
+    result = run_cli(demo_overrides(synthetic_root, f"output_dir={run_dir}", "trainer.max_steps=2",
+                                    "trainer.val_check_interval=2", "checkpointing.every_n_train_steps=2",
+                                    "train.video_frames=3", "train.print_log_every_n_steps=1"), cwd=tmp_path)
     checkpoints = sorted((run_dir / "checkpoints").glob("*.ckpt"))
     assert [c.name for c in checkpoints] == ["epoch_0-step_2.ckpt"]
+    # The console story: a line per validation and per checkpoint, then the summary with the next command.
+    assert "step 2: validation (" in result.stdout and "val/psnr" in result.stdout
+    assert f"step 2: saved checkpoint {checkpoints[0]}" in result.stdout
+    assert "validation PSNR: last" in result.stdout and f"tensorboard --logdir {run_dir / 'tensorboard'}" in result.stdout
+    assert (f"test it with: python -m fabric_mvsplat.train +experiment=demo" in result.stdout
+            and f"mode=test checkpointing.load={checkpoints[0]}" in result.stdout)
+    check_resume_keeps_output_dir(synthetic_root, run_dir)
     state = torch.load(checkpoints[0], weights_only=True)
     assert state["global_step"] == 2 and all(k.startswith("encoder.") for k in state["state_dict"])
 
@@ -122,6 +129,28 @@ def test_demo_trains_validates_checkpoints_and_tests(synthetic_root, tmp_path):
         assert (result_dir / "video" / f"{scene}_frame_{first}_{last}.mp4").stat().st_size > 0
     for name in ("benchmark.json", "peak_memory.json", "scores_ssim_all.json"):
         assert (result_dir / name).is_file()
+
+
+def check_resume_keeps_output_dir(synthetic_root: Path, run_dir: Path) -> None:
+    """A resume that fails changes nothing in output_dir; one that loads writes its config beside the first."""
+    from fabric_mvsplat.checkpoint import CheckpointError
+    from fabric_mvsplat.train import run
+
+    def files():
+        return {str(p.relative_to(run_dir)): p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+
+    before = files()
+    keys = [f"output_dir={run_dir}", "trainer.max_steps=3", "trainer.val_check_interval=null",
+            "checkpointing.every_n_train_steps=100"]
+    with pytest.raises(CheckpointError, match="missing.ckpt"):
+        run(compose_cfg(demo_overrides(synthetic_root, *keys, f"checkpointing.load={run_dir / 'missing.ckpt'}")),
+            run_dir, config_yaml="the failed run's config")
+    assert files() == before
+    run(compose_cfg(demo_overrides(synthetic_root, *keys, "checkpointing.load=latest")), run_dir,
+        config_yaml="the resumed run's config")
+    assert (run_dir / "config.yaml").read_bytes() == before["config.yaml"]
+    assert (run_dir / "config_resumed_at_step_2.yaml").read_text() == "the resumed run's config"
+    assert (run_dir / "checkpoints" / "epoch_0-step_3.ckpt").is_file()
 
 
 def test_test_mode_scores_are_identical_on_one_and_two_ranks(synthetic_root, tmp_path):
