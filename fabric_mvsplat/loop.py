@@ -83,79 +83,80 @@ def fit(fabric: Fabric, cfg: RootCfg, state: dict, output_dir: Path) -> dict:
     model.train()
 
     # DataLoader workers forked from here on inherit the handlers, so a signal does not kill them mid-step.
-    with stop.installed(), torch.autograd.set_detect_anomaly(trainer.detect_anomaly):
-        # Sanity validation: find a broken validation path before hours of training, not after. A resumed run
-        # checks too, but does not log: the earlier run logged validation at this step.
-        if validating and trainer.num_sanity_val_steps > 0:
-            validate(fabric, module, val_source, writer if start_step == 0 else None, start_step,
-                     trainer.num_sanity_val_steps, summary)
-        batches = iter(train_stream)
-        while trainer.max_steps == -1 or step < trainer.max_steps:
-            profiler.before_step(step)
-            step_tracker.set_step(step)  # the view-sampler curriculum reads the step when it samples
-            logs, scenes = {}, []
-            for micro_batch in range(accumulate):
-                with meter.waiting_for_data():
-                    batch = fabric.to_device(next(batches))
-                scenes.extend(batch["scene"])
-                last = micro_batch == accumulate - 1
-                with fabric.no_backward_sync(model, enabled=not last):  # DDP syncs gradients once per step
-                    output = model(batch, step)
-                    # One CPU collective per micro-batch: ranks agree on stopping and on a graph-less loss
-                    # before anyone enters backward (a rank skipping backward alone would hang the others).
-                    stop_requested, graphless = agreement.any(stop.requested, not output.loss.requires_grad)
-                    if graphless:
-                        health.raise_graphless(output.loss, step, list(batch["scene"]))
-                    fabric.backward(output.loss / accumulate)  # the mean over micro-batches, as one big batch
-                health.record_loss(output.loss, step)
-                for name, value in output.logs.items():
-                    logs[name] = logs.get(name, 0) + value.detach().float().reshape(()) / accumulate
-                logs.setdefault("loss/total", output.loss.detach().float() / accumulate)
-            health.remember(step, scenes)
+    try:
+        with stop.installed(), torch.autograd.set_detect_anomaly(trainer.detect_anomaly):
+            # Sanity validation: find a broken validation path before hours of training, not after. A resumed run
+            # checks too, but does not log: the earlier run logged validation at this step.
+            if validating and trainer.num_sanity_val_steps > 0:
+                validate(fabric, module, val_source, writer if start_step == 0 else None, start_step,
+                         trainer.num_sanity_val_steps, summary)
+            batches = iter(train_stream)
+            while trainer.max_steps == -1 or step < trainer.max_steps:
+                profiler.before_step(step)
+                step_tracker.set_step(step)  # the view-sampler curriculum reads the step when it samples
+                logs, scenes = {}, []
+                for micro_batch in range(accumulate):
+                    with meter.waiting_for_data():
+                        batch = fabric.to_device(next(batches))
+                    scenes.extend(batch["scene"])
+                    last = micro_batch == accumulate - 1
+                    with fabric.no_backward_sync(model, enabled=not last):  # DDP syncs gradients once per step
+                        output = model(batch, step)
+                        # One CPU collective per micro-batch: ranks agree on stopping and on a graph-less loss
+                        # before anyone enters backward (a rank skipping backward alone would hang the others).
+                        stop_requested, graphless = agreement.any(stop.requested, not output.loss.requires_grad)
+                        if graphless:
+                            health.raise_graphless(output.loss, step, list(batch["scene"]))
+                        fabric.backward(output.loss / accumulate)  # the mean over micro-batches, as one big batch
+                    health.record_loss(output.loss, step)
+                    for name, value in output.logs.items():
+                        logs[name] = logs.get(name, 0) + value.detach().float().reshape(()) / accumulate
+                    logs.setdefault("loss/total", output.loss.detach().float() / accumulate)
+                health.remember(step, scenes)
 
-            # The norm before clipping; inf = measure only. Never raises: a non-finite norm is ours to report
-            # (32-true, bf16) or the GradScaler's to skip (16-mixed).
-            grad_norm = fabric.clip_gradients(model, optimizer, max_norm=max_norm, error_if_nonfinite=False)
-            lr = optimizer.param_groups[0]["lr"]
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            # The GradScaler skipped the update if the gradients overflowed (it synchronised to decide): then
-            # the schedule must not move either, or it would run ahead of the updates actually made.
-            skipped = scaler is not None and not torch.isfinite(grad_norm).item()
-            if skipped:
-                summary["amp_skipped_steps"] += 1
-            else:
-                scheduler.step()  # one scheduler step per optimizer update (Lightning's interval="step")
-            health.record_gradients(grad_norm, step)
+                # The norm before clipping; inf = measure only. Never raises: a non-finite norm is ours to report
+                # (32-true, bf16) or the GradScaler's to skip (16-mixed).
+                grad_norm = fabric.clip_gradients(model, optimizer, max_norm=max_norm, error_if_nonfinite=False)
+                lr = optimizer.param_groups[0]["lr"]
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                # The GradScaler skipped the update if the gradients overflowed (it synchronised to decide): then
+                # the schedule must not move either, or it would run ahead of the updates actually made.
+                skipped = scaler is not None and not torch.isfinite(grad_norm).item()
+                if skipped:
+                    summary["amp_skipped_steps"] += 1
+                else:
+                    scheduler.step()  # one scheduler step per optimizer update (Lightning's interval="step")
+                health.record_gradients(grad_norm, step)
 
-            profiler.after_step(step)
-            meter.step_done(len(scenes), grad_norm, grad_norm_clipped(grad_norm, trainer.gradient_clip_val))
-            progress.update(1)
-            step += 1
-            state["step"] = step
-            finished = step == trainer.max_steps
+                profiler.after_step(step)
+                meter.step_done(len(scenes), grad_norm, grad_norm_clipped(grad_norm, trainer.gradient_clip_val))
+                progress.update(1)
+                step += 1
+                state["step"] = step
+                finished = step == trainer.max_steps
 
-            if step % cfg.train.print_log_every_n_steps == 0:
-                log_training(fabric, writer, logs, lr, step, meter, train_stream, scenes, health, summary)
-            with meter.paused():  # throughput and step time count training only
-                if validating and step % trainer.val_check_interval == 0:
-                    health.check(step)  # never render or save diverged weights
-                    validate(fabric, module, val_source, writer, step, 1, summary)
-                if step % cfg.checkpointing.every_n_train_steps == 0 or finished or stop_requested:
-                    health.check(step)
-                    summary["last_checkpoint"] = save(fabric, cfg, state, checkpoints)
-            if stop_requested:
-                summary["stopped_by"] = stop.name
-                break
-
+                if step % cfg.train.print_log_every_n_steps == 0:
+                    log_training(fabric, writer, logs, lr, step, meter, train_stream, scenes, health, summary)
+                with meter.paused():  # throughput and step time count training only
+                    if validating and step % trainer.val_check_interval == 0:
+                        health.check(step)  # never render or save diverged weights
+                        validate(fabric, module, val_source, writer, step, 1, summary)
+                    if step % cfg.checkpointing.every_n_train_steps == 0 or finished or stop_requested:
+                        health.check(step)
+                        summary["last_checkpoint"] = save(fabric, cfg, state, checkpoints)
+                if stop_requested:
+                    summary["stopped_by"] = stop.name
+                    break
+    finally:  # also on an error: the events so far reach the disk, the profiler trace is written
+        profiler.close()
+        progress.close()
+        writer.close()
     health.check(step)
     meter.take()  # the steps since the last log count in the totals too
     summary["scenes"] += meter.total_scenes
     summary["train_seconds"] += meter.total_seconds
     summary["end_step"] = step
-    profiler.close()
-    progress.close()
-    writer.close()
     fabric.barrier()
     state["summary"] = summary
     return state

@@ -47,6 +47,11 @@ def run(cfg: RootCfg, output_dir: Path, config_yaml: str | None = None):
     seed_everything(cfg.seed + fabric.global_rank)  # per-rank seeds, as the original
     if fabric.global_rank == 0:
         fabric.print(f"output directory: {output_dir}")
+        if cfg.mode == "train":  # only the run that writes checkpoints here may delete half-written ones
+            from .checkpoint import remove_stray_temporaries
+
+            for stray in remove_stray_temporaries(output_dir / "checkpoints"):
+                fabric.print(f"removed {stray} (a checkpoint write interrupted by an earlier kill)")
     if cfg.mode == "test":
         result = run_test_mode(fabric, cfg, output_dir, config_yaml)
     else:

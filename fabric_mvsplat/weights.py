@@ -7,7 +7,8 @@ from torch import Tensor, nn
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint or weights file is missing, corrupt, refused by weights_only, or does not fit the model."""
+    """A checkpoint or weights file is missing, corrupt, refused by weights_only, does not fit the model, or
+    cannot be written (disk full)."""
 
 
 def load_weights_strict(module: nn.Module, state_dict: Mapping[str, Tensor], source: str,
