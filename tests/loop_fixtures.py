@@ -41,16 +41,30 @@ class SimulatedCrash(Exception):
     """Stands in for a killed process."""
 
 
+class OverflowingBackward(torch.autograd.Function):
+    """Identity forward; backward multiplies the gradient by inf (an overflow in a backward kernel)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * float("inf")
+
+
 class TinyModel(nn.Module):
     """forward(batch, step) -> StepOutput like the real wrapper; dropout makes resume depend on RNG state."""
 
     def __init__(self, nan_at_step: int | None = None, crash_at_step: int | None = None, dropout: float = 0.2,
-                 step_seconds: float = 0.0, graphless_at_step: int | None = None) -> None:
+                 step_seconds: float = 0.0, graphless_at_step: int | None = None,
+                 inf_gradient_at_step: int | None = None) -> None:
         super().__init__()
         self.crash_at_step = crash_at_step
         self.encoder = nn.Sequential(nn.Linear(FEATURES, 16), nn.ReLU(), nn.Dropout(dropout), nn.Linear(16, 3))
         self.nan_at_step = nan_at_step
         self.graphless_at_step = graphless_at_step
+        self.inf_gradient_at_step = inf_gradient_at_step  # a finite loss whose backward overflows
         self.step_seconds = step_seconds  # a slow step, so that a test's signal lands mid-training
         self.validation_steps: list[int] = []
         self.seen_steps: list[int] = []
@@ -66,6 +80,8 @@ class TinyModel(nn.Module):
 
             time.sleep(self.step_seconds)
         prediction = self.encoder(batch["x"])
+        if global_step == self.inf_gradient_at_step:
+            prediction = OverflowingBackward.apply(prediction)
         mse = ((prediction - batch["y"]) ** 2).mean()
         if global_step == self.nan_at_step:
             mse = mse * float("nan")

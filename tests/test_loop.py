@@ -187,3 +187,16 @@ def test_accumulating_4_batches_of_1_equals_one_batch_of_4(tmp_path):
         b = [e.value for e in read_events(tmp_path / "b").Scalars(name)]
         assert b == pytest.approx(a, rel=1e-5), name
     assert [e.step for e in read_events(tmp_path / "b").Scalars("loss/total")] == [1, 2, 3]
+
+
+def test_non_finite_gradients_stop_before_clipping_raises(tmp_path):
+    """A finite loss whose gradients overflow: with clipping set, torch's clip_grad_norm_(error_if_nonfinite=True)
+    would raise a bare RuntimeError; the loop names the step and scenes instead."""
+    from fabric_mvsplat.loop import TrainingDiverged
+
+    cfg = tiny_cfg(**{"trainer.max_steps": 5, "trainer.gradient_clip_val": 0.5, "trainer.val_check_interval": None,
+                      "checkpointing.every_n_train_steps": 100})
+    with pytest.raises(TrainingDiverged, match=r"non-finite gradients \(norm before clipping\) at global step 3; "
+                                               r"the step's scenes: rank 0: \['scene_r0_6', 'scene_r0_7'\]"):
+        train_tiny(cfg, tmp_path, inf_gradient_at_step=3)
+    assert not (tmp_path / "checkpoints").exists()
