@@ -305,6 +305,31 @@ def ddp_worker(data_root: Path, output_dir: Path, results_dir: Path) -> None:
     shut_down(fabric)
 
 
+def worker_stream_run(data_root: Path, output_dir: Path) -> None:
+    """One training process on the real train stream with 2 DataLoader workers (tests/test_preemption.py sends
+    SIGTERM to the whole process group, as SLURM does): the console story, exit 75 after a stop signal."""
+    import sys
+
+    from fabric_mvsplat.data import StepTracker, make_train_stream
+    from fabric_mvsplat.data.config import DataLoaderStageCfg
+    from fabric_mvsplat.loop import EXIT_STOPPED_BY_SIGNAL, fit
+    from fabric_mvsplat.train import make_fabric, prepare_training, report_end, seed_everything
+    from test_data_fixtures import dataset_cfg
+
+    cfg = tiny_cfg(**{"trainer.max_steps": 40, "trainer.val_check_interval": None})
+    fabric = make_fabric(cfg.trainer)
+    fabric.launch()
+    seed_everything(cfg.seed)
+    tracker = StepTracker()
+    stream = RealSceneFeatures(make_train_stream(dataset_cfg(data_root), DataLoaderStageCfg(batch_size=2, num_workers=2),
+                                                 tracker, 0, 1, cfg.seed))
+    model = TinyModel(step_seconds=0.3)
+    state = fit(fabric, cfg, prepare_training(fabric, cfg, model, stream, None, tracker), output_dir)
+    report_end(fabric, cfg, state, output_dir)
+    if state["summary"]["stopped_by"] is not None:
+        sys.exit(EXIT_STOPPED_BY_SIGNAL)
+
+
 class RecordingStream:
     """Passes a stream through, appending each batch's scene keys to `seen`."""
 
@@ -325,5 +350,7 @@ if __name__ == "__main__":
 
     if sys.argv[1] == "tiny":  # loop_fixtures.py tiny OUTPUT_DIR '{"trainer.max_steps": 8}' STEP_SECONDS
         tiny_worker(Path(sys.argv[2]), sys.argv[3], float(sys.argv[4]))
+    elif sys.argv[1] == "workers":  # loop_fixtures.py workers DATA_ROOT OUTPUT_DIR
+        worker_stream_run(Path(sys.argv[2]), Path(sys.argv[3]))
     else:
         ddp_worker(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]))

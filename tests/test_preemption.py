@@ -85,6 +85,23 @@ def test_second_ctrl_c_exits_at_once_without_saving(tmp_path):
     assert list_checkpoints(tmp_path / "checkpoints") == []
 
 
+def test_sigterm_to_the_process_group_spares_the_dataloader_workers(tmp_path):
+    """SLURM and Ctrl-C signal every process of the job: torch's DataLoader workers would die of SIGTERM and
+    take the step with them. They ignore it; the main process finishes the step and saves."""
+    from test_data_fixtures import make_split
+
+    make_split(tmp_path / "data" / "train", num_scenes=12)
+    process = start([sys.executable, str(TESTS / "loop_fixtures.py"), "workers", str(tmp_path / "data"),
+                     str(tmp_path / "run")])
+    lines = wait_for_line(process, r"^step 2: loss")
+    os.killpg(process.pid, signal.SIGTERM)  # the process group: the main process and its 2 workers
+    output = finish(process, lines)
+    assert process.returncode == EXIT_STOPPED_BY_SIGNAL, output[-3000:]
+    [(stopped_at, path)] = list_checkpoints(tmp_path / "run" / "checkpoints")
+    assert f"stopped by SIGTERM after step {stopped_at}: checkpoint {path}" in output
+    assert torch.load(path, weights_only=True)["train_stream"][0]["batches"] == stopped_at
+
+
 def torchrun(output_dir: Path, keys: dict, step_seconds: float) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
             *tiny_command(output_dir, keys, step_seconds)]

@@ -9,6 +9,7 @@ a generator seeded with (seed, g), so the content of position g never depends on
 """
 
 import hashlib
+import signal
 import warnings
 from collections import Counter
 from typing import Iterator
@@ -152,6 +153,14 @@ def _record(state: dict, meta: dict) -> None:
     state["skips"][meta["worker"]] = meta["skips"]
 
 
+def leave_stop_signals_to_the_main_process(worker_id: int) -> None:
+    """DataLoader workers ignore SIGTERM, SIGINT and SIGUSR1, which SLURM and Ctrl-C send to the whole process
+    group (torch's workers would die of SIGTERM): the training loop in the main process finishes its step and
+    saves a checkpoint, and the workers stop when it shuts them down or exits (they watch their parent)."""
+    for name in ("SIGTERM", "SIGINT", "SIGUSR1"):
+        signal.signal(getattr(signal, name), signal.SIG_IGN)
+
+
 class TrainStream:
     """Endless training batches for one rank: sharded over ranks x workers, reshuffled every pass, resumable."""
 
@@ -200,7 +209,8 @@ class TrainStream:
                               num_workers, self.loader_cfg.batch_size, self.state, self.step_tracker,
                               self.step_offset, self.batches_per_step)
         source = iter(dataset) if num_workers == 0 else iter(
-            DataLoader(dataset, batch_size=None, num_workers=num_workers, prefetch_factor=2))
+            DataLoader(dataset, batch_size=None, num_workers=num_workers, prefetch_factor=2,
+                       worker_init_fn=leave_stop_signals_to_the_main_process))
         for batch, meta in source:
             _record(self.state, meta)
             self.last_positions = meta["positions"]
@@ -302,7 +312,8 @@ class TestLoader:
         dataset = TestScenes(self.dataset_cfg, self.elements, self.loader_cfg.batch_size, self.loader_cfg.seed)
         num_workers = min(self.loader_cfg.num_workers, len(self.elements))
         source = iter(dataset) if num_workers == 0 else iter(
-            DataLoader(dataset, batch_size=None, num_workers=num_workers))
+            DataLoader(dataset, batch_size=None, num_workers=num_workers,
+                       worker_init_fn=leave_stop_signals_to_the_main_process))
         for batch, meta in source:
             self.skips[meta["worker"]] = meta["skips"]
             if batch is not None:
