@@ -82,7 +82,8 @@ def fit(fabric: Fabric, cfg: RootCfg, state: dict, output_dir: Path) -> dict:
     stop = StopSignals()
     model.train()
 
-    # DataLoader workers forked from here on inherit the handlers, so a signal does not kill them mid-step.
+    # Stop signals are handled from here to the end of training (DataLoader workers ignore them, see
+    # data.stream); the writer and profiler are closed whatever happens.
     try:
         with stop.installed(), torch.autograd.set_detect_anomaly(trainer.detect_anomaly):
             # Sanity validation: find a broken validation path before hours of training, not after. A resumed run
