@@ -20,7 +20,10 @@ class RankZeroWriter:
         if is_rank_zero:
             from tensorboardX import SummaryWriter
 
-            self.writer = SummaryWriter(logdir=str(log_dir), purge_step=purge_step)
+            # The file name holds the start time in seconds; the suffix keeps a resume within the same second
+            # from overwriting the earlier file, and sorts it after that file as TensorBoard's purge needs.
+            self.writer = SummaryWriter(logdir=str(log_dir), purge_step=purge_step,
+                                        filename_suffix=f".from_step_{purge_step or 0:012d}")
 
     def scalars(self, values: dict[str, float | Tensor], step: int) -> None:
         if self.writer is None:

@@ -8,6 +8,7 @@ environment and every rank runs this same file.
 
 import os
 import sys
+import time
 from pathlib import Path
 
 import hydra
@@ -170,6 +171,11 @@ def shut_down(fabric: Fabric) -> None:
     """Leave the process group together: exiting with it alive can abort a rank during teardown."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         fabric.barrier()
+        # gloo's worker thread drops the last collectives' tensors after they complete, and that needs the GIL.
+        # If the process group's destructor runs first (when the DDP module is freed, in the main thread holding
+        # the GIL), it joins that thread and both wait forever (seen under load in torch 2.13: a rank that never
+        # exits). Sleeping releases the GIL so the worker finishes first.
+        time.sleep(0.2)
         torch.distributed.destroy_process_group()
 
 
