@@ -135,12 +135,21 @@ def prepare_data(fabric: Fabric, cfg: RootCfg) -> None:
     """Generate the synthetic dataset if asked (rank 0), then stop on missing or empty dataset roots."""
     from .data import check_dataset_roots
 
-    if cfg.dataset.synthetic_if_missing:
+    demo_root = cfg.dataset.synthetic_if_missing
+    # Only into the folder the config names as the demo's: a mistyped dataset.roots gets an error, not fake data.
+    if demo_root is not None and Path(cfg.dataset.roots[0]).absolute() == Path(demo_root).absolute():
+        refusal = None
         if fabric.global_rank == 0:
             from .data.synthetic import ensure_synthetic_dataset
 
-            ensure_synthetic_dataset(Path(cfg.dataset.roots[0]), progress=sys.stderr.isatty())
-        fabric.barrier()
+            try:
+                ensure_synthetic_dataset(Path(demo_root), progress=sys.stderr.isatty())
+            except FileExistsError as error:
+                refusal = str(error)
+        refusal = fabric.broadcast(refusal, src=0)
+        if refusal is not None:
+            print(f"fabric_mvsplat: dataset.synthetic_if_missing={demo_root}: {refusal}", file=sys.stderr)
+            sys.exit(2)
     stages = ["test"] if cfg.mode == "test" else ["train"] + (["val"] if cfg.trainer.val_check_interval else [])
     try:
         for stage in stages:
