@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     scaling = colmap.add_mutually_exclusive_group()
     scaling.add_argument("--scale", type=float, default=1.0, help="multiply every camera translation by this")
     scaling.add_argument("--fit-near-far", type=float, nargs=2, metavar=("NEAR", "FAR"),
-                         help="scale the world so that the nearest scene's 1st-percentile depth is NEAR")
+                         help="scale each scene so that its 1st-percentile depth is NEAR (warns if FAR is too near)")
 
     for command in (re10k, colmap):
         command.add_argument("--target-bytes", type=int, default=TARGET_BYTES_PER_CHUNK, help="approximate chunk size")

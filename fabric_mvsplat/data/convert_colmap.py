@@ -345,6 +345,10 @@ def suggestion(ranges: dict[str, DepthRange], gap: int = 10) -> str:
     low, high = min(r.low for r in ranges.values()), max(r.high for r in ranges.values())
     fixed = (f"fixed bounds covering every scene: dataset.make_baseline_1=false dataset.near={0.8 * low:.3g} "
              f"dataset.far={1.25 * high:.3g}")
+    widest = max(r.high / r.low for r in ranges.values())
+    if high / low > 2 * widest:
+        fixed += (f" (the scenes' depths are {high / low:.3g}x apart overall but at most {widest:.3g}x within a scene: "
+                  "their scales differ, as separate COLMAP reconstructions do; --fit-near-far rescales each scene)")
     steps = [r.mean_step for r in ranges.values() if r.mean_step > 0]
     if not steps:
         return fixed
@@ -362,10 +366,11 @@ def convert_colmap(model_dirs: list[Path], images_dirs: list[Path], keys: list[s
                    report=print) -> dict[str, dict[str, str]]:
     """Each (model, images, key) triple becomes one scene.
 
-    -> {stage: {key: chunk file}}. Either `out` (one stage folder, reported under its name) or `root` with a split: `test_keys` (those scenes -> root/test, the rest ->
-    root/train) or `test_fraction` (each scene's last frames -> root/test, the others -> root/train).
-    `scale` multiplies every translation; `fit_near_far` instead picks the scale that puts the 1st percentile
-    depth of the nearest scene at near. Writes `depth_ranges.json` (after scaling) next to the stages.
+    -> {stage: {key: chunk file}}. Either `out` (one stage folder, reported under its name) or `root` with a
+    split: `test_keys` (those scenes -> root/test, the rest -> root/train) or `test_fraction` (each scene's last
+    frames -> root/test, the others -> root/train). `scale` multiplies every translation; `fit_near_far` instead
+    scales each scene so that its 1st-percentile depth is near (each reconstruction has its own arbitrary scale).
+    Writes `depth_ranges.json` (after scaling) next to the stage folder(s).
     """
     if not len(model_dirs) == len(images_dirs) == len(keys):
         raise ValueError(f"got {len(model_dirs)} --model, {len(images_dirs)} --images and {len(keys)} --key: "
@@ -396,22 +401,29 @@ def convert_colmap(model_dirs: list[Path], images_dirs: list[Path], keys: list[s
         report(f"{c.scene['key']}: {c.note}; {len(c.scene['images'])} frames "
                f"({c.scene['file_names'][0]} .. {c.scene['file_names'][-1]})")
     ranges = {c.scene["key"]: c.depth for c in converted if c.depth is not None}
+    # Every COLMAP reconstruction has its own arbitrary scale: fitting is per scene.
+    scales = {c.scene["key"]: scale for c in converted}
     if fit_near_far is not None:
         near, far = fit_near_far
-        if not ranges:
-            raise ValueError("--fit-near-far needs points3D files to measure depths; none of the models has them")
         if not 0 < near < far:
             raise ValueError(f"--fit-near-far {near} {far}: need 0 < near < far")
-        scale = near / min(r.low for r in ranges.values())
-        if max(r.high for r in ranges.values()) * scale > far:
-            warnings.warn(f"--fit-near-far {near} {far}: the depth ratio of this data "
-                          f"({max(r.high for r in ranges.values()) / min(r.low for r in ranges.values()):.3g}) "
-                          f"exceeds far/near = {far / near:.3g}; the farthest points lie beyond far")
-    if scale != 1.0:
-        report(f"scaling every translation by {scale:.6g}")
-        for c in converted:
-            c.scene["cameras"][:, [9, 13, 17]] *= scale  # t of the row-major 3x4 world-to-camera matrix
-        ranges = {key: r.scaled(scale) for key, r in ranges.items()}
+        unmeasured = [c.scene["key"] for c in converted if c.depth is None]
+        if unmeasured:
+            raise ValueError(f"--fit-near-far needs the depths of every scene, but the models of {unmeasured} have "
+                             "no points3D file or no observed points")
+        scales = {key: near / r.low for key, r in ranges.items()}
+        for key, r in ranges.items():
+            if r.high / r.low > far / near:
+                warnings.warn(f"scene {key}: its depth ratio ({r.high / r.low:.3g}, percentiles "
+                              f"{DEPTH_PERCENTILES[0]:g}-{DEPTH_PERCENTILES[1]:g}) exceeds far/near = {far / near:.3g}: "
+                              "the farthest points lie beyond far")
+    for c in converted:
+        key = c.scene["key"]
+        if scales[key] != 1.0:
+            report(f"{key}: scaling every translation by {scales[key]:.6g}")
+            c.scene["cameras"][:, [9, 13, 17]] *= scales[key]  # t of the row-major 3x4 world-to-camera matrix
+            if key in ranges:
+                ranges[key] = ranges[key].scaled(scales[key])
     for key, r in ranges.items():
         report(f"{key}: depth of the sparse points seen by each camera: percentiles {DEPTH_PERCENTILES[0]:g}-"
                f"{DEPTH_PERCENTILES[1]:g} = {r.low:.3g}-{r.high:.3g} (min {r.minimum:.3g}, max "
@@ -438,6 +450,6 @@ def convert_colmap(model_dirs: list[Path], images_dirs: list[Path], keys: list[s
         report(f"wrote {len(written)} scenes in {len(set(written.values()))} chunks + index.json to {stages[stage]}")
     if ranges:
         ranges_file.write_text(json.dumps({key: {"low": r.low, "high": r.high, "min": r.minimum, "max": r.maximum,
-                                                 "percentiles": list(DEPTH_PERCENTILES), "scale": scale,
+                                                 "percentiles": list(DEPTH_PERCENTILES), "scale": scales[key],
                                                  "mean_step": r.mean_step} for key, r in ranges.items()}, indent=1))
     return index
