@@ -130,7 +130,7 @@ def test_ground_truth_model_round_trip(truth, binary, tmp_path):
 
     # The depth range reported from the sparse points matches the rendered depth where each camera sees them.
     rendered = np.concatenate([truth.observations(f)[2] for f in registered])
-    ranges = json.loads((tmp_path / "mine" / "depth_ranges.json").read_text())["room"]
+    ranges = json.loads((tmp_path / "mine" / "test" / "depth_ranges.json").read_text())["room"]
     np.testing.assert_allclose([ranges["low"], ranges["high"]], np.percentile(rendered, [1, 99]), rtol=0.02)
     assert NEAR <= ranges["min"] and ranges["max"] <= FAR * 1.02
     assert any("dataset.near=" in line and "dataset.far=" in line for line in lines)
@@ -172,7 +172,7 @@ def test_scale_and_fit_near_far(truth, tmp_path):
     truth.write_model(tmp_path / "model2", binary=False, scale=2.0)
     convert_colmap([tmp_path / "model", tmp_path / "model2"], [truth.images] * 2, ["s", "t"], out=tmp_path / "b" / "test",
                    fit_near_far=(1.0, 20.0), report=quiet([]))
-    ranges = json.loads((tmp_path / "b" / "depth_ranges.json").read_text())
+    ranges = json.loads((tmp_path / "b" / "test" / "depth_ranges.json").read_text())
     assert ranges["s"]["low"] == pytest.approx(1.0) and ranges["t"]["low"] == pytest.approx(1.0)
     rendered = np.concatenate([truth.observations(f)[2] for f in registered])
     factor = 1.0 / np.percentile(rendered, 1)  # true units -> fitted units
@@ -217,7 +217,9 @@ def test_refusals_are_one_line_and_write_nothing(truth, tmp_path, capsys):
         main(args[:7] + ["--out", str(tmp_path / "out" / "test")])
     assert "already holds chunks" in capsys.readouterr().err
     assert (tmp_path / "out" / "test" / "000000.torch").read_bytes() == before
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["depth_ranges.json", "test"]  # no temp folders
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["test"]  # no temporary folders left
+    assert sorted(p.name for p in (tmp_path / "out" / "test").iterdir()) == ["000000.torch", "depth_ranges.json",
+                                                                             "index.json"]
 
 
 # --- a real reconstruction -----------------------------------------------------------------------
@@ -263,5 +265,5 @@ def test_pycolmap_reconstruction_matches_ground_truth(tmp_path):
     assert rotation_errors.max() < 3.0, rotation_errors
     assert centre_errors.max() < 0.15 * path_extent, (centre_errors, path_extent)
     # The reported depth range is COLMAP's: true depths (all within [NEAR, FAR]) times COLMAP's scale.
-    ranges = json.loads((tmp_path / "mine" / "depth_ranges.json").read_text())["room"]
+    ranges = json.loads((tmp_path / "mine" / "test" / "depth_ranges.json").read_text())["room"]
     assert NEAR * 0.8 < ranges["low"] * scale and ranges["high"] * scale < FAR * 1.2

@@ -31,6 +31,7 @@ from .convert_realestate10k import refuse_existing_chunks, write_stage
 FOCAL_MISMATCH_WARNING = 0.03
 # Depth range reported per scene: these percentiles of the z-depths of the sparse points each camera sees.
 DEPTH_PERCENTILES = (1.0, 99.0)
+DEPTH_RANGES_FILE = "depth_ranges.json"  # written into each stage folder, beside index.json (readers ignore it)
 
 # id -> (name, number of params), as in COLMAP's camera model definitions.
 CAMERA_MODELS = {
@@ -370,7 +371,7 @@ def convert_colmap(model_dirs: list[Path], images_dirs: list[Path], keys: list[s
     split: `test_keys` (those scenes -> root/test, the rest -> root/train) or `test_fraction` (each scene's last
     frames -> root/test, the others -> root/train). `scale` multiplies every translation; `fit_near_far` instead
     scales each scene so that its 1st-percentile depth is near (each reconstruction has its own arbitrary scale).
-    Writes `depth_ranges.json` (after scaling) next to the stage folder(s).
+    Each stage folder also gets `depth_ranges.json` (after scaling) for its scenes.
     """
     if not len(model_dirs) == len(images_dirs) == len(keys):
         raise ValueError(f"got {len(model_dirs)} --model, {len(images_dirs)} --images and {len(keys)} --key: "
@@ -393,7 +394,6 @@ def convert_colmap(model_dirs: list[Path], images_dirs: list[Path], keys: list[s
     stages = {Path(out).name: Path(out)} if out is not None else {"train": Path(root) / "train", "test": Path(root) / "test"}
     for stage_dir in stages.values():
         refuse_existing_chunks(stage_dir)
-    ranges_file = (Path(out).parent if out is not None else Path(root)) / "depth_ranges.json"
 
     # Every scene is read and checked before anything is written (the images are held in memory).
     converted = [colmap_scene(m, i, k) for m, i, k in zip(model_dirs, images_dirs, keys)]
@@ -446,10 +446,12 @@ def convert_colmap(model_dirs: list[Path], images_dirs: list[Path], keys: list[s
         parts = {"train": [train for train, _ in split], "test": [test for _, test in split]}
     index = {}
     for stage, scenes in parts.items():
-        index[stage] = written = write_stage(scenes, stages[stage], target_bytes=target_bytes)
-        report(f"wrote {len(written)} scenes in {len(set(written.values()))} chunks + index.json to {stages[stage]}")
-    if ranges:
-        ranges_file.write_text(json.dumps({key: {"low": r.low, "high": r.high, "min": r.minimum, "max": r.maximum,
-                                                 "percentiles": list(DEPTH_PERCENTILES), "scale": scales[key],
-                                                 "mean_step": r.mean_step} for key, r in ranges.items()}, indent=1))
+        stage_ranges = {s["key"]: {"low": ranges[s["key"]].low, "high": ranges[s["key"]].high,
+                                   "min": ranges[s["key"]].minimum, "max": ranges[s["key"]].maximum,
+                                   "percentiles": list(DEPTH_PERCENTILES), "scale": scales[s["key"]],
+                                   "mean_step": ranges[s["key"]].mean_step} for s in scenes if s["key"] in ranges}
+        extra = {DEPTH_RANGES_FILE: json.dumps(stage_ranges, indent=1)} if stage_ranges else None
+        index[stage] = written = write_stage(scenes, stages[stage], target_bytes=target_bytes, extra_files=extra)
+        report(f"wrote {len(written)} scenes in {len(set(written.values()))} chunks + index.json"
+               f"{' + ' + DEPTH_RANGES_FILE if extra else ''} to {stages[stage]}")
     return index

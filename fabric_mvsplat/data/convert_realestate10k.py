@@ -30,9 +30,10 @@ def refuse_existing_chunks(out: Path) -> None:
         raise FileExistsError(f"{out} exists and is not an empty folder: choose an empty or new output folder")
 
 
-def write_stage(scenes: Iterable[dict], out: Path, target_bytes: int = TARGET_BYTES_PER_CHUNK) -> dict[str, str]:
-    """write_chunks into a hidden sibling folder renamed to `out` at the end: an interrupted or refused
-    conversion leaves no half-written stage behind (and `out`, if it existed, was empty)."""
+def write_stage(scenes: Iterable[dict], out: Path, target_bytes: int = TARGET_BYTES_PER_CHUNK,
+                extra_files: dict[str, str] | None = None) -> dict[str, str]:
+    """write_chunks (plus `extra_files`, {name: text}) into a hidden sibling folder renamed to `out` at the end:
+    an interrupted or refused conversion leaves no half-written stage behind (and `out`, if it existed, was empty)."""
     out = Path(out)
     refuse_existing_chunks(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -41,6 +42,8 @@ def write_stage(scenes: Iterable[dict], out: Path, target_bytes: int = TARGET_BY
         index = write_chunks(scenes, staging, target_bytes=target_bytes)
         if not index:
             raise FileNotFoundError(f"no scene could be converted into {out} (see the warnings above)")
+        for name, text in (extra_files or {}).items():
+            (staging / name).write_text(text)
         os.replace(staging, out)  # atomic; replaces an empty folder
     finally:
         shutil.rmtree(staging, ignore_errors=True)
