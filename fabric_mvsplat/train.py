@@ -40,6 +40,9 @@ def run(cfg: RootCfg, output_dir: Path, config_yaml: str | None = None):
         torch.set_float32_matmul_precision("high")  # TF32 matmuls, as the original
     fabric = make_fabric(cfg.trainer)
     fabric.launch()
+    from .model.decoder.gsplat_build import prepare_gsplat
+
+    prepare_gsplat(fabric, cfg.model.decoder.backend)  # local rank 0 builds gsplat's kernels first, if used
     prepare_data(fabric, cfg)
     # Each rank may have composed its own time-stamped Hydra directory; rank 0's wins.
     output_dir = Path(fabric.broadcast(str(output_dir), src=0))

@@ -73,7 +73,8 @@ def render_dense(gaussians: Gaussians, extrinsics: Tensor, intrinsics: Tensor, n
         features = torch.cat([features, depth_feature(z, near, far, depth_mode)[..., None]], dim=-1)
         background = torch.cat([background, background.new_zeros(1)])
 
-    ys, xs = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    ys, xs = torch.meshgrid(torch.arange(height, device=features.device), torch.arange(width, device=features.device),
+                            indexing="ij")
     pixels = torch.stack([xs, ys], dim=-1).reshape(-1, 2).to(features.dtype) + 0.5
     images, alphas = [], []
     for i in range(b):

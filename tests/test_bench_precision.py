@@ -1,0 +1,26 @@
+"""Benchmark cases on CUDA time what training runs: TF32 matmuls, as train.py sets them."""
+
+import importlib.util
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_bench_conftest():
+    spec = importlib.util.spec_from_file_location("bench_conftest", ROOT / "benchmarks" / "conftest.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cuda_cases_use_tf32_matmuls_and_restore_the_setting():
+    conftest = load_bench_conftest()
+    before = torch.get_float32_matmul_precision()
+    assert before == "highest"  # torch's default; a test that changed it would leak into others
+    with conftest.training_matmul_precision("cuda"):
+        assert torch.get_float32_matmul_precision() == "high"
+    assert torch.get_float32_matmul_precision() == before
+    with conftest.training_matmul_precision("cpu"):
+        assert torch.get_float32_matmul_precision() == before
