@@ -248,8 +248,8 @@ def test_pycolmap_reconstruction_matches_ground_truth(tmp_path):
     extraction, matching, mapping = (pycolmap.FeatureExtractionOptions(), pycolmap.FeatureMatchingOptions(),
                                      pycolmap.IncrementalPipelineOptions())
     # One thread and a fixed RANSAC seed make the reconstruction repeatable. The outcome on this scene depends
-    # on the seed: seeds 1-3 register all 24 frames within 1 degree; seed 0 bends the far end of the path (up to
-    # 20 degrees), which is what the README's advice to check the converter's report is about.
+    # on the seed: seeds 1-3 pass the bounds below; seed 0 bends the far end of the path (rotation errors up to
+    # 20 degrees), which is why the README says to check the converter's report.
     extraction.num_threads = matching.num_threads = mapping.num_threads = 1
     mapping.random_seed = 1
     pycolmap.set_random_seed(1)
