@@ -85,8 +85,9 @@ def test_ensure_fills_only_an_absent_or_empty_folder(tmp_path, capsys):
 
 def run_demo(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    (tmp_path / "unused.ckpt").touch()  # never read: the data check stops the run first
     return subprocess.run([sys.executable, "-m", "fabric_mvsplat.train", "+experiment=demo", "mode=test",
-                           "checkpointing.load=unused.ckpt", f"output_dir={tmp_path / 'out'}", *overrides],
+                           f"checkpointing.load={tmp_path / 'unused.ckpt'}", f"output_dir={tmp_path / 'out'}", *overrides],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
 
 

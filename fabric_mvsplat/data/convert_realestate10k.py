@@ -16,6 +16,7 @@ from typing import Iterable, Iterator
 import torch
 from tqdm import tqdm
 
+from ..errors import OverwriteRefused
 from .chunk_io import TARGET_BYTES_PER_CHUNK, write_chunks
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -25,9 +26,9 @@ def refuse_existing_chunks(out: Path) -> None:
     """Converters write NNNNNN.torch from 000000: never overwrite a stage that already holds data."""
     out = Path(out)
     if any(out.glob("*.torch")) or (out / "index.json").exists():
-        raise FileExistsError(f"{out} already holds chunks or an index.json: choose an empty output folder")
+        raise OverwriteRefused(f"{out} already holds chunks or an index.json: choose an empty output folder")
     if out.is_file() or (out.is_dir() and any(out.iterdir())):
-        raise FileExistsError(f"{out} exists and is not an empty folder: choose an empty or new output folder")
+        raise OverwriteRefused(f"{out} exists and is not an empty folder: choose an empty or new output folder")
 
 
 def write_stage(scenes: Iterable[dict], out: Path, target_bytes: int = TARGET_BYTES_PER_CHUNK,

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..errors import OverwriteRefused
 from .chunk_io import cameras_to_vector, encode_image, write_chunks
 
 # Every visible surface has z-depth in [NEAR, FAR] (checked by tests/test_synthetic.py).
@@ -387,7 +388,7 @@ def generate_synthetic_dataset(
     out = Path(out)
     existing = existing_dataset_files(out)
     if existing and not overwrite:
-        raise FileExistsError(f"{out} already holds a dataset ({', '.join(str(p.relative_to(out)) for p in existing[:3])}"
+        raise OverwriteRefused(f"{out} already holds a dataset ({', '.join(str(p.relative_to(out)) for p in existing[:3])}"
                               f"{' ...' if len(existing) > 3 else ''}): refusing to overwrite it; choose another "
                               "--out, or pass --overwrite to replace its chunks and indices")
     for path in existing:
@@ -438,8 +439,9 @@ def ensure_synthetic_dataset(root: Path, **kwargs) -> bool:
                               f"{differing} was requested (delete {root} to regenerate)")
         return False
     if root.is_file() or (root.is_dir() and any(p.is_file() for p in root.rglob("*"))):
-        raise FileExistsError(f"{root} holds files but no chunks in train/ or test/: not generating synthetic data "
-                              "into it; point dataset.roots at a chunk dataset, or at an absent or empty folder")
+        raise OverwriteRefused(f"dataset.synthetic_if_missing={root} holds files but no chunks in train/ or test/: not "
+                               "generating synthetic data into it; point dataset.roots and dataset.synthetic_if_missing "
+                               "at an absent or empty folder, or dataset.roots at a chunk dataset")
     print(f"fabric_mvsplat: {root} is {'empty' if root.exists() else 'absent'}: generating the synthetic demo "
           f"dataset there", file=sys.stderr, flush=True)
     partial = root.with_name(root.name + ".partial")
