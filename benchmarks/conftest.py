@@ -306,7 +306,7 @@ ENCODER_SIZES = {"small": SMALL_ENCODER, "re10k": []}
 @pytest.fixture(scope="session")
 def lpips_weights_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Random LPIPS-VGG weights in the real files' format: the re10k loss costs the same with them."""
-    from fabric_mvsplat.evaluation.lpips import write_lpips_test_weights
+    from tests.lpips_test_weights import write_lpips_test_weights
 
     path = tmp_path_factory.mktemp("lpips")
     write_lpips_test_weights(path, seed=0)

@@ -190,8 +190,8 @@ def phase_gsplat_vs_torch(out_dir: Path, backend: str) -> dict:
     import torch
 
     from fabric_mvsplat.model.decoder import render
-    from fabric_mvsplat.model.decoder.synthetic_scenes import look_at_cameras, pixel_aligned_scene
-    from fabric_mvsplat.model.types import Gaussians
+    from tests.synthetic_scenes import look_at_cameras, pixel_aligned_scene
+    from fabric_mvsplat.types import Gaussians
 
     torch.set_float32_matmul_precision("high")  # as training
     generator = torch.Generator().manual_seed(0)
@@ -292,8 +292,8 @@ def re10k_model(out_dir: Path, backend: str, views: int = 2):
     from hydra import compose, initialize_config_dir
 
     from fabric_mvsplat.config import load_config
-    from fabric_mvsplat.evaluation.lpips import write_lpips_test_weights
-    from fabric_mvsplat.model.wrapper import build_model
+    from tests.lpips_test_weights import write_lpips_test_weights
+    from fabric_mvsplat.train import make_model
 
     lpips_dir = out_dir / "lpips_random_weights"
     if not (lpips_dir / "vgg.pth").is_file():
@@ -305,7 +305,7 @@ def re10k_model(out_dir: Path, backend: str, views: int = 2):
     with initialize_config_dir(config_dir=str(ROOT / "fabric_mvsplat" / "configs"), version_base=None):
         cfg = load_config(compose("main", overrides=overrides))
     torch.manual_seed(0)
-    return cfg, build_model(cfg).cuda()
+    return cfg, make_model(cfg).cuda()
 
 
 def phase_inference(out_dir: Path, backend: str) -> dict:

@@ -36,14 +36,14 @@ from torch import nn
 
 from . import safe_load
 from .distributed import gather_objects
-from .weights import CheckpointError, load_weights_strict
-
-__all__ = ["CheckpointError", "load_weights_strict"]  # re-exported: one error type, one loader
+from .errors import CheckpointError  # noqa: F401 (raised here, imported from here by callers)
+from .weights import load_weights_strict
 
 CHECKPOINT_NAME = re.compile(r"^epoch_(\d+)-step_(\d+)\.ckpt$")
 LIGHTNING_VERSION = "2.2.4"  # the original's pin; Lightning's loader reads this key
 CONTENT_HASH_KEY = "content_sha256"  # {top-level key: SHA-256 of its content}, checked by load_file
 TEMPORARY_SUFFIX = ".tmp"  # `.<name>.ckpt.tmp` while a write is in progress
+
 
 
 def checkpoint_path(directory: Path, epoch: int, step: int) -> Path:

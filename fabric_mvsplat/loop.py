@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from .checkpoint import capture_rng, restore_rng, save_checkpoint
 from .config import ProfileCfg, RootCfg
-from .distributed import gather_objects
+from .distributed import gather_objects, show_progress_bar
 from .tb_logging import RankZeroWriter
 
 STOP_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGINT")
@@ -408,11 +408,6 @@ def preserved_rng():
         yield
     finally:
         restore_rng(state)
-
-
-def show_progress_bar() -> bool:
-    """A bar only for a person at a terminal; CI logs and files get the console lines alone."""
-    return sys.stderr.isatty() and not os.environ.get("CI")
 
 
 class StepMeter:

@@ -5,18 +5,16 @@ from typing import Mapping
 
 from torch import Tensor, nn
 
-
-class CheckpointError(RuntimeError):
-    """A checkpoint or weights file is missing, corrupt, refused by weights_only, does not fit the model, or
-    cannot be written (disk full)."""
+from .errors import CheckpointError, UserError
 
 
 def load_weights_strict(module: nn.Module, state_dict: Mapping[str, Tensor], source: str,
                         fix: str = "check that model.encoder.* and the ablation flags (wo_*) match the config the "
                                    "weights were trained with (e.g. the same +experiment=...)",
-                        ignore_missing: bool = False) -> None:
-    """Load every weight of `module` from `state_dict`, or raise CheckpointError listing the missing,
-    unexpected and wrong-shaped keys; nothing is loaded when anything is wrong.
+                        ignore_missing: bool = False, error: type[UserError] = CheckpointError) -> None:
+    """Load every weight of `module` from `state_dict`, or raise `error` (CheckpointError for checkpoints:
+    fine-tuning, test mode, resume; WeightsError for the UniMatch init) listing the missing, unexpected and
+    wrong-shaped keys; nothing is loaded when anything is wrong.
 
     ignore_missing: keys of `module` absent from the file keep their values (the UniMatch backbone without
     cross-attention has no pretrained FFN weights).
@@ -33,5 +31,5 @@ def load_weights_strict(module: nn.Module, state_dict: Mapping[str, Tensor], sou
                 shown = ", ".join(keys[:20]) + (f", ... ({len(keys) - 20} more)" if len(keys) > 20 else "")
                 lines.append(f"  {title} ({len(keys)}): {shown}")
         lines.append(f"  fix: {fix}")
-        raise CheckpointError("\n".join(lines))
+        raise error("\n".join(lines))
     module.load_state_dict(dict(state_dict), strict=not ignore_missing)

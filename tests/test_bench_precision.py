@@ -1,18 +1,11 @@
 """Benchmark cases on CUDA time what training runs: TF32 matmuls, as train.py sets them."""
 
-import importlib.util
-from pathlib import Path
-
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import load_by_path
 
 
 def load_bench_conftest():
-    spec = importlib.util.spec_from_file_location("bench_conftest", ROOT / "benchmarks" / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_by_path("benchmarks/conftest.py", "bench_conftest")
 
 
 def test_cuda_cases_use_tf32_matmuls_and_restore_the_setting():

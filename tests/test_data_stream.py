@@ -1,6 +1,7 @@
 """Train stream sharding and exact resume, the validation source, the sharded test loader."""
 
 import json
+import multiprocessing
 from collections import Counter
 from itertools import islice
 
@@ -160,3 +161,27 @@ def test_accumulated_micro_batches_sample_at_the_step_they_train_at(tmp_path, mo
     stream = make_train_stream(dataset_cfg(tmp_path), loader, StepTracker(5), 0, 1, seed=0, batches_per_step=2)
     list(islice(stream, 6))
     assert steps == [5, 5, 6, 6, 7, 7]
+
+
+def dataloader_workers() -> set[int]:
+    return {process.pid for process in multiprocessing.active_children()}
+
+
+def test_workers_end_when_a_worker_raises(tmp_path):
+    make_split(tmp_path / "train", 3, num_frames=3)  # too short for the sampler: every worker raises
+    before = dataloader_workers()
+    stream = make_train_stream(dataset_cfg(tmp_path), DataLoaderStageCfg(num_workers=2), StepTracker(), 0, 1, 0)
+    with pytest.raises(RuntimeError, match="view_sampler"):
+        next(iter(stream))
+    assert dataloader_workers() - before == set()
+
+
+def test_workers_end_when_the_caller_stops_reading(tmp_path):
+    make_split(tmp_path / "train", 4, scenes_per_chunk=2)
+    before = dataloader_workers()
+    batches = iter(make_train_stream(dataset_cfg(tmp_path), DataLoaderStageCfg(num_workers=2), StepTracker(),
+                                     0, 1, 0))
+    next(batches)
+    assert len(dataloader_workers() - before) == 2
+    batches.close()
+    assert dataloader_workers() - before == set()

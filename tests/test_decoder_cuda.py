@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from fabric_mvsplat.model.decoder import render
-from fabric_mvsplat.model.decoder.synthetic_scenes import look_at_cameras, random_gaussians
+from synthetic_scenes import look_at_cameras, random_gaussians
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA for the gsplat backend")
 

@@ -14,8 +14,8 @@ import torch
 
 from fabric_mvsplat.model.decoder import rendering
 from fabric_mvsplat.model.decoder.rendering import DEPTH_MODES, render
-from fabric_mvsplat.model.decoder.synthetic_scenes import look_at_cameras, random_gaussians
-from fabric_mvsplat.model.types import Gaussians
+from synthetic_scenes import look_at_cameras, random_gaussians
+from fabric_mvsplat.types import Gaussians
 
 FIELDS = ("means", "covariances", "harmonics", "opacities")
 

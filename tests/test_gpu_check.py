@@ -1,7 +1,6 @@
 """`python -m benchmarks.gpu_check`: the phase runner (time limits, JSON, fallbacks) with trivial phases on CPU,
 and its refusal to run without a CUDA device."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -10,12 +9,10 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import load_by_path
 
 ROOT = Path(__file__).resolve().parents[1]
-# benchmarks/ is not an installed package; load it by path so plain `pytest` works too.
-_spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
-gpu_check = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(gpu_check)
+gpu_check = load_by_path("benchmarks/gpu_check.py", "gpu_check")
 NO_CUDA_EXIT_CODE, Phase, phase_timeout, run_phases = (gpu_check.NO_CUDA_EXIT_CODE, gpu_check.Phase,
                                                        gpu_check.phase_timeout, gpu_check.run_phases)
 

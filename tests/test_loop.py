@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 from loop_fixtures import TinyModel, flat_parameters, tiny_cfg, train_tiny
 
 from fabric_mvsplat.config import OptimizerCfg
@@ -72,7 +73,28 @@ def test_validation_does_not_change_training(tmp_path):
         assert torch.equal(p, q)
 
 
-def test_gradients_are_clipped_to_the_configured_norm(tmp_path, monkeypatch):
+def test_gradient_clipping_bounds_the_gradients_the_optimizer_sees(tmp_path):
+    norms = []  # total gradient norm at each optimizer step, read by torch's own step hook
+
+    def record(optimizer, args, kwargs):
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        norms.append(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])).item())
+
+    handle = register_optimizer_step_pre_hook(record)
+    try:
+        train_tiny(tiny_cfg(**{"trainer.max_steps": 3, "trainer.gradient_clip_val": None}), tmp_path / "free")
+        free = norms.copy()
+        bound = min(free) / 4  # well below every unclipped norm, so clipping has to act at each step
+        norms.clear()
+        train_tiny(tiny_cfg(**{"trainer.max_steps": 3, "trainer.gradient_clip_val": bound}), tmp_path / "clipped")
+    finally:
+        handle.remove()
+    assert len(free) == 3 and min(free) > 0
+    assert len(norms) == 3 and all(norm <= bound * (1 + 1e-4) for norm in norms), (norms, bound)
+    assert all(norm >= bound * 0.99 for norm in norms)  # scaled down to the bound, not zeroed
+
+
+def test_logged_grad_norm_is_the_norm_before_clipping(tmp_path, monkeypatch):
     """The gradients Adam receives have a global norm <= gradient_clip_val; the logged norm is before clipping."""
     applied = []
     original = torch.optim.Adam.step

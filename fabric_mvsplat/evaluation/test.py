@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Iterable
 import torch
 from tqdm import tqdm
 
-from ..loop import gather_objects, show_progress_bar
-from ..model.types import BatchedExample
-from .metrics import compute_psnr, compute_ssim
+from ..distributed import gather_objects, show_progress_bar
+from ..types import BatchedExample
+from ..metrics import compute_psnr, compute_ssim
 
 if TYPE_CHECKING:
     from lightning_fabric import Fabric

@@ -13,9 +13,9 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from ..types import Gaussians
-from .projection import ALPHA_MAX, ALPHA_MIN, COVARIANCE_DILATION, NEAR_CULL, TRANSMITTANCE_MIN, pixel_intrinsics
-from .rendering import DecoderOutput, DepthMode, depth_feature, view_dependent_colors
+from fabric_mvsplat.types import Gaussians
+from fabric_mvsplat.model.decoder.projection import ALPHA_MAX, ALPHA_MIN, COVARIANCE_DILATION, NEAR_CULL, TRANSMITTANCE_MIN, pixel_intrinsics
+from fabric_mvsplat.model.decoder.rendering import DecoderOutput, DepthMode, depth_feature, view_dependent_colors
 
 
 def project_one_image(means: Tensor, covariances: Tensor, world_to_camera: Tensor, k: Tensor,

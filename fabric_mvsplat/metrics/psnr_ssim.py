@@ -1,7 +1,7 @@
 """Image metrics with the original MVSplat definitions (spec §8.4).
 
 All metrics run on the float renders (never on re-quantised PNGs), one value per image.
-LPIPS lives in :mod:`fabric_mvsplat.evaluation.lpips` because it needs weights.
+LPIPS lives in :mod:`fabric_mvsplat.metrics.lpips` because it needs weights.
 """
 
 import torch
