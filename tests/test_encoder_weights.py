@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from fabric_mvsplat.config import from_dict
-from fabric_mvsplat.weights import CheckpointError
+from fabric_mvsplat.errors import CheckpointError, WeightsError
 from fabric_mvsplat.model.encoder import (
     EncoderCostVolume, EncoderCostVolumeCfg, load_encoder_weights, load_unimatch_backbone)
 
@@ -81,7 +81,7 @@ def test_unimatch_init_is_strict(tmp_path):
     state = dict(target.backbone.state_dict())
     del state["transformer.layers.5.cross_attn_ffn.norm2.bias"]
     path, _ = unimatch_file(tmp_path, state)
-    with pytest.raises(CheckpointError, match="transformer.layers.5.cross_attn_ffn.norm2.bias"):
+    with pytest.raises(WeightsError, match="transformer.layers.5.cross_attn_ffn.norm2.bias"):
         load_unimatch_backbone(target, str(path))
 
 
