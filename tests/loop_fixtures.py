@@ -313,13 +313,13 @@ def worker_stream_run(data_root: Path, output_dir: Path) -> None:
     from fabric_mvsplat.data import StepTracker, make_train_stream
     from fabric_mvsplat.data.config import DataLoaderStageCfg
     from fabric_mvsplat.loop import EXIT_STOPPED_BY_SIGNAL, fit
-    from fabric_mvsplat.train import make_fabric, prepare_training, report_end, seed_everything
+    from fabric_mvsplat.train import make_fabric, prepare_training, report_end
     from test_data_fixtures import dataset_cfg
 
     cfg = tiny_cfg(**{"trainer.max_steps": 40, "trainer.val_check_interval": None})
     fabric = make_fabric(cfg.trainer)
     fabric.launch()
-    seed_everything(cfg.seed)
+    fabric.seed_everything(cfg.seed)
     tracker = StepTracker()
     stream = RealSceneFeatures(make_train_stream(dataset_cfg(data_root), DataLoaderStageCfg(batch_size=2, num_workers=2),
                                                  tracker, 0, 1, cfg.seed))
