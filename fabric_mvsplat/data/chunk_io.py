@@ -9,6 +9,8 @@ Each chunk is ``torch.save`` of a list of scene dicts::
                                  world-to-camera matrix, row-major
     images      list of V uint8 1-D tensors, each the raw JPEG/PNG file bytes
     key         str
+    file_names  list of V str (optional; written by the COLMAP converter, ignored by every reader,
+                the original's included): the image file each frame index came from
 """
 
 import io
@@ -158,9 +160,14 @@ def write_chunks(scenes: Iterable[dict], stage_dir: Path, target_bytes: int = TA
         check_scene(scene)
         if scene["key"] in index or any(s["key"] == scene["key"] for s in chunk):
             raise ValueError(f"duplicate scene key {scene['key']!r} in {stage_dir}")
+        file_names = scene.get("file_names")
         scene = {"url": str(scene["url"]), "timestamps": scene["timestamps"].to(torch.int64),
                  "cameras": scene["cameras"].to(torch.float32), "images": list(scene["images"]),
                  "key": str(scene["key"])}
+        if file_names is not None:
+            if len(file_names) != len(scene["images"]):
+                raise ValueError(f"scene {scene['key']!r}: {len(file_names)} file_names for {len(scene['images'])} images")
+            scene["file_names"] = [str(name) for name in file_names]
         chunk.append(scene)
         chunk_bytes += _scene_bytes(scene)
         if chunk_bytes >= target_bytes:
