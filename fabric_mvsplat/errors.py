@@ -17,3 +17,7 @@ class ConfigError(ValueError):
     def with_prefix(self, prefix: str) -> "ConfigError":
         key = f"{prefix}.{self.key}" if prefix else self.key
         return ConfigError(key, self.value, self.allowed)
+
+
+class EmptyEvaluationError(RuntimeError):
+    """Test mode rendered or scored no scene: averages over nothing must not pass for a result."""

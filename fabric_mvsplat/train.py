@@ -16,7 +16,7 @@ from lightning_fabric import Fabric
 from omegaconf import DictConfig, OmegaConf
 
 from .config import OptimizerCfg, RootCfg, TrainerCfg, load_config
-from .errors import ConfigError
+from .errors import ConfigError, EmptyEvaluationError
 
 # The Hydra configs ship inside the package, so a plain `pip install .` finds them from any directory.
 CONFIG_DIR = str(Path(__file__).resolve().parent / "configs")
@@ -30,7 +30,11 @@ def main(dict_config: DictConfig) -> None:
         print(f"fabric_mvsplat: {error}", file=sys.stderr)
         sys.exit(2)
     output_dir = cfg.output_dir or hydra.core.hydra_config.HydraConfig.get().runtime.output_dir
-    run(cfg, Path(output_dir), config_yaml=OmegaConf.to_yaml(dict_config, resolve=True))
+    try:
+        run(cfg, Path(output_dir), config_yaml=OmegaConf.to_yaml(dict_config, resolve=True))
+    except EmptyEvaluationError as error:  # every rank raises it together, after the results are written
+        print(f"fabric_mvsplat: {error}", file=sys.stderr)
+        sys.exit(3)
 
 
 def run(cfg: RootCfg, output_dir: Path, config_yaml: str | None = None):
