@@ -83,7 +83,7 @@ def depth_errors_of_true_surfaces(scale: float, size: int = 64) -> tuple[float, 
 
 def test_depth_error_of_gaussians_placed_on_the_true_surfaces():
     """Rendered from Gaussians on the ray-cast surfaces of two context frames, the expected depth at a frame
-    between them matches the ray caster's depth there; pushed 1.3x further out, AbsRel grows to about 0.2.
+    between them matches the ray caster's depth there; pushed 1.5x further out, AbsRel grows to about 0.4.
 
     The floor is not 0: pixel-sized splats (plus the rasterizer's 0.3 px^2 blur) mix each pixel with its
     neighbours, nearer ones first, so slanted surfaces read a little close (measured: AbsRel 0.07 at 64 px,
@@ -91,8 +91,8 @@ def test_depth_error_of_gaussians_placed_on_the_true_surfaces():
     """
     abs_rel, delta = depth_errors_of_true_surfaces(1.0)
     assert abs_rel < 0.08 and delta > 0.93
-    scaled_abs_rel, scaled_delta = depth_errors_of_true_surfaces(1.3)
-    assert 0.15 < scaled_abs_rel < 0.35 and scaled_abs_rel > 2.5 * abs_rel and scaled_delta < 0.5
+    scaled_abs_rel, scaled_delta = depth_errors_of_true_surfaces(1.5)
+    assert 0.3 < scaled_abs_rel < 0.55 and scaled_abs_rel > 4 * abs_rel and scaled_delta < 0.3
 
 
 def test_depth_errors_follow_their_definitions_and_skip_uncovered_pixels():
