@@ -11,14 +11,18 @@ PyTorch Lightning checkpoints so that tools on either side can read the other's 
     train_stream       data position of the training stream on every rank (list, index = rank)
     val_source         position of the validation stream (validation runs on rank 0)
     rng_states         per-rank torch CPU/CUDA, python and numpy RNG states (list, index = rank)
+    content_sha256     SHA-256 of each entry above, added by save_atomically, verified by load_file
+                       (files without it, e.g. the original's released checkpoints, load unverified)
 """
 
+import errno
+import hashlib
 import os
-import pickle
 import random
 import re
+import shutil
 import warnings
-import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,29 +30,40 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import safe_load
+
 CHECKPOINT_NAME = re.compile(r"^epoch_(\d+)-step_(\d+)\.ckpt$")
 LIGHTNING_VERSION = "2.2.4"  # the original's pin; Lightning's loader reads this key
+CONTENT_HASH_KEY = "content_sha256"  # {top-level key: SHA-256 of its content}, checked by load_file
+TEMPORARY_SUFFIX = ".tmp"  # `.<name>.ckpt.tmp` while a write is in progress
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint file is missing, corrupt, refused by weights_only, or does not fit the model."""
+    """A checkpoint file is missing, corrupt, refused by weights_only, does not fit the model, or cannot be
+    written (disk full)."""
 
 
 def checkpoint_path(directory: Path, epoch: int, step: int) -> Path:
     return Path(directory) / f"epoch_{epoch}-step_{step}.ckpt"
 
 
-def save_atomically(obj: dict, path: Path) -> None:
-    """Write to a hidden temporary file, fsync, then rename: a crash never leaves a truncated `path`."""
+def save_atomically(checkpoint: dict, path: Path) -> None:
+    """Add the content hash, write to a hidden temporary file, fsync, then rename: a crash or kill never leaves
+    a truncated `path` and never touches the earlier checkpoints; a full disk raises one CheckpointError."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}{TEMPORARY_SUFFIX}")
+    payload = {**checkpoint, CONTENT_HASH_KEY: content_hashes(checkpoint)}
     try:
         with open(tmp, "wb") as file:
-            torch.save(obj, file)
+            torch.save(payload, file)
             file.flush()
             os.fsync(file.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as error:
+        if not _disk_full(error):
+            raise
+        raise CheckpointError(_disk_full_message(path)) from error
     finally:
         tmp.unlink(missing_ok=True)
     directory = os.open(path.parent, os.O_RDONLY)
@@ -56,6 +71,106 @@ def save_atomically(obj: dict, path: Path) -> None:
         os.fsync(directory)
     finally:
         os.close(directory)
+
+
+def _disk_full(error: BaseException | None) -> bool:
+    """ENOSPC/EDQUOT anywhere in the chain (torch.save may report a failed write as a RuntimeError)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _disk_full_message(path: Path) -> str:
+    earlier = sorted((p for p in path.parent.glob("*.ckpt") if p != path), key=_step_of)
+    free = shutil.disk_usage(path.parent).free / 2**20
+    if earlier:
+        kept = (f"the earlier checkpoints are intact ({', '.join(p.name for p in earlier[-3:])}); "
+                f"after freeing space resume with checkpointing.load={earlier[-1]}")
+    else:
+        kept = "there is no earlier checkpoint in that folder"
+    return (f"no space left on the device while writing checkpoint {path} ({free:.0f} MiB free there); "
+            f"the partial file was removed and {kept}. Free space or set output_dir on a larger disk")
+
+
+def _step_of(path: Path) -> int:
+    match = CHECKPOINT_NAME.match(path.name)
+    return int(match.group(2)) if match else -1
+
+
+def remove_stray_temporaries(directory: Path) -> list[Path]:
+    """Delete the temporary files of checkpoint writes that a kill interrupted; returns what was removed.
+
+    Call it only from the run that owns `directory`, before it saves (a live writer's file would go too).
+    """
+    removed = []
+    for stray in Path(directory).glob(f".*.ckpt{TEMPORARY_SUFFIX}"):
+        if stray.is_file():
+            stray.unlink(missing_ok=True)
+            removed.append(stray)
+    return sorted(removed)
+
+
+def content_hashes(checkpoint: dict) -> dict[str, str]:
+    """SHA-256 of every top-level entry: its key and content (tensor bytes, dtypes, shapes, keys, plain values).
+
+    The key is hashed too: pickle stores each string once, so a damaged key would rename the hash's key as well.
+    """
+    hashes = {}
+    for key, value in checkpoint.items():
+        if key == CONTENT_HASH_KEY:
+            continue
+        digest = hashlib.sha256()
+        _feed(digest, key, str(key))
+        _feed(digest, value, str(key))
+        hashes[str(key)] = digest.hexdigest()
+    return hashes
+
+
+def _feed(digest, value: Any, where: str) -> None:
+    """Hash a value as torch.load(weights_only=True) gives it back: same types, order and bytes."""
+    if isinstance(value, torch.Tensor):
+        tensor = value.detach().resolve_conj().resolve_neg()
+        digest.update(f"T{tensor.dtype}{tuple(tensor.shape)}:".encode())
+        if tensor.numel():
+            digest.update(tensor.cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    elif isinstance(value, Mapping):
+        digest.update(f"D{len(value)}:".encode())
+        for key, item in value.items():
+            _feed(digest, key, where)
+            _feed(digest, item, f"{where}.{key}")
+    elif isinstance(value, (list, tuple)):
+        digest.update(f"{'L' if isinstance(value, list) else 'T'}{len(value)}:".encode())
+        for index, item in enumerate(value):
+            _feed(digest, item, f"{where}[{index}]")
+    elif value is None or isinstance(value, (bool, int, float, complex, str, bytes, torch.dtype, torch.device)):
+        digest.update(f"{type(value).__name__}:{value!r};".encode())
+    else:
+        raise TypeError(f"checkpoint entry {where} is a {type(value).__name__}: a checkpoint holds only tensors, "
+                        "numbers, strings, lists and dicts (what torch.load(weights_only=True) reads)")
+
+
+def verify_content_hashes(checkpoint: dict, path: Path) -> None:
+    """Refuse a checkpoint whose content differs from the hashes stored when it was written (no hash: trusted)."""
+    if CONTENT_HASH_KEY not in checkpoint:
+        return  # a released Lightning checkpoint or one written before hashes existed
+    stored = checkpoint.pop(CONTENT_HASH_KEY)
+    fix = (f"use an earlier checkpoint from the same folder; if you edited the file on purpose, delete its "
+           f"'{CONTENT_HASH_KEY}' entry to load it unverified")
+    if not isinstance(stored, dict) or not all(isinstance(v, str) for v in stored.values()):
+        raise CheckpointError(f"checkpoint corrupted: {path}: its '{CONTENT_HASH_KEY}' entry is damaged; {fix}")
+    try:
+        actual = content_hashes(checkpoint)
+    except TypeError as error:  # an object only an unsafe load can return: not what was written
+        raise CheckpointError(f"checkpoint corrupted: {path}: {error}; {fix}") from error
+    changed = sorted(set(stored) ^ set(actual)) + [k for k in stored if k in actual and stored[k] != actual[k]]
+    if changed:
+        raise CheckpointError(
+            f"checkpoint corrupted: {path}: the content of {', '.join(changed)} does not match the SHA-256 "
+            f"stored when it was written (bytes changed on disk or in transfer); {fix}")
 
 
 def rotate(directory: Path, save_top_k: int) -> list[Path]:
@@ -76,32 +191,18 @@ def rotate(directory: Path, save_top_k: int) -> list[Path]:
 
 
 def load_file(path: str | Path, allow_unsafe_load: bool = False) -> dict:
-    """torch.load on CPU with weights_only=True; every failure names the file and the fix."""
+    """The checkpoint at `path` on CPU (weights_only unless opted out), content hash verified; every failure
+    names the file and the fix."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint file {path} does not exist (set by checkpointing.load)")
-    if not zipfile.is_zipfile(path):  # torch.save has written zip archives since torch 1.6
-        raise CheckpointError(
-            f"checkpoint file {path} is corrupt or truncated (not a torch zip archive); "
-            "use an earlier checkpoint from the same folder"
-        )
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        if not allow_unsafe_load:
-            reason = next((line.strip() for line in str(error).splitlines() if "global" in line.lower()), "")
-            raise CheckpointError(
-                f"torch.load(weights_only=True) refused {path}: it contains pickled Python objects "
-                f"({reason or 'see the chained error'}). If you trust the file, rerun with "
-                "checkpointing.allow_unsafe_load=true"
-            ) from error
-        warnings.warn(f"loading {path} with weights_only=False (checkpointing.allow_unsafe_load=true)")
-        # The explicit opt-in (checkpointing.allow_unsafe_load=true, off by default) for trusted files only.
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, OSError, KeyError, ValueError) as error:
-        raise CheckpointError(
-            f"checkpoint file {path} is corrupt or truncated: {error}; use an earlier checkpoint from the same folder"
-        ) from error
+        checkpoint = safe_load.load(path, "checkpoint file", allow_unsafe_load,
+                                    opt_in_key="checkpointing.allow_unsafe_load")
+    except safe_load.FileLoadError as error:
+        fix = {"missing": " (set by checkpointing.load)", "directory": " (set by checkpointing.load)",
+               "pickled_objects": ""}.get(error.reason, "; use an earlier checkpoint from the same folder")
+        raise CheckpointError(f"{error}{fix}") from error
+    if isinstance(checkpoint, dict):
+        verify_content_hashes(checkpoint, path)
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise CheckpointError(f"checkpoint file {path} has no 'state_dict' entry (not a Lightning-layout checkpoint)")
     return checkpoint

@@ -28,6 +28,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from . import safe_load
+
 RTOL, ATOL = 1e-3, 1e-4
 INTERMEDIATE_RTOL = 1e-4
 
@@ -71,7 +73,10 @@ def compare_intermediate(name: str, ours: Tensor, golden: Tensor) -> Row:
 def load(path: Path) -> Any:
     if not path.is_file():
         raise FileNotFoundError(f"parity folder {path.parent} has no {path.name}; see ../shared/golden/README.md")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return safe_load.load(path, "golden file")
+    except safe_load.FileLoadError as error:
+        raise ValueError(str(error)) from error
 
 
 # ----------------------------------------------------------------------------- encoder folders

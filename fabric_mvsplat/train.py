@@ -54,6 +54,11 @@ def run(cfg: RootCfg, output_dir: Path, config_yaml: str | None = None):
             # A test run into a training run's folder must not overwrite that run's config.
             (output_dir / ("config.yaml" if cfg.mode == "train" else "config_test.yaml")).write_text(config_yaml)
         fabric.print(f"output directory: {output_dir}")
+        if cfg.mode == "train":  # only the run that writes checkpoints here may delete half-written ones
+            from .checkpoint import remove_stray_temporaries
+
+            for stray in remove_stray_temporaries(output_dir / "checkpoints"):
+                fabric.print(f"removed {stray} (a checkpoint write interrupted by an earlier kill)")
     result = run_test_mode(fabric, cfg, output_dir) if cfg.mode == "test" else run_training(fabric, cfg, output_dir)
     shut_down(fabric)
     return result

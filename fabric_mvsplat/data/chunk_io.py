@@ -28,7 +28,10 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from .. import safe_load
+
 TARGET_BYTES_PER_CHUNK = 100_000_000
+ROTATION_TOLERANCE = 1e-2  # max |R R^T - I| and |det R - 1| of a world-to-camera rotation
 SCENE_KEYS = ("url", "timestamps", "cameras", "images", "key")
 DEPTH_KEY = "depths"
 DEPTH_UNIT = 1e-3  # world units per step of the 16-bit depth PNGs
@@ -110,9 +113,9 @@ def vector_to_cameras(cameras: Tensor) -> tuple[Tensor, Tensor]:
 def read_chunk(path: Path) -> list[dict]:
     """Load one chunk with weights_only=True (a pickle payload is refused, never executed)."""
     try:
-        chunk = torch.load(path, weights_only=True, map_location="cpu")
-    except Exception as error:  # truncated zip, garbage bytes, forbidden globals, ...
-        raise ChunkReadError(f"cannot read chunk {path}: {type(error).__name__}: {str(error)[:300]}") from error
+        chunk = safe_load.load(path, "data chunk")
+    except safe_load.FileLoadError as error:  # truncated zip, garbage bytes, forbidden globals, ...
+        raise ChunkReadError(str(error)) from error
     if not isinstance(chunk, list) or not all(isinstance(scene, dict) for scene in chunk):
         raise ChunkReadError(f"chunk {path} holds {type(chunk).__name__}, expected a list of scene dicts")
     return chunk
@@ -133,6 +136,32 @@ def check_scene(scene: dict) -> None:
         raise ValueError(f"scene {scene['key']!r}: every image must be a uint8 1-D tensor of file bytes")
     if not isinstance(scene["timestamps"], Tensor) or scene["timestamps"].shape != (cameras.shape[0],):
         raise ValueError(f"scene {scene['key']!r}: timestamps must be a [V] tensor")
+
+
+def camera_problem(cameras: Tensor) -> str | None:
+    """What makes a [V, 18] camera tensor unusable (first bad view), or None.
+
+    Non-finite values, a focal length <= 0, or a world-to-camera rotation that is not a rotation (singular,
+    scaled, sheared or mirrored) would give NaN poses or a crash when the pose is inverted.
+    """
+    values = cameras.detach().double().numpy()
+    finite = np.isfinite(values).all(axis=1)
+    if not finite.all():
+        view = int(np.argmin(finite))
+        return f"view {view} has non-finite camera values {values[view].tolist()}"
+    focal = values[:, :2]
+    if (focal <= 0).any():
+        view = int(np.argmax((focal <= 0).any(axis=1)))
+        return f"view {view} has focal length fx, fy = {focal[view].tolist()} (must be > 0)"
+    rotation = values[:, 6:].reshape(-1, 3, 4)[:, :, :3]
+    determinant = np.linalg.det(rotation)
+    off = np.abs(rotation @ rotation.transpose(0, 2, 1) - np.eye(3)).max(axis=(1, 2))
+    bad = (off > ROTATION_TOLERANCE) | (np.abs(determinant - 1) > ROTATION_TOLERANCE)
+    if bad.any():
+        view = int(np.argmax(bad))
+        return (f"view {view}'s world-to-camera rotation is not a rotation (det {determinant[view]:.3g}, "
+                f"max |R R^T - I| {off[view]:.3g}, tolerance {ROTATION_TOLERANCE})")
+    return None
 
 
 def _scene_bytes(scene: dict) -> int:

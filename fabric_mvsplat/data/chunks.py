@@ -16,7 +16,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from .chunk_io import DEPTH_KEY, ChunkReadError, check_scene, decode_depth, read_chunk, vector_to_cameras
+from .chunk_io import (DEPTH_KEY, ChunkReadError, camera_problem, check_scene, decode_depth, read_chunk,
+                       vector_to_cameras)
 from .config import DatasetCfg
 from .shims import (crop_intrinsics, field_of_view, reflect_extrinsics, rescale_and_crop, scaled_shape,
                     to_float_image)
@@ -24,7 +25,8 @@ from .view_sampler import SceneRejected, Stage, get_view_sampler
 
 DEFAULT_NEAR, DEFAULT_FAR = 0.1, 1000.0
 # Reasons that mean broken data (warned about, logged as data/skipped_scenes); the others are filters.
-CORRUPT_REASONS = ("corrupt_chunk", "corrupt_scene", "undecodable_image", "undecodable_depth", "missing_from_chunk")
+CORRUPT_REASONS = ("corrupt_chunk", "corrupt_scene", "invalid_cameras", "undecodable_image", "undecodable_depth",
+                   "missing_from_chunk")
 # Reasons the evaluation index gives (reported apart from the filters in test mode).
 INDEX_REASONS = ("not_in_index", "null_in_index")
 
@@ -153,6 +155,9 @@ class ExampleBuilder:
         except ValueError as error:
             raise SceneRejected("corrupt_scene", f"{chunk}: {error}") from None
         key = scene["key"]
+        problem = camera_problem(scene["cameras"])
+        if problem is not None:
+            raise SceneRejected("invalid_cameras", f"{chunk}: scene {key!r}: {problem}")
         extrinsics, intrinsics = vector_to_cameras(scene["cameras"])
         context, target = self.sampler.sample(name or key, len(extrinsics), generator, step)
         fov = field_of_view(intrinsics).rad2deg()

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import safe_load
+
 # (output channels | "M" for a 2x2 max-pool) of torchvision's vgg16 `features`, truncated
 # after relu5_3 (index 29): the last pool is never used by LPIPS.
 VGG16_LAYOUT = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512]
@@ -157,11 +159,11 @@ def _missing_weights_error(path: Path, what: str, url: str) -> FileNotFoundError
 
 def _load_state(path: Path) -> dict[str, Tensor]:
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # unreadable or pickled with arbitrary objects
-        raise ValueError(f"torch.load(weights_only=True) cannot read it: {error}") from error
+        state = safe_load.load(path, "LPIPS weight file")
+    except safe_load.FileLoadError as error:  # unreadable, or pickled with arbitrary objects
+        raise ValueError(str(error)) from error
     if not isinstance(state, dict):
-        raise ValueError(f"it must hold a state_dict (a dict of tensors), got {type(state)}")
+        raise ValueError(f"LPIPS weight file {path} must hold a state_dict (a dict of tensors), got {type(state)}")
     return state
 
 
@@ -186,8 +188,9 @@ def load_lpips(weights_dir: str | Path, device: torch.device | str | None = None
         )
     model = LPIPS()
     for prefix, path in (("features.", vgg_path), ("lin", lin_path)):
+        state = _load_state(path)
         try:
-            model.copy_buffers(prefix, _load_state(path))
+            model.copy_buffers(prefix, state)
         except ValueError as error:
             raise ValueError(f"bad LPIPS weight file {path}: {error}") from error
     model.is_loaded = True

@@ -6,6 +6,8 @@ from typing import Mapping
 import torch
 from torch import Tensor, nn
 
+from ... import safe_load
+
 UNIMATCH_KEY = "model.encoder.unimatch_weights_path"
 
 
@@ -58,7 +60,10 @@ def load_unimatch_backbone(encoder: nn.Module, path: str) -> None:
             f"checkpoints/, point {UNIMATCH_KEY} at it, or set {UNIMATCH_KEY}=null to start the "
             "backbone from random init."
         )
-    checkpoint = torch.load(file, map_location="cpu", weights_only=True)
+    try:
+        checkpoint = safe_load.load(file, f"UniMatch weights ({UNIMATCH_KEY})")
+    except safe_load.FileLoadError as error:
+        raise ValueError(str(error)) from error
     if not isinstance(checkpoint, Mapping) or "model" not in checkpoint:
         raise ValueError(f"{path} ({UNIMATCH_KEY}) is not a UniMatch checkpoint: expected a dict with a 'model' entry")
     backbone = encoder.backbone
