@@ -51,8 +51,8 @@ def test_demo_figures_from_a_run_and_its_test_outputs(tmp_path):
     main([str(run_dir), "--test-dir", str(test_dir), "--out", str(out)])
     comparison = Image.open(out / "demo_comparison.png")
     curve = Image.open(out / "demo_training_curve.png")
-    # 5 labelled rows of 32-px (2x zoomed) images plus the caption line; a label column left of the images.
-    assert comparison.height > 5 * 32 + 16 and comparison.width > 2 * 32 + 30
+    # 5 labelled rows of 16-px images zoomed to 96 px, the caption line, a label column left of the images.
+    assert comparison.height > 5 * 96 + 16 and comparison.width > 2 * 96 + 30
     assert curve.width >= 600 and curve.height >= 200
     pixels = np.asarray(comparison.convert("L"))
     assert (pixels[20:, :30] < 128).any()  # the row labels are drawn

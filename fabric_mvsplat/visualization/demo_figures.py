@@ -147,8 +147,10 @@ def _load(folder: Path) -> tuple[list[int], torch.Tensor | None]:
     return [int(f.stem) for f in files], torch.stack(images)
 
 
-def scene_figure(scene_dir: Path, near: float, far: float, caption: str | None = None, zoom: int = 2) -> Image.Image:
-    """The labelled comparison of one scene test mode saved (context/, ground_truth/, color/, depth/...)."""
+def scene_figure(scene_dir: Path, near: float, far: float, caption: str | None = None,
+                 zoom: int | None = None) -> Image.Image:
+    """The labelled comparison of one scene test mode saved (context/, ground_truth/, color/, depth/...);
+    images are enlarged `zoom` times (default: to at least 96 px high) with nearest neighbour."""
     _, context = _load(scene_dir / "context")
     _, target = _load(scene_dir / "ground_truth")
     _, rendered = _load(scene_dir / "color")
@@ -157,6 +159,7 @@ def scene_figure(scene_dir: Path, near: float, far: float, caption: str | None =
     if context is None or target is None or rendered is None:
         raise FileNotFoundError(f"{scene_dir} lacks context/, ground_truth/ or color/ PNGs: run test mode with "
                                 "test.save_image=true (the default)")
+    zoom = zoom if zoom is not None else max(1, math.ceil(96 / context.shape[-2]))
     if zoom > 1:  # nearest-neighbour: the pixels stay the model's pixels
         context, target, rendered, depth, depth_truth = (
             None if x is None else x.repeat_interleave(zoom, -1).repeat_interleave(zoom, -2)
