@@ -104,3 +104,23 @@ def test_depth_errors_follow_their_definitions_and_skip_uncovered_pixels():
     assert delta.item() == pytest.approx(0.5)  # 3/2 = 1.5 fails, 4/4 passes
     nothing, _ = compute_depth_errors(truth, predicted, torch.zeros_like(alpha))
     assert math.isnan(nothing.item())
+
+
+def test_validation_logs_depth_errors_where_the_scene_has_ground_truth(tmp_path):
+    from fabric_mvsplat.data import StepTracker, ValidationSource
+    from fabric_mvsplat.model.wrapper import build_model
+    from loop_fixtures import compose_cfg
+
+    generate_synthetic_dataset(tmp_path, train_scenes=1, test_scenes=1, frames=24, height=32, width=32, seed=6,
+                               progress=False)
+    cfg = compose_cfg(["+experiment=demo", f"dataset.roots=[{tmp_path}]", "dataset.image_shape=[32,32]",
+                       "model.encoder.d_feature=32", "model.encoder.num_depth_candidates=8",
+                       "model.encoder.costvolume_unet_feat_dim=32", "train.video_frames=2"])
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    batch = next(ValidationSource(cfg.dataset, cfg.data_loader.val, StepTracker(), cfg.seed))
+    assert batch["target"]["depth"].shape == (1, 4, 32, 32)  # the bounded sampler's 4 targets, with depth
+    output = model.validation_step(batch, global_step=0)
+    assert 0 <= output.scalars["val/depth_abs_rel"] and 0 <= output.scalars["val/depth_delta_1_25"] <= 1
+    del batch["target"]["depth"]  # a scene without ground truth omits them
+    assert "val/depth_abs_rel" not in model.validation_step(batch, global_step=0).scalars
