@@ -147,7 +147,7 @@ def _load(folder: Path) -> tuple[list[int], torch.Tensor | None]:
     return [int(f.stem) for f in files], torch.stack(images)
 
 
-def scene_figure(scene_dir: Path, near: float, far: float, caption: str | None = None,
+def scene_figure(scene_dir: Path, near: float, far: float, caption: list[str] | None = None,
                  zoom: int | None = None) -> Image.Image:
     """The labelled comparison of one scene test mode saved (context/, ground_truth/, color/, depth/...);
     images are enlarged `zoom` times (default: to at least 96 px high) with nearest neighbour."""
@@ -166,7 +166,7 @@ def scene_figure(scene_dir: Path, near: float, far: float, caption: str | None =
             for x in (context, target, rendered, depth, depth_truth))
     grid = comparison_grid(context, target, rendered, depth, (near, far) if depth is not None else None, depth_truth)
     if caption:
-        grid = vcat([text_image([caption], 16, grid.shape[-1]), grid], gap=2)
+        grid = vcat([text_image(caption, 14 * len(caption), grid.shape[-1]), grid], gap=2)
     return Image.fromarray((grid.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy())
 
 
@@ -194,10 +194,10 @@ def main(argv: list[str] | None = None) -> None:
     caption = None
     entry = next((s for s in scores if s["scene"] == scene), None)
     if entry is not None:
-        caption = (f"held-out scene {scene}: PSNR {entry['psnr']:.1f} dB "
-                   f"(nearest context {entry['psnr_nearest_context']:.1f})")
+        caption = [f"held-out scene {scene}",
+                   f"PSNR {entry['psnr']:.1f} dB (nearest context {entry['psnr_nearest_context']:.1f})"]
         if entry.get("depth_abs_rel") is not None:
-            caption += f", depth AbsRel {entry['depth_abs_rel']:.3f}"
+            caption.append(f"depth AbsRel {entry['depth_abs_rel']:.3f}")
     scene_figure(args.test_dir / scene, near, far, caption).save(args.out / "demo_comparison.png", optimize=True)
     print(f"wrote {args.out / 'demo_comparison.png'} and {args.out / 'demo_training_curve.png'}")
 
