@@ -138,6 +138,20 @@ def autocast(device: str, precision: str) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
+@contextlib.contextmanager
+def training_matmul_precision(device: str | torch.device) -> Iterator[None]:
+    """CUDA cases run with TF32 matmuls, as train.py sets them for training; CPU cases are left alone."""
+    if torch.device(device).type != "cuda":
+        yield
+        return
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(previous)
+
+
 def synchronize(device: str | torch.device) -> None:
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
@@ -237,7 +251,8 @@ def peak_memory(benchmark) -> Callable[[str], contextlib.AbstractContextManager[
 # ---- the timing helper ----------------------------------------------------------------------
 @pytest.fixture
 def bench(benchmark, request: pytest.FixtureRequest, peak_memory):
-    """Time `fn()` with warm-up, CUDA sync and peak memory; returns fn's last output.
+    """Time `fn()` with warm-up, CUDA sync and peak memory (TF32 matmuls on CUDA, as training); returns
+    fn's last output.
 
     items/unit: work per call for throughput (e.g. items=3, unit="views" -> views/s).
     paper: a key of PAPER_SECONDS; the reference is paper_count x that figure.
@@ -258,13 +273,14 @@ def bench(benchmark, request: pytest.FixtureRequest, peak_memory):
                 output[0] = fn()
             synchronize(device)
 
-        if not benchmark.disabled:
-            for _ in range(warmup):
-                if setup is not None:
-                    setup()
-                timed()
-        with peak_memory(device):
-            benchmark.pedantic(timed, setup=setup, rounds=rounds, iterations=1, warmup_rounds=0)
+        with training_matmul_precision(device):
+            if not benchmark.disabled:
+                for _ in range(warmup):
+                    if setup is not None:
+                        setup()
+                    timed()
+            with peak_memory(device):
+                benchmark.pedantic(timed, setup=setup, rounds=rounds, iterations=1, warmup_rounds=0)
 
         extra: dict[str, Any] = {"device": device, "precision": precision, **info}
         if items is not None:
@@ -290,7 +306,7 @@ ENCODER_SIZES = {"small": SMALL_ENCODER, "re10k": []}
 @pytest.fixture(scope="session")
 def lpips_weights_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Random LPIPS-VGG weights in the real files' format: the re10k loss costs the same with them."""
-    from fabric_mvsplat.evaluation.lpips import write_lpips_test_weights
+    from tests.lpips_test_weights import write_lpips_test_weights
 
     path = tmp_path_factory.mktemp("lpips")
     write_lpips_test_weights(path, seed=0)

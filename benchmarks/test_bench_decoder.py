@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from fabric_mvsplat.model.decoder import render
-from fabric_mvsplat.model.decoder.dense_reference import render_dense
-from fabric_mvsplat.model.decoder.synthetic_scenes import look_at_cameras, pixel_aligned_scene
-from fabric_mvsplat.model.types import Gaussians
+from tests.dense_reference import render_dense
+from tests.synthetic_scenes import look_at_cameras, pixel_aligned_scene
+from fabric_mvsplat.types import Gaussians
 
 TARGET_VIEWS = 4
 CONTEXT_VIEWS = 2

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from benchmarks.conftest import make_batch
-from fabric_mvsplat.model.types import StepOutput
+from fabric_mvsplat.types import StepOutput
 
 LOOPS = ["bare", "fabric", "fabric-log50", "lightning"]
 # Two tiny lengths separate fit's fixed cost (writer, progress bar, barrier) from its per-step cost.
@@ -95,9 +95,9 @@ def build(model_name: str, make_cfg, device: str, steps: int, log_every: int):
     if model_name.startswith("tiny"):
         model = TinyModel()
     else:
-        from fabric_mvsplat.model.wrapper import build_model
+        from fabric_mvsplat.train import make_model
 
-        model = build_model(cfg)
+        model = make_model(cfg)
     model = model.to(device)
     stream = InMemoryStream([make_batch(1, 2, 4, IMAGE, device) for _ in range(2)])
     return cfg, model, stream

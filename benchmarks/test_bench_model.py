@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from benchmarks.conftest import autocast, make_batch, synchronize
-from fabric_mvsplat.model.types import Gaussians
+from fabric_mvsplat.types import Gaussians
 
 # name -> (encoder size, image side, batch); small-32 is the smoke-run size, the rest are `large`.
 INFERENCE_SIZES = {"small-32": ("small", 32, 1), "small-64": ("small", 64, 1), "re10k-256": ("re10k", 256, 1)}
@@ -39,11 +39,11 @@ def skip_big_on_cpu(size: str, device: str) -> None:
 
 
 def build(make_cfg, encoder: str, image: int, device: str, extra: list[str] = ()):
-    from fabric_mvsplat.model.wrapper import build_model
+    from fabric_mvsplat.train import make_model
 
     torch.manual_seed(0)
     cfg = make_cfg(encoder, image=image, extra=list(extra))
-    return cfg, build_model(cfg).to(device)
+    return cfg, make_model(cfg).to(device)
 
 
 def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -31,16 +31,13 @@ import torch
 from torch import nn
 
 from . import safe_load
+from .errors import CheckpointError  # noqa: F401 (raised here, imported from here by callers)
 
 CHECKPOINT_NAME = re.compile(r"^epoch_(\d+)-step_(\d+)\.ckpt$")
 LIGHTNING_VERSION = "2.2.4"  # the original's pin; Lightning's loader reads this key
 CONTENT_HASH_KEY = "content_sha256"  # {top-level key: SHA-256 of its content}, checked by load_file
 TEMPORARY_SUFFIX = ".tmp"  # `.<name>.ckpt.tmp` while a write is in progress
 
-
-class CheckpointError(RuntimeError):
-    """A checkpoint file is missing, corrupt, refused by weights_only, does not fit the model, or cannot be
-    written (disk full)."""
 
 
 def checkpoint_path(directory: Path, epoch: int, step: int) -> Path:

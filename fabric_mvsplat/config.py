@@ -10,22 +10,20 @@ chosen by their `name` field, other unions by the first member that accepts the 
 import dataclasses
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, Union
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .data.config import DataLoaderCfg, DatasetCfg
 from .errors import ConfigError
-from .model.decoder.config import DecoderSplattingCudaCfg
-from .model.encoder.config import EncoderCostVolumeCfg
-from .model.loss_config import LossCfg
-
-
-@dataclass
-class ModelCfg:
-    encoder: EncoderCostVolumeCfg
-    decoder: DecoderSplattingCudaCfg
+from .model.config import ModelCfg
+from .metrics.lpips import find_weight_files
+from .model.encoder.config import VisualizerCfg
+from .model.loss_config import LossCfg, check_losses
 
 
 @dataclass
@@ -46,7 +44,7 @@ class CheckpointingCfg:
     load: str | None = None
     every_n_train_steps: int = 20000
     save_top_k: int = -1
-    pretrained_model: str | None = None  # declared but unused, as in the original
+    pretrained_model: str | None = None  # declared but unused, as in the original (warns when set)
     resume: bool = True
     allow_unsafe_load: bool = False
 
@@ -167,10 +165,90 @@ class RootCfg:
 
 
 def load_config(dict_config: DictConfig | dict) -> RootCfg:
-    """Hydra's composed config -> RootCfg, or ConfigError naming the full key path."""
+    """Hydra's composed config -> RootCfg, or ConfigError naming the full key path.
+
+    `train.main` then calls `check_before_work`, which checks what would otherwise fail late: keys that
+    depend on each other across groups and the files the config points at (kept apart so that a config
+    can be composed and inspected on a machine without those files).
+    """
     if isinstance(dict_config, DictConfig):
         dict_config = OmegaConf.to_container(dict_config, resolve=True)
-    return from_dict(RootCfg, dict_config)
+    cfg = from_dict(RootCfg, dict_config)
+    warn_about_keys_without_effect(cfg)
+    return cfg
+
+
+# The literal the loop accepts for `checkpointing.load`: the newest checkpoint in output_dir/checkpoints.
+LATEST_CHECKPOINT = "latest"
+
+
+def check_before_work(cfg: RootCfg) -> None:
+    """What would otherwise fail after output is written: cross-group combinations and the files the config
+    names (ConfigError, or MissingWeightsError for LPIPS files)."""
+    training = cfg.mode == "train"
+    if cfg.output_dir is None:
+        raise ConfigError("output_dir", None, "a folder for the run's files (the default is outputs/<date>/<time>)")
+    num_context_views = getattr(cfg.dataset.view_sampler, "num_context_views", None)
+    if num_context_views is not None and num_context_views < 2:
+        raise ConfigError("dataset.view_sampler.num_context_views", num_context_views,
+                          "at least 2: the cost-volume encoder matches every context view against another")
+    if cfg.model.decoder.backend == "gsplat" and (cfg.trainer.accelerator in ("cpu", "mps")
+                                                  or not torch.cuda.is_available()):
+        raise ConfigError("model.decoder.backend", "gsplat",
+                          f"'auto' or 'torch' here: gsplat renders only on CUDA (trainer.accelerator="
+                          f"{cfg.trainer.accelerator}, cuda available: {torch.cuda.is_available()}); "
+                          "set model.decoder.backend=auto")
+    view_sampler = cfg.dataset.view_sampler
+    if view_sampler.name == "evaluation" and not Path(view_sampler.index_path).is_file():
+        raise ConfigError("dataset.view_sampler.index_path", view_sampler.index_path,
+                          "an existing evaluation index JSON (e.g. assets/evaluation_index_re10k.json, "
+                          "relative to the directory you run from)")
+    if training:
+        check_losses(cfg.loss)
+        if cfg.loss.depth is not None and cfg.train.depth_mode != "log":
+            raise ConfigError("train.depth_mode", cfg.train.depth_mode,
+                              "log while the depth loss is enabled (it smooths the rendered log depth), "
+                              "or no depth loss: add ~loss.depth")
+        if cfg.loss.lpips is not None:
+            find_weight_files(cfg.loss.lpips.weights)
+        unimatch = cfg.model.encoder.unimatch_weights_path
+        if cfg.checkpointing.load is None and unimatch is not None and not Path(unimatch).is_file():
+            raise ConfigError("model.encoder.unimatch_weights_path", unimatch,
+                              "an existing file (download gmdepth-scale1-resumeflowthings-scannet-5d9d7964.pth "
+                              "from the UniMatch model zoo), or null to start the backbone from random init")
+    if cfg.test.lpips_weights is not None:
+        find_weight_files(cfg.test.lpips_weights)
+    load = cfg.checkpointing.load
+    if load is not None and load != LATEST_CHECKPOINT and not Path(load).is_file():
+        raise ConfigError("checkpointing.load", load,
+                          f"an existing checkpoint file, '{LATEST_CHECKPOINT}' (the newest in output_dir) "
+                          "or null (start from scratch)")
+
+
+# Keys the original accepts that change nothing here: (the values main.yaml ships, why they have no effect).
+KEYS_WITHOUT_EFFECT = {
+    "data_loader.train.persistent_workers": ((True,), "the train stream keeps its workers for the whole run"),
+    "data_loader.val.persistent_workers": ((True,), "validation reads its scenes in the training process"),
+    "data_loader.val.num_workers": ((0, 1), "validation reads its scenes in the training process"),
+    "data_loader.test.persistent_workers": ((False,), "the test loader makes one pass"),
+    "train.extended_visualization": ((False,), "the original's extended visualisation is not implemented"),
+    "checkpointing.pretrained_model": ((None,), "unused in the original too; fine-tune with "
+                                                "checkpointing.load=PATH checkpointing.resume=false"),
+    "model.encoder.visualizer": ((dataclasses.asdict(VisualizerCfg()),), "the original's encoder visualiser "
+                                                                         "is disabled there too"),
+}
+
+
+def warn_about_keys_without_effect(cfg: RootCfg) -> None:
+    """One warning per key that is set away from its default but does nothing."""
+    for key, (defaults, reason) in KEYS_WITHOUT_EFFECT.items():
+        value = cfg
+        for part in key.split("."):
+            value = getattr(value, part)
+        if dataclasses.is_dataclass(value):
+            value = dataclasses.asdict(value)
+        if value not in defaults:
+            warnings.warn(f"config key '{key}' = {value!r} has no effect: {reason}", UserWarning, stacklevel=2)
 
 
 def from_dict(cls: type, data: Any, path: str = "") -> Any:

@@ -1,9 +1,20 @@
-"""Errors that name what is wrong and how to fix it."""
+"""Errors that name what is wrong and how to fix it.
+
+Every mistake a user can make in the config or in the files it points at raises a `UserError`;
+`train.main` catches it once, prints its one line and exits with code 2. Anything else is a bug and
+keeps its traceback. The subclasses also derive from the builtin a caller would expect
+(ValueError, FileNotFoundError, ...), so `except ValueError` keeps working.
+"""
 
 from typing import Any
 
 
-class ConfigError(ValueError):
+class UserError(Exception):
+    """A mistake the user fixes in the config or the files: the message names the key or file, the value
+    and the fix."""
+
+
+class ConfigError(UserError, ValueError):
     """A config value is missing, unknown, of the wrong type or impossible.
 
     Raised with the key relative to the dataclass being built (e.g. ``max_steps``); the
@@ -17,6 +28,23 @@ class ConfigError(ValueError):
     def with_prefix(self, prefix: str) -> "ConfigError":
         key = f"{prefix}.{self.key}" if prefix else self.key
         return ConfigError(key, self.value, self.allowed)
+
+
+class CheckpointError(UserError, RuntimeError):
+    """A checkpoint file is missing, corrupt, refused by weights_only, does not fit the model, or cannot be
+    written (disk full)."""
+
+
+class DatasetError(UserError, FileNotFoundError):
+    """A dataset root has no usable chunks, or its index points to missing files."""
+
+
+class WeightsError(UserError, ValueError):
+    """A pretrained-weights file (UniMatch backbone, LPIPS VGG and heads) is unreadable or does not fit."""
+
+
+class MissingWeightsError(WeightsError, FileNotFoundError):
+    """A pretrained-weights file the config points at does not exist."""
 
 
 class EmptyEvaluationError(RuntimeError):

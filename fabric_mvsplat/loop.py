@@ -8,8 +8,6 @@ Under DDP every rank runs the same loop on different scenes. Validation and file
 rank 0 only; the other ranks wait at a barrier, so a collective is never entered by one rank alone.
 """
 
-import os
-import sys
 import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -21,6 +19,7 @@ from tqdm import tqdm
 
 from .checkpoint import capture_rng, checkpoint_path, make_checkpoint, restore_rng, rotate, save_atomically
 from .config import ProfileCfg, RootCfg
+from .distributed import gather_objects, show_progress_bar
 from .tb_logging import RankZeroWriter
 
 
@@ -172,14 +171,6 @@ def stop_if_not_finite(fabric: Fabric, loss: torch.Tensor, step: int, batch: dic
     )
 
 
-def gather_objects(fabric: Fabric, obj) -> list:
-    if fabric.world_size == 1:
-        return [obj]
-    gathered = [None] * fabric.world_size
-    torch.distributed.all_gather_object(gathered, obj)
-    return gathered
-
-
 @contextmanager
 def preserved_rng():
     state = capture_rng()
@@ -187,11 +178,6 @@ def preserved_rng():
         yield
     finally:
         restore_rng(state)
-
-
-def show_progress_bar() -> bool:
-    """A bar only for a person at a terminal; CI logs and files get the console lines alone."""
-    return sys.stderr.isatty() and not os.environ.get("CI")
 
 
 class Throughput:

@@ -6,6 +6,7 @@ model, optimizer and scheduler are built here and handed to `loop.fit` (mode=tra
 environment and every rank runs this same file.
 """
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -15,23 +16,24 @@ import torch
 from lightning_fabric import Fabric
 from omegaconf import DictConfig, OmegaConf
 
-from .config import OptimizerCfg, RootCfg, TrainerCfg, load_config
-from .errors import ConfigError, EmptyEvaluationError
+from .config import OptimizerCfg, RootCfg, TrainerCfg, check_before_work, load_config
+from .errors import ConfigError, EmptyEvaluationError, UserError
 
 # The Hydra configs ship inside the package, so a plain `pip install .` finds them from any directory.
 CONFIG_DIR = str(Path(__file__).resolve().parent / "configs")
+log = logging.getLogger(__name__)
 
 
 @hydra.main(version_base=None, config_path=CONFIG_DIR, config_name="main")
 def main(dict_config: DictConfig) -> None:
+    """The one place user errors end: one line naming the key or file, the value and the fix; exit code 2."""
     try:
         cfg = load_config(dict_config)
-    except ConfigError as error:
+        check_before_work(cfg)
+        run(cfg, Path(cfg.output_dir), config_yaml=OmegaConf.to_yaml(dict_config, resolve=True))
+    except UserError as error:
         print(f"fabric_mvsplat: {error}", file=sys.stderr)
         sys.exit(2)
-    output_dir = cfg.output_dir or hydra.core.hydra_config.HydraConfig.get().runtime.output_dir
-    try:
-        run(cfg, Path(output_dir), config_yaml=OmegaConf.to_yaml(dict_config, resolve=True))
     except EmptyEvaluationError as error:  # every rank raises it together, after the results are written
         print(f"fabric_mvsplat: {error}", file=sys.stderr)
         sys.exit(3)
@@ -44,16 +46,20 @@ def run(cfg: RootCfg, output_dir: Path, config_yaml: str | None = None):
         torch.set_float32_matmul_precision("high")  # TF32 matmuls, as the original
     fabric = make_fabric(cfg.trainer)
     fabric.launch()
+    from .model.decoder.gsplat_build import prepare_gsplat
+
+    prepare_gsplat(fabric, cfg.model.decoder.backend)  # local rank 0 builds gsplat's kernels first, if used
     prepare_data(fabric, cfg)
     # Each rank may have composed its own time-stamped Hydra directory; rank 0's wins.
     output_dir = Path(fabric.broadcast(str(output_dir), src=0))
-    seed_everything(cfg.seed + fabric.global_rank)  # per-rank seeds, as the original
+    fabric.seed_everything(cfg.seed + fabric.global_rank)  # per-rank seeds, as the original
     if fabric.global_rank == 0:
         output_dir.mkdir(parents=True, exist_ok=True)
         if config_yaml is not None:
             # A test run into a training run's folder must not overwrite that run's config.
             (output_dir / ("config.yaml" if cfg.mode == "train" else "config_test.yaml")).write_text(config_yaml)
-        fabric.print(f"output directory: {output_dir}")
+        # Through logging, so that under Hydra the line also lands in output_dir/train.log.
+        log.info(f"output directory: {output_dir}")
         if cfg.mode == "train":  # only the run that writes checkpoints here may delete half-written ones
             from .checkpoint import remove_stray_temporaries
 
@@ -70,10 +76,10 @@ def refuse_to_mix_runs(cfg: RootCfg, output_dir: Path) -> None:
     starts_fresh = cfg.mode == "train" and not (cfg.checkpointing.load is not None and cfg.checkpointing.resume)
     existing = sorted(Path(output_dir, "checkpoints").glob("*.ckpt")) if starts_fresh else []
     if existing:
-        print(f"fabric_mvsplat: output_dir {output_dir} already holds checkpoints of an earlier run "
-              f"({', '.join(p.name for p in existing[:3])}). Resume it with checkpointing.load={existing[-1]}, "
-              "or start a new run in another output_dir=..., or delete that folder.", file=sys.stderr)
-        sys.exit(2)
+        raise ConfigError("output_dir", str(output_dir),
+                          f"a folder without an earlier run's checkpoints; it already holds checkpoints "
+                          f"({', '.join(p.name for p in existing[:3])}): resume it with checkpointing.load="
+                          f"{existing[-1]}, or start a new run in another output_dir=..., or delete that folder")
 
 
 def shut_down(fabric: Fabric) -> None:
@@ -86,9 +92,7 @@ def shut_down(fabric: Fabric) -> None:
 def run_training(fabric: Fabric, cfg: RootCfg, output_dir: Path) -> dict:
     from .data import StepTracker, ValidationSource, make_train_stream
     from .loop import fit
-    from .model.wrapper import build_model
-
-    model = build_model(cfg)
+    model = make_model(cfg)
     step_tracker = StepTracker()
     train_stream = make_train_stream(cfg.dataset, cfg.data_loader.train, step_tracker,
                                      fabric.global_rank, fabric.world_size, cfg.seed)
@@ -131,32 +135,46 @@ def run_test_mode(fabric: Fabric, cfg: RootCfg, output_dir: Path):
     from .checkpoint import load_weights
     from .data import make_test_loader
     from .evaluation.test import run_test
-    from .model.wrapper import build_model
-
-    model = build_model(cfg)
+    model = make_model(cfg)
     load_weights(model, cfg.checkpointing.load, cfg.checkpointing.allow_unsafe_load)
     model = fabric.to_device(model).eval()
     test_loader = make_test_loader(cfg.dataset, cfg.data_loader.test, fabric.global_rank, fabric.world_size)
     return run_test(fabric, cfg, model, test_loader)
 
 
+def make_model(cfg: RootCfg):
+    """The model for `cfg.mode`, from its config slices: losses only when training, the UniMatch
+    backbone only when training from scratch."""
+    from .model.wrapper import build_model
+
+    training = cfg.mode == "train"
+    return build_model(
+        cfg.model, cfg.loss if training else None,
+        num_context_views=getattr(cfg.dataset.view_sampler, "num_context_views", 2),
+        background_color=cfg.dataset.background_color, depth_mode=cfg.train.depth_mode,
+        video_frames=cfg.train.video_frames, lpips_weights=cfg.test.lpips_weights,
+        load_unimatch_backbone=training and cfg.checkpointing.load is None,
+    )
+
+
 def prepare_data(fabric: Fabric, cfg: RootCfg) -> None:
-    """Generate the synthetic dataset if asked (rank 0), then stop on missing or empty dataset roots."""
+    """Generate the synthetic dataset if asked (rank 0 first, the others wait), then stop on missing or empty
+    dataset roots."""
+    if cfg.dataset.synthetic_if_missing:
+        from .data.synthetic import ensure_synthetic_dataset
+
+        with fabric.rank_zero_first():  # the other ranks then find the chunks in place and generate nothing
+            ensure_synthetic_dataset(Path(cfg.dataset.roots[0]), progress=sys.stderr.isatty())
+    check_dataset(cfg)
+
+
+def check_dataset(cfg: RootCfg) -> None:
+    """DatasetError (naming dataset.roots and the folder) when a stage this run reads has no usable chunks."""
     from .data import check_dataset_roots
 
-    if cfg.dataset.synthetic_if_missing:
-        if fabric.global_rank == 0:
-            from .data.synthetic import ensure_synthetic_dataset
-
-            ensure_synthetic_dataset(Path(cfg.dataset.roots[0]), progress=sys.stderr.isatty())
-        fabric.barrier()
     stages = ["test"] if cfg.mode == "test" else ["train"] + (["val"] if cfg.trainer.val_check_interval else [])
-    try:
-        for stage in stages:
-            check_dataset_roots(cfg.dataset, stage)
-    except FileNotFoundError as error:
-        print(f"fabric_mvsplat: dataset.roots={cfg.dataset.roots}: {error}", file=sys.stderr)
-        sys.exit(2)
+    for stage in stages:
+        check_dataset_roots(cfg.dataset, stage)
 
 
 def make_fabric(trainer: TrainerCfg) -> Fabric:
@@ -197,17 +215,6 @@ def make_scheduler(cfg: OptimizerCfg, max_steps: int, optimizer: torch.optim.Opt
         )
     warm_up = cfg.warm_up_steps
     return torch.optim.lr_scheduler.LinearLR(optimizer, 1 / warm_up, 1.0, total_iters=warm_up)
-
-
-def seed_everything(seed: int) -> None:
-    """torch (CPU and CUDA), python and numpy, from one per-rank seed."""
-    import random
-
-    import numpy as np
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from fabric_mvsplat.config import RootCfg, load_config
-from fabric_mvsplat.model.types import StepOutput, ValidationOutput
+from fabric_mvsplat.types import StepOutput, ValidationOutput
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "fabric_mvsplat" / "configs"
 FEATURES = 8
@@ -141,12 +141,12 @@ def train_tiny(cfg: RootCfg, output_dir: Path, fabric=None, **model_kwargs):
     The model is built after seeding, as in train.py; model_kwargs go to TinyModel.
     """
     from fabric_mvsplat.loop import fit
-    from fabric_mvsplat.train import make_fabric, prepare_training, seed_everything
+    from fabric_mvsplat.train import make_fabric, prepare_training
 
     if fabric is None:
         fabric = make_fabric(cfg.trainer)
         fabric.launch()
-    seed_everything(cfg.seed + fabric.global_rank)
+    fabric.seed_everything(cfg.seed + fabric.global_rank)
     model = TinyModel(**model_kwargs)
     stream = TinyTrainStream(fabric.global_rank, cfg.data_loader.train.batch_size)
     val_source = OneSceneValidationSource() if fabric.global_rank == 0 else None
@@ -207,7 +207,7 @@ def ddp_worker(data_root: Path, output_dir: Path, results_dir: Path) -> None:
     from fabric_mvsplat.data import StepTracker, make_train_stream
     from fabric_mvsplat.data.config import DataLoaderStageCfg
     from fabric_mvsplat.loop import fit
-    from fabric_mvsplat.train import make_fabric, prepare_training, seed_everything, shut_down
+    from fabric_mvsplat.train import make_fabric, prepare_training, shut_down
     from test_data_fixtures import dataset_cfg
 
     rank = int(os.environ["RANK"])
@@ -232,7 +232,7 @@ def ddp_worker(data_root: Path, output_dir: Path, results_dir: Path) -> None:
                       "checkpointing.every_n_train_steps": 3, "checkpointing.save_top_k": 1})
     fabric = make_fabric(cfg.trainer)
     fabric.launch()
-    seed_everything(cfg.seed + fabric.global_rank)
+    fabric.seed_everything(cfg.seed + fabric.global_rank)
     model = TinyModel()
     tracker = StepTracker()
     stream = RealSceneFeatures(make_train_stream(

@@ -1,22 +1,18 @@
 """`python -m benchmarks.report` turns pytest-benchmark JSON into the README's markdown table."""
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import load_by_path
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_report_module():
-    # benchmarks/ is not an installed package; load it by path so plain `pytest` works too.
-    spec = importlib.util.spec_from_file_location("bench_report", ROOT / "benchmarks" / "report.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_by_path("benchmarks/report.py", "bench_report")
 
 
 def entry(name: str, params: dict, mean: float, extra: dict) -> dict:

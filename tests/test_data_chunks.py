@@ -9,7 +9,8 @@ import torch
 from fabric_mvsplat.data import StepTracker, check_dataset_roots, make_train_stream, read_chunk
 from fabric_mvsplat.data.chunk_io import cameras_to_vector, decode_image, encode_image, vector_to_cameras, write_chunks
 from fabric_mvsplat.data.config import DataLoaderStageCfg
-from fabric_mvsplat.data.shims import crop_intrinsics, field_of_view, scaled_shape
+from fabric_mvsplat.camera import crop_intrinsics, field_of_view
+from fabric_mvsplat.data.shims import scaled_shape
 from test_data_fixtures import POINT, dataset_cfg, make_scene, make_split, project, scene_cameras
 
 

@@ -1,6 +1,7 @@
 """Train stream sharding and exact resume, the validation source, the sharded test loader."""
 
 import json
+import multiprocessing
 from collections import Counter
 from itertools import islice
 
@@ -141,3 +142,27 @@ def test_overfit_to_scene_repeats_one_scene(tmp_path):
     assert all(b["scene"] == ["t001", "t001"] for b in batches)
     # overfit: contexts 0 and max_gap, which the kept bug has set to the minimum gap (3)
     assert all(b["context"]["index"][0].tolist() == [0, 3] for b in batches)
+
+
+def dataloader_workers() -> set[int]:
+    return {process.pid for process in multiprocessing.active_children()}
+
+
+def test_workers_end_when_a_worker_raises(tmp_path):
+    make_split(tmp_path / "train", 3, num_frames=3)  # too short for the sampler: every worker raises
+    before = dataloader_workers()
+    stream = make_train_stream(dataset_cfg(tmp_path), DataLoaderStageCfg(num_workers=2), StepTracker(), 0, 1, 0)
+    with pytest.raises(RuntimeError, match="view_sampler"):
+        next(iter(stream))
+    assert dataloader_workers() - before == set()
+
+
+def test_workers_end_when_the_caller_stops_reading(tmp_path):
+    make_split(tmp_path / "train", 4, scenes_per_chunk=2)
+    before = dataloader_workers()
+    batches = iter(make_train_stream(dataset_cfg(tmp_path), DataLoaderStageCfg(num_workers=2), StepTracker(),
+                                     0, 1, 0))
+    next(batches)
+    assert len(dataloader_workers() - before) == 2
+    batches.close()
+    assert dataloader_workers() - before == set()

@@ -9,7 +9,7 @@ from fabric_mvsplat.errors import ConfigError
 from fabric_mvsplat.model.decoder import DecoderSplatting, DecoderSplattingCudaCfg, render, resolve_backend
 from fabric_mvsplat.model.decoder.projection import pixel_intrinsics
 from fabric_mvsplat.model.decoder.sh import SH_C0, SH_C1, SH_C2, SH_C3, sh_to_color
-from fabric_mvsplat.model.types import Gaussians
+from fabric_mvsplat.types import Gaussians
 
 F64 = torch.float64
 

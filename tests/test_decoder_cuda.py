@@ -4,9 +4,17 @@ import pytest
 import torch
 
 from fabric_mvsplat.model.decoder import render
-from fabric_mvsplat.model.decoder.synthetic_scenes import look_at_cameras, random_gaussians
+from synthetic_scenes import look_at_cameras, random_gaussians
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA for the gsplat backend")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def gsplat_kernels():
+    """Build or load gsplat's kernels first: missing build tools fail here with what to install."""
+    from fabric_mvsplat.model.decoder.gsplat_build import load_gsplat_kernels
+
+    load_gsplat_kernels()
 
 
 @pytest.mark.parametrize("use_principal_point", [True, False])
@@ -36,6 +44,8 @@ def test_gsplat_matches_torch_backend(use_principal_point):
     assert (error <= 1e-4).float().mean() > 0.999, error.max()
     assert ((depth_t - depth_g).abs() <= 1e-4 * depth_t.abs().max()).float().mean() > 0.999
     for name, a, b in zip(("means", "covariances", "harmonics", "opacities"), grads_t, grads_g):
+        if name == "covariances":  # the model's covariances are symmetric: compare the symmetric part
+            a, b = 0.5 * (a + a.transpose(-1, -2)), 0.5 * (b + b.transpose(-1, -2))
         # Norm-relative, with room for float32 summation order and rare alpha-threshold flips.
         relative = (a - b).norm() / b.norm()
         assert relative <= 1e-3, f"{name}: relative gradient difference {relative:.2e}"

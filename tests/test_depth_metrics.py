@@ -10,9 +10,9 @@ from fabric_mvsplat.data import make_test_loader
 from fabric_mvsplat.data.chunk_io import DEPTH_KEY, DEPTH_UNIT, SCENE_KEYS, decode_depth, encode_depth, read_chunk
 from fabric_mvsplat.data.config import DataLoaderStageCfg, ViewSamplerEvaluationCfg
 from fabric_mvsplat.data.synthetic import generate_synthetic_dataset, random_scene, render_frame, scene_seed
-from fabric_mvsplat.evaluation.metrics import compute_depth_errors
+from fabric_mvsplat.metrics import compute_depth_errors
 from fabric_mvsplat.model.decoder.rendering import render
-from fabric_mvsplat.model.types import Gaussians
+from fabric_mvsplat.types import Gaussians
 from test_data_fixtures import dataset_cfg
 
 SIZE = 24

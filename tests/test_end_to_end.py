@@ -1,57 +1,22 @@
 """The real model on synthetic scenes: training steps, validation visuals, test mode, released checkpoints."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-
-from fabric_mvsplat.data import StepTracker, make_train_stream
-from fabric_mvsplat.data.synthetic import generate_synthetic_dataset
-from fabric_mvsplat.model.wrapper import build_model
+from conftest import demo_overrides, read_events, run_train, shared_path
 from loop_fixtures import compose_cfg
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-
-# A very small MVSplat at 32x32 so that each CLI run takes seconds on 2 cores.
-TINY_MODEL = [
-    "model.encoder.d_feature=32", "model.encoder.num_depth_candidates=8",
-    "model.encoder.costvolume_unet_feat_dim=32",
-    "model.encoder.gradient_checkpointing=false",
-]
-
-
-@pytest.fixture(scope="module")
-def synthetic_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("synthetic")
-    generate_synthetic_dataset(root, train_scenes=4, test_scenes=3, frames=24, height=32, width=32, seed=3,
-                               progress=False)
-    return root
-
-
-def demo_overrides(root: Path, *extra: str) -> list[str]:
-    return ["+experiment=demo", f"dataset.roots=[{root}]", "dataset.image_shape=[32,32]", *TINY_MODEL, *extra]
-
-
-def run_cli(overrides: list[str], cwd: Path, nproc: int = 1) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    launcher = [sys.executable, "-m", "fabric_mvsplat.train"]
-    if nproc > 1:
-        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-                    "-m", "fabric_mvsplat.train"]
-    result = subprocess.run([*launcher, *overrides], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-4000:]
-    return result
+from fabric_mvsplat.data import StepTracker, make_train_stream
+from fabric_mvsplat.errors import UserError
+from fabric_mvsplat.train import make_model, run
 
 
 def test_training_steps_reduce_the_loss_on_a_fixed_batch(synthetic_root):
     torch.manual_seed(0)
     cfg = compose_cfg(demo_overrides(synthetic_root))
-    model = build_model(cfg)
+    model = make_model(cfg)
     stream = make_train_stream(cfg.dataset, cfg.data_loader.train, StepTracker(), 0, 1, cfg.seed)
     batch = next(iter(stream))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -68,7 +33,7 @@ def test_training_steps_reduce_the_loss_on_a_fixed_batch(synthetic_root):
 
 def test_validation_step_gives_scores_a_comparison_image_and_videos(synthetic_root):
     cfg = compose_cfg(demo_overrides(synthetic_root, "train.video_frames=4"))
-    model = build_model(cfg).eval()
+    model = make_model(cfg).eval()
     stream = make_train_stream(cfg.dataset, cfg.data_loader.train, StepTracker(), 0, 1, cfg.seed)
     output = model.validation_step(next(iter(stream)), global_step=0)
     assert set(output.scalars) == {"val/psnr", "val/ssim"}  # no LPIPS weights configured
@@ -79,19 +44,8 @@ def test_validation_step_gives_scores_a_comparison_image_and_videos(synthetic_ro
     assert output.videos["wobble"].shape == (8, 3, 64, 32)
 
 
-def read_events(log_dir: Path):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    accumulator = EventAccumulator(str(log_dir), size_guidance={"images": 0, "scalars": 0})
-    accumulator.Reload()
-    return accumulator
-
-
-def test_demo_trains_validates_checkpoints_and_tests(synthetic_root, tmp_path):
-    run_dir = tmp_path / "run"
-    run_cli(demo_overrides(synthetic_root, f"output_dir={run_dir}", "trainer.max_steps=2",
-                           "trainer.val_check_interval=2", "checkpointing.every_n_train_steps=2",
-                           "train.video_frames=3", "train.print_log_every_n_steps=1"), cwd=tmp_path)
+def test_demo_trains_validates_and_checkpoints(demo_training):
+    cwd, run_dir = demo_training
     checkpoints = sorted((run_dir / "checkpoints").glob("*.ckpt"))
     assert [c.name for c in checkpoints] == ["epoch_0-step_2.ckpt"]
     state = torch.load(checkpoints[0], weights_only=True)
@@ -102,13 +56,13 @@ def test_demo_trains_validates_checkpoints_and_tests(synthetic_root, tmp_path):
     assert {"loss/mse", "loss/total", "train/psnr", "val/psnr", "val/ssim"} <= set(tags["scalars"])
     assert any("comparison" in tag for tag in tags["images"])
     assert any("interpolation" in tag for tag in tags["images"])  # tensorboardX stores videos as GIF images
+    # Hydra made no outputs/<date>/<time> of its own; its log is in output_dir with the run's config.
+    assert sorted(p.name for p in cwd.iterdir()) == ["run"]
+    assert (run_dir / "config.yaml").is_file() and f"output directory: {run_dir}" in (run_dir / "train.log").read_text()
 
-    out = tmp_path / "test_out"
-    run_cli(demo_overrides(synthetic_root, "mode=test", "dataset/view_sampler=evaluation",
-                           f"checkpointing.load={checkpoints[0]}", f"test.output_path={out}",
-                           "test.save_video=true", "test.save_gaussians=true", f"output_dir={tmp_path / 'test_run'}"),
-            cwd=tmp_path)
-    result_dir = out / "demo"
+
+def test_demo_test_mode_writes_scores_images_videos_and_gaussians(demo_test_run, synthetic_root):
+    result_dir = demo_test_run
     averages = json.loads((result_dir / "scores_all_avg.json").read_text())
     psnr = json.loads((result_dir / "scores_psnr_all.json").read_text())
     assert len(psnr) == 3 == averages["num_scenes"] and all(5 < p < 60 for p in psnr)
@@ -124,29 +78,21 @@ def test_demo_trains_validates_checkpoints_and_tests(synthetic_root, tmp_path):
         assert (result_dir / name).is_file()
 
 
-def test_test_mode_scores_are_identical_on_one_and_two_ranks(synthetic_root, tmp_path):
-    from fabric_mvsplat.checkpoint import save_atomically
-
-    torch.manual_seed(1)
-    cfg = compose_cfg(demo_overrides(synthetic_root))
-    checkpoint = tmp_path / "weights.ckpt"
-    save_atomically({"state_dict": build_model(cfg).state_dict(), "global_step": 0}, checkpoint)
-    scores = {}
-    for nproc in (1, 2):
-        out = tmp_path / f"out{nproc}"
-        run_cli(demo_overrides(synthetic_root, "mode=test", "dataset/view_sampler=evaluation",
-                               f"checkpointing.load={checkpoint}", f"test.output_path={out}",
-                               "test.save_image=false", f"output_dir={tmp_path / f'run{nproc}'}"),
-                cwd=tmp_path, nproc=nproc)
-        scores[nproc] = json.loads((out / "demo" / "scores_per_scene.json").read_text())
-    assert len(scores[1]) == 3
-    assert scores[1] == scores[2]
+def test_test_mode_scores_are_identical_on_one_and_two_ranks(synthetic_root, trained_checkpoint, demo_test_run,
+                                                             tmp_path):
+    one_rank = json.loads((demo_test_run / "scores_per_scene.json").read_text())
+    out = tmp_path / "out"
+    run_train(demo_overrides(synthetic_root, "mode=test", "dataset/view_sampler=evaluation",
+                             f"checkpointing.load={trained_checkpoint}", f"test.output_path={out}",
+                             "test.save_image=false", f"output_dir={tmp_path / 'run'}"),
+              cwd=tmp_path, nproc=2)
+    two_ranks = json.loads((out / "demo" / "scores_per_scene.json").read_text())
+    assert len(one_rank) == 3
+    assert two_ranks == one_rank
 
 
 def lightning_checkpoint_from_golden(path: Path) -> dict:
-    golden = SHARED / "golden" / "encoder_small"
-    if not golden.is_dir():
-        pytest.skip(f"golden tensors not found at {golden} (../shared is absent)")
+    golden = shared_path("golden", "encoder_small")
     state_dict = torch.load(golden / "state_dict.pt", weights_only=True)
     checkpoint = {"epoch": 3, "global_step": 1000, "pytorch-lightning_version": "2.2.4",
                   "state_dict": {f"encoder.{k}": v for k, v in state_dict.items()},
@@ -166,18 +112,13 @@ def test_original_lightning_checkpoint_loads_for_test_and_fine_tuning(synthetic_
     path = tmp_path / "released.ckpt"
     golden = lightning_checkpoint_from_golden(path)
     overrides = ["+experiment=demo", f"dataset.roots=[{synthetic_root}]", "dataset.image_shape=[32,32]", *GOLDEN_SMALL]
-    model = build_model(compose_cfg([*overrides, "mode=test", f"checkpointing.load={path}"]))
+    model = make_model(compose_cfg([*overrides, "mode=test", f"checkpointing.load={path}"]))
     load_weights(model, path)
-    for key, value in golden.items():
+    for key, value in golden.items():  # test mode builds and loads the model exactly so (train.run_test_mode)
         assert torch.equal(model.encoder.state_dict()[key], value), key
 
-    out = tmp_path / "out"
-    run_cli([*overrides, "mode=test", "dataset/view_sampler=evaluation", f"checkpointing.load={path}",
-             f"test.output_path={out}", "test.save_image=false", f"output_dir={tmp_path / 'test_run'}"], cwd=tmp_path)
-    assert len(json.loads((out / "demo" / "scores_psnr_all.json").read_text())) == 3
-
     run_dir = tmp_path / "finetune"
-    result = run_cli([*overrides, f"checkpointing.load={path}", "checkpointing.resume=false", "trainer.max_steps=1",
+    result = run_train([*overrides, f"checkpointing.load={path}", "checkpointing.resume=false", "trainer.max_steps=1",
                       "trainer.val_check_interval=null", "checkpointing.every_n_train_steps=1",
                       f"output_dir={run_dir}"], cwd=tmp_path)
     assert "loaded weights" in result.stdout
@@ -198,9 +139,9 @@ def test_three_context_views_in_test_mode(synthetic_root, tmp_path):
                                "dataset.view_sampler.num_context_views=3")
     checkpoint = tmp_path / "weights.ckpt"
     cfg = compose_cfg([*overrides, f"checkpointing.load={checkpoint}"])
-    torch.save({"state_dict": build_model(cfg).state_dict()}, checkpoint)
+    torch.save({"state_dict": make_model(cfg).state_dict()}, checkpoint)
     out = tmp_path / "out"
-    run_cli([*overrides, f"checkpointing.load={checkpoint}", f"test.output_path={out}", "test.save_image=false",
+    run_train([*overrides, f"checkpointing.load={checkpoint}", f"test.output_path={out}", "test.save_image=false",
              "test.save_gaussians=true", f"output_dir={tmp_path / 'run'}"], cwd=tmp_path)
     assert len(json.loads((out / "demo" / "scores_psnr_all.json").read_text())) == 3
     from fabric_mvsplat.model.ply_export import read_ply
@@ -224,11 +165,8 @@ def test_a_fresh_run_refuses_a_folder_with_another_runs_checkpoints(synthetic_ro
     run_dir = tmp_path / "run"
     (run_dir / "checkpoints").mkdir(parents=True)
     (run_dir / "checkpoints" / "epoch_4-step_300.ckpt").write_bytes(b"an earlier run")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    result = subprocess.run([sys.executable, "-m", "fabric_mvsplat.train",
-                             *demo_overrides(synthetic_root, f"output_dir={run_dir}", "trainer.max_steps=1")],
-                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 2
-    assert "already holds checkpoints" in result.stderr and "checkpointing.load=" in result.stderr
+    cfg = compose_cfg(demo_overrides(synthetic_root, f"output_dir={run_dir}", "trainer.max_steps=1"))
+    with pytest.raises(UserError, match="already holds checkpoints.*checkpointing.load="):
+        run(cfg, run_dir)  # main turns a UserError into one line and exit code 2 (test_user_errors)
     assert (run_dir / "checkpoints" / "epoch_4-step_300.ckpt").read_bytes() == b"an earlier run"
     assert not (run_dir / "tensorboard").exists()

@@ -17,7 +17,7 @@ from fabric_mvsplat.data.chunk_io import write_chunks
 from fabric_mvsplat.data.config import DataLoaderStageCfg, ViewSamplerEvaluationCfg
 from fabric_mvsplat.data.synthetic import generate_synthetic_dataset
 from fabric_mvsplat.errors import EmptyEvaluationError
-from fabric_mvsplat.evaluation.metrics import nearest_context_images
+from fabric_mvsplat.metrics import nearest_context_images
 from fabric_mvsplat.evaluation.test import run_test, score_scene
 from loop_fixtures import compose_cfg
 from test_data_fixtures import dataset_cfg, make_scene, make_split

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 from loop_fixtures import TinyModel, tiny_cfg, train_tiny
 
 from fabric_mvsplat.config import OptimizerCfg
@@ -64,22 +65,25 @@ def test_validation_does_not_change_training(tmp_path):
         assert torch.equal(p, q)
 
 
-def test_gradient_clipping_uses_the_configured_norm(tmp_path, monkeypatch):
-    from lightning_fabric import Fabric
+def test_gradient_clipping_bounds_the_gradients_the_optimizer_sees(tmp_path):
+    norms = []  # total gradient norm at each optimizer step, read by torch's own step hook
 
-    calls = []
-    original = Fabric.clip_gradients
+    def record(optimizer, args, kwargs):
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        norms.append(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])).item())
 
-    def spy(self, module, optimizer, clip_val=None, max_norm=None, **kwargs):
-        calls.append(max_norm)
-        return original(self, module, optimizer, clip_val=clip_val, max_norm=max_norm, **kwargs)
-
-    monkeypatch.setattr(Fabric, "clip_gradients", spy)
-    train_tiny(tiny_cfg(**{"trainer.max_steps": 3, "trainer.gradient_clip_val": 0.25}), tmp_path / "a")
-    assert calls == [0.25] * 3
-    calls.clear()
-    train_tiny(tiny_cfg(**{"trainer.max_steps": 3, "trainer.gradient_clip_val": None}), tmp_path / "b")
-    assert calls == []
+    handle = register_optimizer_step_pre_hook(record)
+    try:
+        train_tiny(tiny_cfg(**{"trainer.max_steps": 3, "trainer.gradient_clip_val": None}), tmp_path / "free")
+        free = norms.copy()
+        bound = min(free) / 4  # well below every unclipped norm, so clipping has to act at each step
+        norms.clear()
+        train_tiny(tiny_cfg(**{"trainer.max_steps": 3, "trainer.gradient_clip_val": bound}), tmp_path / "clipped")
+    finally:
+        handle.remove()
+    assert len(free) == 3 and min(free) > 0
+    assert len(norms) == 3 and all(norm <= bound * (1 + 1e-4) for norm in norms), (norms, bound)
+    assert all(norm >= bound * 0.99 for norm in norms)  # scaled down to the bound, not zeroed
 
 
 def lrs(scheduler, optimizer, steps):

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from fabric_mvsplat.evaluation.lpips import write_lpips_test_weights
+from lpips_test_weights import write_lpips_test_weights
 from fabric_mvsplat.model.loss_config import LossCfg, LossDepthCfg, LossLpipsCfg, LossMseCfg
 from fabric_mvsplat.model.losses import LossDepth, LossLpips, LossMse, build_losses
 

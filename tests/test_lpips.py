@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fabric_mvsplat.evaluation.lpips import LPIPS, load_lpips, write_lpips_test_weights
+from fabric_mvsplat.metrics.lpips import LPIPS, load_lpips
+from lpips_test_weights import write_lpips_test_weights
 
 
 @pytest.fixture(scope="module")
@@ -20,23 +21,34 @@ def lpips(weights_dir):
     return load_lpips(weights_dir)
 
 
+# Published definitions, not the implementation's constants:
+# - torchvision's ImageNet normalisation. LPIPS's scaling layer is the same map written for inputs in [-1, 1]
+#   (its shift is 2 * mean - 1, its scale 2 * std), so (x - mean) / std on [0, 1] inputs is the reference.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# - VGG16 is configuration D of Simonyan & Zisserman (2015), Table 1: five blocks of 3x3 convs, each followed
+#   by a 2x2 max-pool; torchvision's `features` holds conv, ReLU per conv and one module per pool.
+VGG16_BLOCKS = ([64, 64], [128, 128], [256, 256, 256], [512, 512, 512], [512, 512, 512])
+# - LPIPS (Zhang et al. 2018) reads the last ReLU of each block: relu1_2, relu2_2, relu3_3, relu4_3, relu5_3.
+
+
 def reference_lpips(weights_dir, pred, gt):
     """Straight-line LPIPS-VGG from the raw weight files: [B,3,H,W] in [0,1] -> [B]."""
     vgg = torch.load(weights_dir / "vgg16.pth", weights_only=True)
     lin = torch.load(weights_dir / "vgg.pth", weights_only=True)
-    shift = torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1)
-    scale = torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1)
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
 
     def features(x):
-        x = ((2 * x - 1) - shift) / scale
-        taps = []
-        # (conv indices in torchvision's vgg16.features) per block; each block ends at a tap
-        blocks = [(0, 2), (5, 7), (10, 12, 14), (17, 19, 21), (24, 26, 28)]
-        for b, convs in enumerate(blocks):
-            if b > 0:
+        x = (x - mean) / std
+        taps, index = [], 0  # index: position in torchvision's vgg16.features
+        for block, widths in enumerate(VGG16_BLOCKS):
+            if block > 0:
                 x = F.max_pool2d(x, 2)
-            for i in convs:
-                x = F.relu(F.conv2d(x, vgg[f"features.{i}.weight"], vgg[f"features.{i}.bias"], padding=1))
+                index += 1
+            for _ in widths:
+                x = F.relu(F.conv2d(x, vgg[f"features.{index}.weight"], vgg[f"features.{index}.bias"], padding=1))
+                index += 2
             taps.append(x)
         return taps
 

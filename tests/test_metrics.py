@@ -5,7 +5,7 @@ import pytest
 import torch
 from scipy.ndimage import gaussian_filter
 
-from fabric_mvsplat.evaluation.metrics import compute_psnr, compute_ssim
+from fabric_mvsplat.metrics import compute_psnr, compute_ssim
 
 
 def _reference_ssim(gt: np.ndarray, pred: np.ndarray) -> float:

@@ -4,11 +4,12 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import SHARED
 import torch
 
 from fabric_mvsplat import parity
 
-GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden"
+GOLDEN = SHARED / "golden"
 FOLDERS = ["encoder_small", "encoder_small_perturbed", "encoder_small_b2v3", "gaussian_adapter"]
 
 

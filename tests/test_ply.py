@@ -10,7 +10,7 @@ from fabric_mvsplat.model.ply_export import (
     rotation_to_quaternion,
 )
 from fabric_mvsplat.model.sh_convert import mvsplat_to_standard_sh
-from fabric_mvsplat.model.types import Gaussians
+from fabric_mvsplat.types import Gaussians
 
 
 def quaternion_to_rotation(q: torch.Tensor) -> torch.Tensor:

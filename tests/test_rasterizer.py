@@ -5,10 +5,10 @@ import torch
 
 from fabric_mvsplat.model.decoder import render
 from fabric_mvsplat.model.decoder import rasterize_torch
-from fabric_mvsplat.model.decoder.dense_reference import render_dense
+from dense_reference import render_dense
 from fabric_mvsplat.model.decoder.sh import SH_C0
-from fabric_mvsplat.model.types import Gaussians
-from fabric_mvsplat.model.decoder.synthetic_scenes import look_at_cameras, random_gaussians
+from fabric_mvsplat.types import Gaussians
+from synthetic_scenes import look_at_cameras, random_gaussians
 
 
 def leaves(gaussians: Gaussians) -> list[torch.Tensor]:

@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from fabric_mvsplat.model.decoder.synthetic_scenes import look_at_cameras
+from synthetic_scenes import look_at_cameras
 from fabric_mvsplat.visualization.trajectories import (
     generate_wobble,
     interpolate_extrinsics,

@@ -1,8 +1,8 @@
 """View samplers: the original's bounded gaps and warm-up, evaluation index, arbitrary, all, step tracker."""
 
-from pathlib import Path
 
 import pytest
+from conftest import SHARED
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -11,7 +11,7 @@ from fabric_mvsplat.data.config import (ViewSamplerArbitraryCfg, ViewSamplerBoun
 from fabric_mvsplat.data.view_sampler import (AllSampler, ArbitrarySampler, BoundedSampler, EvaluationSampler,
                                               SceneRejected, schedule)
 
-ASSETS = Path(__file__).resolve().parents[2] / "shared" / "assets"
+ASSETS = SHARED / "assets"
 # fabric_mvsplat/configs/dataset/view_sampler_dataset_specific_config/bounded_re10k.yaml
 RE10K = dict(min_distance_between_context_views=45, max_distance_between_context_views=192,
              warm_up_steps=150_000, initial_min_distance_between_context_views=25,

@@ -16,11 +16,12 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from ..camera import crop_intrinsics, field_of_view
+from ..errors import DatasetError
 from .chunk_io import (DEPTH_KEY, ChunkReadError, camera_problem, check_scene, decode_depth, read_chunk,
                        vector_to_cameras)
 from .config import DatasetCfg
-from .shims import (crop_intrinsics, field_of_view, reflect_extrinsics, rescale_and_crop, scaled_shape,
-                    to_float_image)
+from .shims import reflect_extrinsics, rescale_and_crop, scaled_shape, to_float_image
 from .view_sampler import SceneRejected, Stage, get_view_sampler
 
 DEFAULT_NEAR, DEFAULT_FAR = 0.1, 1000.0
@@ -66,14 +67,14 @@ def check_dataset_roots(dataset_cfg: DatasetCfg, stage: Stage) -> None:
                 continue
             chunks = sorted(stage_dir.glob("*.torch")) if stage_dir.is_dir() else []
             if not chunks:
-                raise FileNotFoundError(
+                raise DatasetError(
                     f"dataset root {root!r} has no chunks in {stage_dir} (expected NNNNNN.torch files + "
                     f"index.json); set dataset.roots or create data, e.g. `python -m fabric_mvsplat.data.synthetic "
                     f"--out {root}`")
             index = _read_index(stage_dir)
             missing = sorted(file for file in set(index.values()) if not (stage_dir / file).is_file())
             if missing:
-                raise FileNotFoundError(f"{stage_dir / 'index.json'} points to missing chunk files "
+                raise DatasetError(f"{stage_dir / 'index.json'} points to missing chunk files "
                                         f"{missing[:5]}{' ...' if len(missing) > 5 else ''}; regenerate the index")
 
 
@@ -100,8 +101,8 @@ def list_scenes(dataset_cfg: DatasetCfg, stage: Stage) -> list[SceneRef]:
     if dataset_cfg.overfit_to_scene:
         scenes = [scene for scene in scenes if scene.key == dataset_cfg.overfit_to_scene][:1]
         if not scenes:
-            raise ValueError(f"dataset.overfit_to_scene={dataset_cfg.overfit_to_scene!r} is in no index.json "
-                             f"under {dataset_cfg.roots}")
+            raise DatasetError(f"dataset.overfit_to_scene={dataset_cfg.overfit_to_scene!r} is in no index.json "
+                               f"under {dataset_cfg.roots}")
     return scenes
 
 
@@ -160,7 +161,7 @@ class ExampleBuilder:
             raise SceneRejected("invalid_cameras", f"{chunk}: scene {key!r}: {problem}")
         extrinsics, intrinsics = vector_to_cameras(scene["cameras"])
         context, target = self.sampler.sample(name or key, len(extrinsics), generator, step)
-        fov = field_of_view(intrinsics).rad2deg()
+        fov = field_of_view(intrinsics.double()).rad2deg()
         if (fov > cfg.max_fov).any():
             raise SceneRejected("max_fov", f"scene {key!r} has a {fov.max():.1f} deg field of view "
                                 f"> dataset.max_fov={cfg.max_fov}")

@@ -1,4 +1,5 @@
-"""Per-example image/camera transforms: field-of-view filter, flip augmentation, rescale + center crop.
+"""Per-example image/camera transforms: flip augmentation, rescale + center crop (the crop and its
+intrinsics come from :mod:`fabric_mvsplat.camera`, shared with the encoder's shim).
 
 Images stay uint8 until the end; the original quantised its [0, 1] floats back to uint8 before the
 LANCZOS resize, which gives the same pixels as resizing the decoded uint8 frame directly.
@@ -9,18 +10,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-
-def field_of_view(intrinsics: Tensor) -> Tensor:
-    """Normalised K [V, 3, 3] -> (fov_x, fov_y) in radians [V, 2], measured between image edge midpoints."""
-    inverse = np.linalg.inv(intrinsics.double().numpy())  # numpy: see to_float_image
-
-    def direction(point: list[float]) -> np.ndarray:
-        ray = inverse @ np.array(point, dtype=np.float64)
-        return ray / np.linalg.norm(ray, axis=-1, keepdims=True)
-
-    fov_x = np.arccos(np.clip((direction([0, 0.5, 1]) * direction([1, 0.5, 1])).sum(-1), -1, 1))
-    fov_y = np.arccos(np.clip((direction([0.5, 0, 1]) * direction([0.5, 1, 1])).sum(-1), -1, 1))
-    return torch.from_numpy(np.stack([fov_x, fov_y], axis=-1).astype(np.float32))
+from ..camera import center_crop_box
 
 
 def reflect_extrinsics(extrinsics: Tensor) -> Tensor:
@@ -38,16 +28,8 @@ def rescale_and_crop(image: Image.Image, shape: tuple[int, int]) -> np.ndarray:
     h_scaled, w_scaled = scaled_shape((image.height, image.width), shape)
     if (h_scaled, w_scaled) != (image.height, image.width):
         image = image.resize((w_scaled, h_scaled), Image.LANCZOS)
-    row, col = (h_scaled - h_out) // 2, (w_scaled - w_out) // 2
+    row, col = center_crop_box((h_scaled, w_scaled), shape)
     return np.asarray(image.crop((col, row, col + w_out, row + h_out)))
-
-
-def crop_intrinsics(intrinsics: Tensor, scaled_shape: tuple[int, int], shape: tuple[int, int]) -> Tensor:
-    """The original's crop update of normalised K: only fx, fy change; cx, cy stay (half-pixel offset kept)."""
-    intrinsics = intrinsics.clone()
-    intrinsics[..., 0, 0] *= scaled_shape[1] / shape[1]
-    intrinsics[..., 1, 1] *= scaled_shape[0] / shape[0]
-    return intrinsics
 
 
 def scaled_shape(original: tuple[int, int], shape: tuple[int, int]) -> tuple[int, int]:

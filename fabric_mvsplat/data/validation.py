@@ -9,7 +9,8 @@ then reads the step tracker at exactly the step being validated.
 
 from typing import Iterator
 
-from ..model.types import BatchedExample
+from ..errors import DatasetError
+from ..types import BatchedExample
 from .chunks import list_scenes
 from .config import DataLoaderStageCfg, DatasetCfg
 from .step_tracker import StepTracker
@@ -23,7 +24,8 @@ class ValidationSource:
         self.seed = mix_seed(seed, loader_cfg.seed)
         self.scenes = list_scenes(dataset_cfg, "val")
         if not self.scenes:
-            raise RuntimeError(f"the test index.json files under {dataset_cfg.roots} list no scenes to validate on")
+            raise DatasetError(f"the test index.json files under dataset.roots={dataset_cfg.roots} list no scenes to "
+                               "validate on (or set trainer.val_check_interval=null)")
         self.state = fresh_state(0)
         self.iterator: Iterator | None = None
 

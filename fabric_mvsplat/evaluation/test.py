@@ -20,11 +20,11 @@ import torch
 from tqdm import tqdm
 
 from ..data.chunks import CORRUPT_REASONS, INDEX_REASONS
+from ..distributed import gather_objects, show_progress_bar
 from ..errors import EmptyEvaluationError
-from ..loop import gather_objects, show_progress_bar
-from ..model.types import BatchedExample
+from ..metrics import compute_depth_errors, compute_psnr, compute_ssim, nearest_context_images
+from ..types import BatchedExample
 from ..visualization.layout import colorize_depth
-from .metrics import compute_depth_errors, compute_psnr, compute_ssim, nearest_context_images
 
 if TYPE_CHECKING:
     from lightning_fabric import Fabric

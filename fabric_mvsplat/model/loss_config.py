@@ -40,3 +40,17 @@ class LossCfg:
     mse: LossMseCfg | None = None
     lpips: LossLpipsCfg | None = None
     depth: LossDepthCfg | None = None
+
+
+# What to do about an LPIPS loss without weights. Under +experiment=re10k (acid, dtu) `loss=[mse]` alone
+# is not enough: the experiment's own `loss.lpips` block brings the loss back; `~loss.lpips` removes it.
+NO_LPIPS_ADVICE = ("a directory holding vgg16.pth and vgg.pth (README, 'Weights'), or no LPIPS loss: add "
+                   "~loss.lpips to the command line")
+
+
+def check_losses(cfg: LossCfg) -> None:
+    """At least one loss, and weights for the LPIPS loss (ConfigError otherwise)."""
+    if cfg.mse is None and cfg.lpips is None and cfg.depth is None:
+        raise ConfigError("loss", {}, "at least one loss, e.g. loss=[mse] or loss=[mse,lpips]")
+    if cfg.lpips is not None and cfg.lpips.weights is None:
+        raise ConfigError("loss.lpips.weights", None, NO_LPIPS_ADVICE)

@@ -5,7 +5,7 @@ from einops import reduce
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from .loss_config import LossCfg, LossDepthCfg, LossLpipsCfg, LossMseCfg
+from .loss_config import LossCfg, LossDepthCfg, LossLpipsCfg, LossMseCfg, check_losses
 
 
 class LossMse(nn.Module):
@@ -27,16 +27,10 @@ class LossLpips(nn.Module):
 
     def __init__(self, cfg: LossLpipsCfg) -> None:
         super().__init__()
-        from ..evaluation.lpips import load_lpips
+        from ..metrics.lpips import load_lpips
 
         self.cfg = cfg
-        if cfg.weights is None:
-            raise FileNotFoundError(
-                "loss.lpips.weights is null, but the lpips loss is enabled. Point it at a directory holding "
-                "`vgg16.pth` (torchvision's vgg16 weights, https://download.pytorch.org/models/vgg16-397923af.pth) "
-                "and `vgg.pth` (the lpips package's lpips/weights/v0.1/vgg.pth), or drop the loss with loss=[mse]."
-            )
-        self.lpips = load_lpips(cfg.weights)
+        self.lpips = load_lpips(cfg.weights)  # names the keys and files when weights is null or incomplete
 
     def forward(self, rendered: Tensor, target: Tensor, global_step: int, **_) -> Tensor:
         if global_step < self.cfg.apply_after_step:
@@ -84,6 +78,7 @@ class LossDepth(nn.Module):
 
 def build_losses(cfg: LossCfg) -> nn.ModuleDict:
     """The enabled losses in the config's order (mse, lpips, depth)."""
+    check_losses(cfg)
     losses = nn.ModuleDict()
     if cfg.mse is not None:
         losses["mse"] = LossMse(cfg.mse)
@@ -91,7 +86,5 @@ def build_losses(cfg: LossCfg) -> nn.ModuleDict:
         losses["lpips"] = LossLpips(cfg.lpips)
     if cfg.depth is not None:
         losses["depth"] = LossDepth(cfg.depth)
-    if len(losses) == 0:
-        raise ValueError("config key 'loss' enables no loss: use e.g. loss=[mse] or loss=[mse,lpips]")
     return losses
 

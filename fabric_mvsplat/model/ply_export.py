@@ -16,7 +16,7 @@ from plyfile import PlyData, PlyElement
 from torch import Tensor
 
 from .sh_convert import NUM_COEFFICIENTS, mvsplat_to_standard_sh
-from .types import Gaussians
+from ..types import Gaussians
 
 OPACITY_EPS = 1e-6  # keeps logit finite for opacities of exactly 0 or 1
 MIN_VARIANCE = 1e-20  # eigenvalues of a (numerically) singular covariance

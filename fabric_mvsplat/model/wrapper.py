@@ -5,7 +5,7 @@ Fabric-wrapped forward. `validation_step` renders what a person looks at in Tens
 The state_dict holds only `encoder.*` keys, the original Lightning layout.
 """
 
-from typing import TYPE_CHECKING, Mapping
+from typing import Mapping
 
 import torch
 from torch import Tensor, nn
@@ -19,34 +19,40 @@ from ..visualization.trajectories import (
 )
 from .decoder import DecoderSplatting
 from .encoder import EncoderCostVolume, load_encoder_weights
-from ..evaluation.metrics import compute_depth_errors, compute_psnr, compute_ssim
+from ..metrics import compute_depth_errors, compute_psnr, compute_ssim
+from .config import ModelCfg
+from .loss_config import LossCfg
 from .losses import build_losses
-from .types import BatchedExample, BatchedViews, Gaussians, StepOutput, ValidationOutput
-
-if TYPE_CHECKING:
-    from ..config import RootCfg
+from ..types import BatchedExample, BatchedViews, Gaussians, StepOutput, ValidationOutput
 
 
 class MVSplat(nn.Module):
-    def __init__(self, cfg: "RootCfg") -> None:
-        super().__init__()
-        num_context_views = getattr(cfg.dataset.view_sampler, "num_context_views", 2)
-        self.encoder = EncoderCostVolume(cfg.model.encoder, num_context_views=num_context_views)
-        self.decoder = DecoderSplatting(cfg.model.decoder, cfg.dataset.background_color)
-        self.losses = build_losses(cfg.loss) if cfg.mode == "train" else nn.ModuleDict()
-        self.data_shim = self.encoder.get_data_shim()
-        self.depth_mode = cfg.train.depth_mode
-        self.video_frames = cfg.train.video_frames
-        self.lpips_metric = self._find_lpips(cfg)
+    """Built from its own config slices (the entry point picks them out of the root config).
 
-    def _find_lpips(self, cfg: "RootCfg") -> nn.Module | None:
-        """The LPIPS net used for val/lpips and test scores: the loss's, else test.lpips_weights."""
+    losses: the training losses, or None for a model that only renders (test mode).
+    lpips_weights: where the LPIPS net for val/lpips and test scores comes from when no LPIPS loss has one.
+    """
+
+    def __init__(self, cfg: ModelCfg, losses: LossCfg | None, num_context_views: int,
+                 background_color: list[float], depth_mode: str | None = None, video_frames: int = 30,
+                 lpips_weights: str | None = None) -> None:
+        super().__init__()
+        self.encoder = EncoderCostVolume(cfg.encoder, num_context_views=num_context_views)
+        self.decoder = DecoderSplatting(cfg.decoder, background_color)
+        self.losses = build_losses(losses) if losses is not None else nn.ModuleDict()
+        self.data_shim = self.encoder.get_data_shim()
+        self.depth_mode = depth_mode
+        self.video_frames = video_frames
+        self.lpips_metric = self._find_lpips(lpips_weights)
+
+    def _find_lpips(self, lpips_weights: str | None) -> nn.Module | None:
+        """The LPIPS net used for val/lpips and test scores: the loss's, else `lpips_weights`."""
         if "lpips" in self.losses:
             return self.losses["lpips"].lpips
-        if cfg.test.lpips_weights is not None:
-            from ..evaluation.lpips import load_lpips
+        if lpips_weights is not None:
+            from ..metrics.lpips import load_lpips
 
-            return load_lpips(cfg.test.lpips_weights)
+            return load_lpips(lpips_weights)
         return None
 
     # ---- the pieces ----------------------------------------------------------------------
@@ -155,13 +161,15 @@ class MVSplat(nn.Module):
                                    context["far"][0, :1], image_shape)
 
 
-def build_model(cfg: "RootCfg") -> MVSplat:
-    """The model for `cfg.mode`; loads the UniMatch backbone when training from scratch with a weights path
-    (a resumed or fine-tuned run overwrites every encoder weight from its checkpoint)."""
-    model = MVSplat(cfg)
-    from_scratch = cfg.mode == "train" and cfg.checkpointing.load is None
-    if from_scratch and cfg.model.encoder.unimatch_weights_path is not None:
-        from .encoder import load_unimatch_backbone
+def build_model(cfg: ModelCfg, losses: LossCfg | None, num_context_views: int, background_color: list[float],
+                depth_mode: str | None = None, video_frames: int = 30, lpips_weights: str | None = None,
+                load_unimatch_backbone: bool = False) -> MVSplat:
+    """The model; with `load_unimatch_backbone` (training from scratch) the UniMatch backbone comes from
+    `cfg.encoder.unimatch_weights_path` when set (a resumed or fine-tuned run overwrites every encoder weight
+    from its checkpoint)."""
+    model = MVSplat(cfg, losses, num_context_views, background_color, depth_mode, video_frames, lpips_weights)
+    if load_unimatch_backbone and cfg.encoder.unimatch_weights_path is not None:
+        from .encoder import load_unimatch_backbone as load_backbone
 
-        load_unimatch_backbone(model.encoder, cfg.model.encoder.unimatch_weights_path)
+        load_backbone(model.encoder, cfg.encoder.unimatch_weights_path)
     return model

@@ -5,7 +5,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from ..types import Gaussians
+from ...types import Gaussians
 from .config import DecoderSplattingCudaCfg
 from .rendering import DecoderOutput, DepthMode, render, resolve_backend
 

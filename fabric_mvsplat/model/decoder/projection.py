@@ -10,26 +10,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ...camera import field_of_view
+
 COVARIANCE_DILATION = 0.3  # px^2 added to the 2D covariance diagonal, without compensation
 NEAR_CULL = 0.2  # Gaussians with camera z <= NEAR_CULL * near are culled (scale_invariant units)
 ALPHA_MIN = 1.0 / 255.0  # contributions with alpha below this are skipped
 ALPHA_MAX = 0.99  # the original rasterizer's cap on alpha
 TRANSMITTANCE_MIN = 1e-4  # a pixel stops before the Gaussian that would take it below this
-
-
-def edge_fov(intrinsics: Tensor) -> tuple[Tensor, Tensor]:
-    """Field of view [...] x 2 as the original computes it: the angle between the rays through the
-    left/right (top/bottom) image-edge midpoints of the normalised camera [..., 3, 3]."""
-    inverse = intrinsics.inverse()
-
-    def ray(u: float, v: float) -> Tensor:
-        point = torch.tensor([u, v, 1.0], dtype=intrinsics.dtype, device=intrinsics.device)
-        direction = inverse @ point
-        return direction / direction.norm(dim=-1, keepdim=True)
-
-    fov_x = (ray(0.0, 0.5) * ray(1.0, 0.5)).sum(-1).clamp(-1, 1).acos()
-    fov_y = (ray(0.5, 0.0) * ray(0.5, 1.0)).sum(-1).clamp(-1, 1).acos()
-    return fov_x, fov_y
 
 
 def pixel_intrinsics(intrinsics: Tensor, image_shape: tuple[int, int], use_principal_point: bool) -> Tensor:
@@ -48,7 +35,7 @@ def pixel_intrinsics(intrinsics: Tensor, image_shape: tuple[int, int], use_princ
         k[..., 1, 1] = intrinsics[..., 1, 1] * height
         k[..., 1, 2] = intrinsics[..., 1, 2] * height
         return k
-    fov_x, fov_y = edge_fov(intrinsics)
+    fov_x, fov_y = field_of_view(intrinsics).unbind(-1)
     k[..., 0, 0] = width / (2 * torch.tan(0.5 * fov_x))
     k[..., 1, 1] = height / (2 * torch.tan(0.5 * fov_y))
     k[..., 0, 2] = width / 2

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from ...errors import ConfigError
-from ..types import Gaussians
+from ...types import Gaussians
 from .projection import pixel_intrinsics, project_gaussians
 from .rasterize_torch import rasterize_torch
 from .sh import sh_to_color

@@ -83,3 +83,9 @@ class EncoderCostVolumeCfg:
                 "use_epipolar_trans", True,
                 "false: the epipolar-transformer ablation (Table B) is not supported by fabric_mvsplat",
             )
+        if self.wo_cost_volume_refine and self.costvolume_unet_feat_dim != self.num_depth_candidates:
+            raise ConfigError(
+                "costvolume_unet_feat_dim", self.costvolume_unet_feat_dim,
+                f"equal to num_depth_candidates ({self.num_depth_candidates}) when wo_cost_volume_refine is set "
+                "(the projection output feeds the depth head directly)",
+            )

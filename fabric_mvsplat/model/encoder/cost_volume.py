@@ -52,7 +52,7 @@ def disparity_candidates(near: Tensor, far: Tensor, num_candidates: int, dtype: 
 def warp_to_candidates(other: Tensor, intrinsics: Tensor, pose: Tensor, depths: Tensor) -> Tensor:
     """Sample `other` [N, C, h, w] at the reprojection of every reference pixel at every candidate
     z-depth depths [N, D, h, w]. Pixels sit on the integer grid 0..w-1 (no +0.5), as the weights expect.
-    Returns [N, C, D, h, w]."""
+    Returns [N, C, D, h, w] in float32."""
     n, d, h, w = depths.shape
     c = other.shape[1]
     # Coordinates in fp32 even under bf16 autocast: bf16 would misplace samples by up to 1/4 pixel.
@@ -70,7 +70,9 @@ def warp_to_candidates(other: Tensor, intrinsics: Tensor, pose: Tensor, depths: 
         x_grid = 2 * pixels[:, 0] / (w - 1) - 1
         y_grid = 2 * pixels[:, 1] / (h - 1) - 1
         sample_grid = torch.stack([x_grid, y_grid], dim=-1)
-    warped = F.grid_sample(other, sample_grid.view(n, d * h, w, 2).to(other.dtype), mode="bilinear", padding_mode="zeros",
+    # Sampled in fp32 with the fp32 grid (autocast would run grid_sample in fp32 anyway, after a bf16 grid
+    # had already lost the sub-pixel positions); the result is fp32, as grid_sample gives under autocast.
+    warped = F.grid_sample(other.float(), sample_grid.view(n, d * h, w, 2), mode="bilinear", padding_mode="zeros",
                            align_corners=True)
     return warped.view(n, c, d, h, w)
 

@@ -7,7 +7,8 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from ..types import BatchedExample, BatchedViews, Gaussians
+from ...camera import center_crop_box, crop_intrinsics
+from ...types import BatchedExample, BatchedViews, Gaussians
 from .backbone import BackboneMultiview
 from .config import EncoderCostVolumeCfg, OpacityMappingCfg
 from .depth_predictor import DepthPredictorMultiView
@@ -28,22 +29,14 @@ def crop_views_to_patch(views: BatchedViews, patch_size: int) -> BatchedViews:
     if h % 2 or w % 2:
         raise ValueError(f"image size {h}x{w} must be even so that centre-cropping keeps pixels aligned")
     h_new, w_new = (h // patch_size) * patch_size, (w // patch_size) * patch_size
-    row, col = (h - h_new) // 2, (w - w_new) // 2
-    intrinsics = views["intrinsics"].clone()
-    intrinsics[..., 0, 0] *= w / w_new
-    intrinsics[..., 1, 1] *= h / h_new
+    row, col = center_crop_box((h, w), (h_new, w_new))
+    intrinsics = crop_intrinsics(views["intrinsics"], (h, w), (h_new, w_new))
     return {**views, "image": views["image"][..., row:row + h_new, col:col + w_new], "intrinsics": intrinsics}
 
 
 class EncoderCostVolume(nn.Module):
     def __init__(self, cfg: EncoderCostVolumeCfg, num_context_views: int = 2) -> None:
         super().__init__()
-        if cfg.wo_cost_volume_refine and cfg.costvolume_unet_feat_dim != cfg.num_depth_candidates:
-            raise ConfigError(
-                "model.encoder.costvolume_unet_feat_dim", cfg.costvolume_unet_feat_dim,
-                f"equal to num_depth_candidates ({cfg.num_depth_candidates}) when wo_cost_volume_refine is set "
-                "(the projection output feeds the depth head directly)",
-            )
         if num_context_views < 2:
             raise ConfigError("dataset.view_sampler.num_context_views", num_context_views,
                               "at least 2 (the cost volume needs a second view)")

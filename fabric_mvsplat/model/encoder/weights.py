@@ -7,6 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from ... import safe_load
+from ...errors import MissingWeightsError, WeightsError
 
 UNIMATCH_KEY = "model.encoder.unimatch_weights_path"
 
@@ -54,7 +55,7 @@ def load_unimatch_backbone(encoder: nn.Module, path: str) -> None:
     """
     file = Path(path)
     if not file.is_file():
-        raise FileNotFoundError(
+        raise MissingWeightsError(
             f"UniMatch backbone weights not found at '{path}' ({UNIMATCH_KEY}). Download "
             "gmdepth-scale1-resumeflowthings-scannet-5d9d7964.pth from the UniMatch model zoo into "
             f"checkpoints/, point {UNIMATCH_KEY} at it, or set {UNIMATCH_KEY}=null to start the "
@@ -63,9 +64,9 @@ def load_unimatch_backbone(encoder: nn.Module, path: str) -> None:
     try:
         checkpoint = safe_load.load(file, f"UniMatch weights ({UNIMATCH_KEY})")
     except safe_load.FileLoadError as error:
-        raise ValueError(str(error)) from error
+        raise WeightsError(str(error)) from error
     if not isinstance(checkpoint, Mapping) or "model" not in checkpoint:
-        raise ValueError(f"{path} ({UNIMATCH_KEY}) is not a UniMatch checkpoint: expected a dict with a 'model' entry")
+        raise WeightsError(f"{path} ({UNIMATCH_KEY}) is not a UniMatch checkpoint: expected a dict with a 'model' entry")
     backbone = encoder.backbone
     wanted = backbone.state_dict()
     weights = {k: v for k, v in checkpoint["model"].items() if k in wanted}
@@ -74,5 +75,5 @@ def load_unimatch_backbone(encoder: nn.Module, path: str) -> None:
     if not strict:  # without cross-attention the FFN keys are legitimately missing
         problems = [p for p in problems if not p.startswith("missing")]
     if problems:
-        raise ValueError(f"UniMatch weights in {path} ({UNIMATCH_KEY}) do not fit the backbone:\n  " + "\n  ".join(problems))
+        raise WeightsError(f"UniMatch weights in {path} ({UNIMATCH_KEY}) do not fit the backbone:\n  " + "\n  ".join(problems))
     backbone.load_state_dict(weights, strict=strict)

@@ -13,9 +13,9 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from ..types import Gaussians
-from .projection import ALPHA_MAX, ALPHA_MIN, COVARIANCE_DILATION, NEAR_CULL, TRANSMITTANCE_MIN, pixel_intrinsics
-from .rendering import DecoderOutput, DepthMode, depth_feature, view_dependent_colors
+from fabric_mvsplat.types import Gaussians
+from fabric_mvsplat.model.decoder.projection import ALPHA_MAX, ALPHA_MIN, COVARIANCE_DILATION, NEAR_CULL, TRANSMITTANCE_MIN, pixel_intrinsics
+from fabric_mvsplat.model.decoder.rendering import DecoderOutput, DepthMode, depth_feature, view_dependent_colors
 
 
 def project_one_image(means: Tensor, covariances: Tensor, world_to_camera: Tensor, k: Tensor,
@@ -73,7 +73,8 @@ def render_dense(gaussians: Gaussians, extrinsics: Tensor, intrinsics: Tensor, n
         features = torch.cat([features, depth_feature(z, near, far, depth_mode)[..., None]], dim=-1)
         background = torch.cat([background, background.new_zeros(1)])
 
-    ys, xs = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    ys, xs = torch.meshgrid(torch.arange(height, device=features.device), torch.arange(width, device=features.device),
+                            indexing="ij")
     pixels = torch.stack([xs, ys], dim=-1).reshape(-1, 2).to(features.dtype) + 0.5
     images, alphas = [], []
     for i in range(b):

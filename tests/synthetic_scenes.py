@@ -5,7 +5,7 @@ import math
 import torch
 from torch import Tensor
 
-from ..types import Gaussians
+from fabric_mvsplat.types import Gaussians
 
 
 def random_rotations(count: int, generator: torch.Generator, dtype: torch.dtype) -> Tensor:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import safe_load
+from ..errors import MissingWeightsError, WeightsError
 
 # (output channels | "M" for a 2x2 max-pool) of torchvision's vgg16 `features`, truncated
 # after relu5_3 (index 29): the last pool is never used by LPIPS.
@@ -149,8 +150,8 @@ def _find_vgg16_file(weights_dir: Path) -> Path | None:
     return matches[0] if matches else None
 
 
-def _missing_weights_error(path: Path, what: str, url: str) -> FileNotFoundError:
-    return FileNotFoundError(
+def _missing_weights_error(path: Path, what: str, url: str) -> MissingWeightsError:
+    return MissingWeightsError(
         f"LPIPS weight file not found: {path} ({what}). Put it in the directory given by "
         f"loss.lpips.weights (training) or test.lpips_weights (testing); download it from "
         f"{url} (no download happens here)."
@@ -167,10 +168,11 @@ def _load_state(path: Path) -> dict[str, Tensor]:
     return state
 
 
-def load_lpips(weights_dir: str | Path, device: torch.device | str | None = None) -> LPIPS:
-    """LPIPS-VGG from `weights_dir`: vgg16*.pth (torchvision) and vgg.pth (lpips v0.1 heads)."""
+def find_weight_files(weights_dir: str | Path | None) -> tuple[Path, Path]:
+    """(vgg16*.pth, vgg.pth) in `weights_dir`, or MissingWeightsError naming the file, the config keys and
+    where to download it. Config validation calls this at start-up; `load_lpips` again when it loads."""
     if weights_dir is None:
-        raise FileNotFoundError(
+        raise MissingWeightsError(
             "no LPIPS weights directory given: set loss.lpips.weights (training) or "
             f"test.lpips_weights (testing) to a directory holding vgg16.pth ({VGG16_URL}) "
             f"and vgg.pth (the lpips repo's lpips/weights/v0.1/vgg.pth, {LIN_URL})"
@@ -186,39 +188,19 @@ def load_lpips(weights_dir: str | Path, device: torch.device | str | None = None
         raise _missing_weights_error(
             lin_path, "lpips v0.1 linear heads, the lpips repo's lpips/weights/v0.1/vgg.pth", LIN_URL
         )
+    return vgg_path, lin_path
+
+
+def load_lpips(weights_dir: str | Path, device: torch.device | str | None = None) -> LPIPS:
+    """LPIPS-VGG from `weights_dir`: vgg16*.pth (torchvision) and vgg.pth (lpips v0.1 heads)."""
+    vgg_path, lin_path = find_weight_files(weights_dir)
     model = LPIPS()
     for prefix, path in (("features.", vgg_path), ("lin", lin_path)):
         state = _load_state(path)
         try:
             model.copy_buffers(prefix, state)
         except ValueError as error:
-            raise ValueError(f"bad LPIPS weight file {path}: {error}") from error
+            raise WeightsError(f"bad LPIPS weight file {path}: {error}") from error
     model.is_loaded = True
     return model.to(device).eval()
 
-
-def write_lpips_test_weights(weights_dir: Path, seed: int) -> None:
-    """Write random-but-plausible `vgg16.pth` and `vgg.pth` in the real files' formats.
-
-    VGG convs get He-normal weights (activations keep their scale through 13 layers) and
-    small biases; the heads get non-negative weights like the trained lpips heads. The
-    torchvision classifier (about 120M parameters) is left out: LPIPS never reads it.
-    """
-    weights_dir = Path(weights_dir)
-    weights_dir.mkdir(parents=True, exist_ok=True)
-    generator = torch.Generator().manual_seed(seed)
-    reference = LPIPS()
-    vgg_state, lin_state = {}, {}
-    for name, buffer in reference.named_buffers():
-        if name.startswith("features.") and name.endswith(".weight"):
-            fan_in = buffer[0].numel()
-            std = (2.0 / fan_in) ** 0.5
-            vgg_state[name] = torch.randn(buffer.shape, generator=generator) * std
-        elif name.startswith("features."):
-            vgg_state[name] = 0.01 * torch.randn(buffer.shape, generator=generator)
-        elif name.startswith("lin"):
-            channels = buffer.shape[1]
-            # scaled so that unrelated images score about 0.4, as real LPIPS-VGG roughly does
-            lin_state[name] = torch.rand(buffer.shape, generator=generator) * (50.0 / channels)
-    torch.save(vgg_state, weights_dir / "vgg16.pth")
-    torch.save(lin_state, weights_dir / "vgg.pth")
