@@ -108,7 +108,7 @@ def test_depth_errors_follow_their_definitions_and_skip_uncovered_pixels():
 
 def test_validation_logs_depth_errors_where_the_scene_has_ground_truth(tmp_path):
     from fabric_mvsplat.data import StepTracker, ValidationSource
-    from fabric_mvsplat.model.wrapper import build_model
+    from fabric_mvsplat.train import make_model
     from loop_fixtures import compose_cfg
 
     generate_synthetic_dataset(tmp_path, train_scenes=1, test_scenes=1, frames=24, height=32, width=32, seed=6,
@@ -117,7 +117,7 @@ def test_validation_logs_depth_errors_where_the_scene_has_ground_truth(tmp_path)
                        "model.encoder.d_feature=32", "model.encoder.num_depth_candidates=8",
                        "model.encoder.costvolume_unet_feat_dim=32", "train.video_frames=2"])
     torch.manual_seed(0)
-    model = build_model(cfg).eval()
+    model = make_model(cfg).eval()
     batch = next(ValidationSource(cfg.dataset, cfg.data_loader.val, StepTracker(), cfg.seed))
     assert batch["target"]["depth"].shape == (1, 4, 32, 32)  # the bounded sampler's 4 targets, with depth
     output = model.validation_step(batch, global_step=0)

@@ -93,11 +93,11 @@ def make_test_cfg(root: Path, index_path: Path, out: Path, *extra: str):
 def run_in_process(cfg):
     from lightning_fabric import Fabric
 
-    from fabric_mvsplat.model.wrapper import build_model
+    from fabric_mvsplat.train import make_model
 
     torch.manual_seed(0)
     fabric = Fabric(accelerator="cpu", devices=1)
-    return run_test(fabric, cfg, build_model(cfg), make_test_loader(cfg.dataset, cfg.data_loader.test, 0, 1))
+    return run_test(fabric, cfg, make_model(cfg), make_test_loader(cfg.dataset, cfg.data_loader.test, 0, 1))
 
 
 def test_counts_of_rendered_scored_and_skipped_scenes(synthetic_root, tmp_path):
@@ -146,10 +146,10 @@ def test_the_command_line_exits_non_zero_on_an_empty_evaluation(synthetic_root, 
                  "mode=test", "dataset/view_sampler=evaluation", "dataset.test_times_per_scene=2",
                  f"test.output_path={tmp_path / 'out'}", f"output_dir={tmp_path / 'run'}"]
     from fabric_mvsplat.checkpoint import save_atomically
-    from fabric_mvsplat.model.wrapper import build_model
+    from fabric_mvsplat.train import make_model
 
     checkpoint = tmp_path / "weights.ckpt"
-    save_atomically({"state_dict": build_model(compose_cfg(overrides + ["checkpointing.load=x"])).state_dict(),
+    save_atomically({"state_dict": make_model(compose_cfg(overrides + ["checkpointing.load=x"])).state_dict(),
                      "global_step": 0}, checkpoint)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     result = subprocess.run([sys.executable, "-m", "fabric_mvsplat.train", *overrides,
