@@ -166,8 +166,10 @@ def test_loop_overhead(bench, benchmark, device, loop, model_name, make_cfg, tmp
         def setup():
             schedule["now"] = one_cycle(optimizer, steps)
 
-        run = lambda: fit(fabric, cfg, wrapped, wrapped_optimizer, schedule["now"], stream,  # noqa: E731
-                          None, StepTracker(), tmp_path, {"global_step": 0})["global_step"]
+        def run():  # the training state as train.prepare_training builds it; fit ends with its final checkpoint
+            state = {"model": wrapped, "optimizer": wrapped_optimizer, "scheduler": schedule["now"], "scaler": None,
+                     "train_stream": stream, "val_source": None, "step_tracker": StepTracker(), "step": 0}
+            return fit(fabric, cfg, state, tmp_path)["step"]
     else:
         setup = None
         run = lambda: lightning_trainer_fit(model, optimizer, stream, steps, device, tmp_path)  # noqa: E731

@@ -11,8 +11,12 @@ PyTorch Lightning checkpoints so that tools on either side can read the other's 
     train_stream       data position of the training stream on every rank (list, index = rank)
     val_source         position of the validation stream (validation runs on rank 0)
     rng_states         per-rank torch CPU/CUDA, python and numpy RNG states (list, index = rank)
+    MixedPrecision     the GradScaler state under trainer.precision=16-mixed (Lightning's key)
     content_sha256     SHA-256 of each entry above, added by save_atomically, verified by load_file
                        (files without it, e.g. the original's released checkpoints, load unverified)
+
+The training objects travel in one plain `state` dict (see loop.fit); `save_checkpoint` / `restore_checkpoint`
+below turn it into this layout and back, side by side.
 """
 
 import errno
@@ -31,7 +35,9 @@ import torch
 from torch import nn
 
 from . import safe_load
+from .distributed import gather_objects
 from .errors import CheckpointError  # noqa: F401 (raised here, imported from here by callers)
+from .weights import load_weights_strict
 
 CHECKPOINT_NAME = re.compile(r"^epoch_(\d+)-step_(\d+)\.ckpt$")
 LIGHTNING_VERSION = "2.2.4"  # the original's pin; Lightning's loader reads this key
@@ -175,16 +181,11 @@ def rotate(directory: Path, save_top_k: int) -> list[Path]:
 
     The monitored value of the original is `info/global_step` in mode max, so "best" = newest.
     """
-    found = []
-    for path in Path(directory).glob("*.ckpt"):
-        match = CHECKPOINT_NAME.match(path.name)
-        if match:
-            found.append((int(match.group(2)), int(match.group(1)), path))
-    found.sort(reverse=True)
+    found = list_checkpoints(directory)[::-1]  # newest first
     keep = found if save_top_k == -1 else found[:save_top_k]
-    for _, _, path in found[len(keep):]:
+    for _, path in found[len(keep):]:
         path.unlink(missing_ok=True)
-    return [path for _, _, path in keep]
+    return [path for _, path in keep]
 
 
 def load_file(path: str | Path, allow_unsafe_load: bool = False) -> dict:
@@ -205,35 +206,10 @@ def load_file(path: str | Path, allow_unsafe_load: bool = False) -> dict:
     return checkpoint
 
 
-def load_weights_strict(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
-    """Load every weight or fail listing the missing, unexpected and wrong-shaped keys."""
-    expected = model.state_dict()
-    missing = [key for key in expected if key not in state_dict]
-    unexpected = [key for key in state_dict if key not in expected]
-    wrong_shape = [
-        f"{key}: checkpoint {tuple(state_dict[key].shape)} vs model {tuple(expected[key].shape)}"
-        for key in expected
-        if key in state_dict and state_dict[key].shape != expected[key].shape
-    ]
-    if missing or unexpected or wrong_shape:
-        lines = [f"the weights in {source} do not fit the model built from the config:"]
-        for title, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape)):
-            if keys:
-                shown = ", ".join(keys[:20]) + (f", ... ({len(keys) - 20} more)" if len(keys) > 20 else "")
-                lines.append(f"  {title} ({len(keys)}): {shown}")
-        lines.append("  check that model.encoder.* and the ablation flags match the checkpoint's training config")
-        raise CheckpointError("\n".join(lines))
-    model.load_state_dict(state_dict, strict=True)
-
-
 def load_weights(model: nn.Module, path: str | Path, allow_unsafe_load: bool = False) -> dict:
     """Fine-tuning (`resume=false`) and test loading: weights only, strict. Returns the loaded file."""
     checkpoint = load_file(path, allow_unsafe_load)
-    loader = getattr(model, "load_pretrained_weights", None)
-    if callable(loader):  # the model may remap older layouts; it must stay strict
-        loader(checkpoint["state_dict"], str(path))
-    else:
-        load_weights_strict(model, checkpoint["state_dict"], str(path))
+    load_weights_strict(model, checkpoint["state_dict"], str(path))
     return checkpoint
 
 
@@ -259,48 +235,75 @@ def restore_rng(state: dict) -> None:
     np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
 
 
-def make_checkpoint(
-    model: nn.Module, optimizer, scheduler, global_step: int, epoch: int,
-    train_stream_states: list, val_source_state: Any, rng_states: list[dict],
-) -> dict:
-    return {
-        "state_dict": model.state_dict(),
-        "global_step": global_step,
+def list_checkpoints(directory: Path) -> list[tuple[int, Path]]:
+    """This run's checkpoints in `directory` as (global step, path), oldest step first."""
+    found = []
+    for path in Path(directory).glob("*.ckpt"):
+        match = CHECKPOINT_NAME.match(path.name)
+        if match:
+            found.append((int(match.group(2)), int(match.group(1)), path))
+    return [(step, path) for step, _, path in sorted(found)]
+
+
+def save_checkpoint(fabric, state: dict, directory: Path, save_top_k: int) -> Path:
+    """Every rank contributes its data position and RNG state; rank 0 writes the file atomically and keeps
+    the top k. All ranks return the path."""
+    per_rank = gather_objects(fabric, {"train_stream": state["train_stream"].state_dict(), "rng": capture_rng()})
+    epoch = int(getattr(state["train_stream"], "epoch", 0))  # the pass over the training scenes
+    path = checkpoint_path(directory, epoch, state["step"])
+    if fabric.global_rank == 0:
+        save_atomically(make_checkpoint(state, per_rank, epoch), path)
+        rotate(directory, save_top_k)
+    fabric.barrier()
+    return path
+
+
+def make_checkpoint(state: dict, per_rank: list[dict], epoch: int) -> dict:
+    """state (see loop.fit) + every rank's {"train_stream", "rng"} -> the checkpoint dict."""
+    checkpoint = {
+        "state_dict": state["model"].module.state_dict(),
+        "global_step": state["step"],
         "epoch": epoch,
-        "optimizer_states": [optimizer.state_dict()],
-        "lr_schedulers": [scheduler.state_dict()],
-        "train_stream": train_stream_states,
-        "val_source": val_source_state,
-        "rng_states": rng_states,
+        "optimizer_states": [state["optimizer"].state_dict()],
+        "lr_schedulers": [state["scheduler"].state_dict()],
+        "train_stream": [entry["train_stream"] for entry in per_rank],
+        "val_source": state["val_source"].state_dict() if state["val_source"] is not None else None,
+        "rng_states": [entry["rng"] for entry in per_rank],
         "pytorch-lightning_version": LIGHTNING_VERSION,
     }
+    if state.get("scaler") is not None:
+        checkpoint["MixedPrecision"] = state["scaler"].state_dict()
+    return checkpoint
 
 
-def restore_training_state(
-    checkpoint: dict, path: str | Path, model: nn.Module, optimizer, scheduler,
-    train_stream, val_source, rank: int, world_size: int,
-) -> int:
-    """Full resume (`resume=true`): weights, optimizer, scheduler, data positions, RNG. Returns global_step."""
-    load_weights_strict(model, checkpoint["state_dict"], str(path))
+def restore_checkpoint(checkpoint: dict, path: str | Path, state: dict, rank: int, world_size: int) -> None:
+    """Full resume (`resume=true`): weights, optimizer, scheduler, AMP scaler, data positions, RNG, step."""
+    load_weights_strict(state["model"].module, checkpoint["state_dict"], str(path))
     missing = [key for key in ("optimizer_states", "lr_schedulers", "global_step") if key not in checkpoint]
     if missing:
         raise CheckpointError(
             f"{path} holds weights but no {', '.join(missing)}: it cannot be resumed; "
             "to fine-tune from it set checkpointing.resume=false"
         )
-    optimizer.load_state_dict(checkpoint["optimizer_states"][0])
-    scheduler.load_state_dict(checkpoint["lr_schedulers"][0])
+    state["optimizer"].load_state_dict(checkpoint["optimizer_states"][0])
+    state["scheduler"].load_state_dict(checkpoint["lr_schedulers"][0])
+    if state.get("scaler") is not None:
+        if "MixedPrecision" in checkpoint:
+            state["scaler"].load_state_dict(checkpoint["MixedPrecision"])
+        else:
+            warnings.warn(f"{path} holds no GradScaler state (it was not trained with 16-mixed): the loss scale "
+                          "starts from its default")
     streams = checkpoint.get("train_stream") or []
     if len(streams) == world_size:
-        train_stream.load_state_dict(streams[rank])
+        state["train_stream"].load_state_dict(streams[rank])
     else:
         warnings.warn(
             f"{path} was written by {len(streams)} rank(s), this run has {world_size}: "
             "the training stream restarts from a fresh position (the run is not bit-identical)"
         )
-    if val_source is not None and checkpoint.get("val_source") is not None:
-        val_source.load_state_dict(checkpoint["val_source"])
+    if state["val_source"] is not None and checkpoint.get("val_source") is not None:
+        state["val_source"].load_state_dict(checkpoint["val_source"])
     rng_states = checkpoint.get("rng_states") or []
     if len(rng_states) == world_size:
         restore_rng(rng_states[rank])
-    return int(checkpoint["global_step"])
+    state["step"] = int(checkpoint["global_step"])

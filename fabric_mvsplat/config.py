@@ -41,7 +41,7 @@ class OptimizerCfg:
 
 @dataclass
 class CheckpointingCfg:
-    load: str | None = None
+    load: str | None = None  # a checkpoint file, or "latest": the newest in output_dir (fresh start when none)
     every_n_train_steps: int = 20000
     save_top_k: int = -1
     pretrained_model: str | None = None  # declared but unused, as in the original (warns when set)
@@ -84,8 +84,12 @@ class TrainerCfg:
     detect_anomaly: bool = False
     profile: ProfileCfg | None = None
     compile: bool = False
+    accumulate_grad_batches: int = 1  # micro-batches per optimizer step (Lightning's key)
 
     def __post_init__(self) -> None:
+        if self.accumulate_grad_batches < 1:
+            raise ConfigError("accumulate_grad_batches", self.accumulate_grad_batches,
+                              "an integer >= 1 (micro-batches per optimizer step)")
         if self.max_steps == 0 or self.max_steps < -1:
             raise ConfigError("max_steps", self.max_steps, "-1 (no limit) or an integer >= 1")
         interval = self.val_check_interval

@@ -39,6 +39,10 @@ class DatasetError(UserError, FileNotFoundError):
     """A dataset root has no usable chunks, or its index points to missing files."""
 
 
+class OverwriteRefused(UserError, FileExistsError):
+    """Writing would replace or mix with data already in a folder (chunks, an index, other files)."""
+
+
 class WeightsError(UserError, ValueError):
     """A pretrained-weights file (UniMatch backbone, LPIPS VGG and heads) is unreadable or does not fit."""
 

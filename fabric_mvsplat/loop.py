@@ -1,174 +1,404 @@
 """The training loop. Everything the Lightning Trainer did implicitly happens here, in order, in the open.
 
-`global_step` counts finished optimizer steps, starting at 0, as Lightning's `self.global_step`: the
-model's forward of the k-th step (0-based) sees k; checkpoints, validation and the stop condition look
-at the count after the step (a checkpoint `step_20000` holds the weights after 20,000 steps).
+`step` (state["step"]) counts finished optimizer steps, starting at 0, as Lightning's `self.global_step`:
+the model's forward of the k-th step (0-based) sees k; checkpoints, validation, logging and the stop
+condition look at the count after the step (a checkpoint `step_20000` holds the weights after 20,000 steps,
+and every TensorBoard scalar is written at the number of optimizer steps done when it was measured).
 
 Under DDP every rank runs the same loop on different scenes. Validation and file writing happen on
 rank 0 only; the other ranks wait at a barrier, so a collective is never entered by one rank alone.
+Every decision that ends the loop early (a stop signal, a diverged step) is agreed by all ranks through a
+collective first, so no rank is ever left waiting in one.
 """
 
+import math
+import os
+import resource
+import signal
+import sys
 import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
 from lightning_fabric import Fabric
-from lightning_fabric.wrappers import _FabricModule
 from tqdm import tqdm
 
-from .checkpoint import capture_rng, checkpoint_path, make_checkpoint, restore_rng, rotate, save_atomically
+from .checkpoint import capture_rng, restore_rng, save_checkpoint
 from .config import ProfileCfg, RootCfg
 from .distributed import gather_objects, show_progress_bar
 from .tb_logging import RankZeroWriter
 
+STOP_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGINT")
+EXIT_STOPPED_BY_SIGNAL = 75  # sysexits' EX_TEMPFAIL: a checkpoint was saved, run the same command again
 
-def fit(fabric: Fabric, cfg: RootCfg, model, optimizer, scheduler, train_stream, val_source, step_tracker,
-        output_dir: Path, state: dict) -> dict:
-    """Train from `state["global_step"]` to `cfg.trainer.max_steps`; returns the final state.
 
-    model:        fabric-wrapped; `model(batch, global_step) -> StepOutput(loss, logs)`, and
-                  `validation_step(batch, global_step) -> ValidationOutput` on the unwrapped module
-    train_stream: endless iterable of CPU batch dicts with `state_dict()` (data position)
-    val_source:   endless iterator of validation batches on rank 0; None on other ranks or without validation
+class TrainingDiverged(RuntimeError):
+    """A non-finite loss or gradient, or a loss without a graph: names the step, rank(s) and scenes."""
+
+
+def fit(fabric: Fabric, cfg: RootCfg, state: dict, output_dir: Path) -> dict:
+    """Train from `state["step"]` to `cfg.trainer.max_steps`, or until a stop signal; returns the state.
+
+    state, one plain dict (as litgpt keeps it):
+        model         fabric-wrapped; `model(batch, step) -> StepOutput(loss, logs)`, and
+                      `validation_step(batch, step) -> ValidationOutput` on the unwrapped `model.module`
+        optimizer     fabric-wrapped
+        scheduler     stepped once per optimizer step that was taken
+        scaler        the 16-mixed GradScaler, or None
+        train_stream  endless iterable of CPU batch dicts with `state_dict()` (data position)
+        val_source    endless iterator of validation batches on rank 0; None elsewhere or without validation
+        step_tracker  tells the view sampler the step the next batch trains at
+        step          optimizer steps done
+    On return, state["summary"] holds what the end-of-run report needs (see train.report_end).
     """
     trainer, output_dir = cfg.trainer, Path(output_dir)
+    model, optimizer, scheduler, scaler = state["model"], state["optimizer"], state["scheduler"], state.get("scaler")
+    train_stream, val_source, step_tracker = state["train_stream"], state["val_source"], state["step_tracker"]
+    module = model.module  # the unwrapped model, once: validation and checkpoints use it
     is_rank_zero = fabric.global_rank == 0
-    writer = RankZeroWriter(output_dir / "tensorboard", is_rank_zero, video_fps=30)
-    step = state["global_step"]
+    start_step = state["step"]
+    # On resume, drop the earlier run's events after the checkpoint's step: it wrote those steps already
+    # and this run writes them again (train scalars at s are from the step that produced the checkpoint).
+    writer = RankZeroWriter(output_dir / "tensorboard", is_rank_zero, video_fps=30,
+                            purge_step=start_step + 1 if start_step > 0 else None)
+    checkpoints = output_dir / "checkpoints"
+    summary = {"start_step": start_step, "scenes": 0, "train_seconds": 0.0, "val": {}, "best_val_psnr": None,
+               "last_checkpoint": None, "stopped_by": None, "amp_skipped_steps": 0, "tensorboard": writer.log_dir}
     # Decided from the config alone: every rank must reach the same barriers (only rank 0 has a source).
     validating = trainer.val_check_interval is not None
     if validating and is_rank_zero and val_source is None:
         raise ValueError("trainer.val_check_interval is set but rank 0 got no validation source")
+    accumulate = trainer.accumulate_grad_batches
+    max_norm = trainer.gradient_clip_val if trainer.gradient_clip_val is not None else math.inf
 
-    # Sanity validation: find a broken validation path before hours of training, not after.
-    if validating and trainer.num_sanity_val_steps > 0:
-        validate(fabric, model, val_source, writer, step, trainer.num_sanity_val_steps)
-
-    batches = iter(train_stream)
+    step = start_step
     progress = tqdm(initial=step, total=None if trainer.max_steps == -1 else trainer.max_steps,
                     disable=not (is_rank_zero and show_progress_bar()), dynamic_ncols=True, unit="step")
     profiler = StepProfiler(trainer.profile, output_dir / "profile", enabled=is_rank_zero)
-    meter = Throughput()
+    meter = StepMeter(fabric.device)
+    health = Health(fabric, check_gradients=scaler is None)
+    agreement = Agreement(fabric)
+    stop = StopSignals()
     model.train()
 
-    with torch.autograd.set_detect_anomaly(trainer.detect_anomaly):
-        while trainer.max_steps == -1 or step < trainer.max_steps:
-            profiler.before_step(step)
-            # The view-sampler curriculum reads the step when it samples this batch.
-            step_tracker.set_step(step)
-            batch = fabric.to_device(next(batches))
+    # Stop signals are handled from here to the end of training (DataLoader workers ignore them, see
+    # data.stream); the writer and profiler are closed whatever happens.
+    try:
+        with stop.installed(), torch.autograd.set_detect_anomaly(trainer.detect_anomaly):
+            # Sanity validation: find a broken validation path before hours of training, not after. A resumed run
+            # checks too, but does not log: the earlier run logged validation at this step.
+            if validating and trainer.num_sanity_val_steps > 0:
+                validate(fabric, module, val_source, writer if start_step == 0 else None, start_step,
+                         trainer.num_sanity_val_steps, summary)
+            batches = iter(train_stream)
+            while trainer.max_steps == -1 or step < trainer.max_steps:
+                profiler.before_step(step)
+                step_tracker.set_step(step)  # the view-sampler curriculum reads the step when it samples
+                logs, scenes = {}, []
+                for micro_batch in range(accumulate):
+                    with meter.waiting_for_data():
+                        batch = fabric.to_device(next(batches))
+                    scenes.extend(batch["scene"])
+                    last = micro_batch == accumulate - 1
+                    with fabric.no_backward_sync(model, enabled=not last):  # DDP syncs gradients once per step
+                        output = model(batch, step)
+                        # One CPU collective per micro-batch: ranks agree on stopping and on a graph-less loss
+                        # before anyone enters backward (a rank skipping backward alone would hang the others).
+                        stop_requested, graphless = agreement.any(stop.requested, not output.loss.requires_grad)
+                        if graphless:
+                            health.raise_graphless(output.loss, step, list(batch["scene"]))
+                        fabric.backward(output.loss / accumulate)  # the mean over micro-batches, as one big batch
+                    health.record_loss(output.loss, step)
+                    for name, value in output.logs.items():
+                        logs[name] = logs.get(name, 0) + value.detach().float().reshape(()) / accumulate
+                    logs.setdefault("loss/total", output.loss.detach().float() / accumulate)
+                health.remember(step, scenes)
 
-            output = model(batch, step)
-            stop_if_not_finite(fabric, output.loss, step, batch)
-            fabric.backward(output.loss)
-            if trainer.gradient_clip_val is not None:
-                fabric.clip_gradients(model, optimizer, max_norm=trainer.gradient_clip_val)
-            lr = optimizer.param_groups[0]["lr"]
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()  # one scheduler step per optimizer step (Lightning's interval="step")
+                # The norm before clipping; inf = measure only. Never raises: a non-finite norm is ours to report
+                # (32-true, bf16) or the GradScaler's to skip (16-mixed).
+                grad_norm = fabric.clip_gradients(model, optimizer, max_norm=max_norm, error_if_nonfinite=False)
+                lr = optimizer.param_groups[0]["lr"]
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                # The GradScaler skipped the update if the gradients overflowed (it synchronised to decide): then
+                # the schedule must not move either, or it would run ahead of the updates actually made.
+                skipped = scaler is not None and not torch.isfinite(grad_norm).item()
+                if skipped:
+                    summary["amp_skipped_steps"] += 1
+                else:
+                    scheduler.step()  # one scheduler step per optimizer update (Lightning's interval="step")
+                health.record_gradients(grad_norm, step)
 
-            profiler.after_step(step)
-            meter.add(len(batch["scene"]))
-            progress.update(1)
-            logged_step, step = step, step + 1
+                profiler.after_step(step)
+                meter.step_done(len(scenes), grad_norm, grad_norm_clipped(grad_norm, trainer.gradient_clip_val))
+                progress.update(1)
+                step += 1
+                state["step"] = step
+                finished = step == trainer.max_steps
 
-            if step % cfg.train.print_log_every_n_steps == 0:
-                log_training(fabric, writer, output, lr, logged_step, meter, train_stream, batch)
-            with meter.paused():  # throughput counts training time only
-                if validating and step % trainer.val_check_interval == 0:
-                    validate(fabric, model, val_source, writer, step, num_batches=1)
-                if step % cfg.checkpointing.every_n_train_steps == 0:
-                    save_checkpoint(fabric, cfg, model, optimizer, scheduler, train_stream, val_source, step,
-                                    output_dir / "checkpoints")
-
-    profiler.close()
-    progress.close()
-    writer.close()
+                if step % cfg.train.print_log_every_n_steps == 0:
+                    log_training(fabric, writer, logs, lr, step, meter, train_stream, scenes, health, summary)
+                with meter.paused():  # throughput and step time count training only
+                    if validating and step % trainer.val_check_interval == 0:
+                        health.check(step)  # never render or save diverged weights
+                        validate(fabric, module, val_source, writer, step, 1, summary)
+                    if step % cfg.checkpointing.every_n_train_steps == 0 or finished or stop_requested:
+                        health.check(step)
+                        summary["last_checkpoint"] = save(fabric, cfg, state, checkpoints)
+                if stop_requested:
+                    summary["stopped_by"] = stop.name
+                    break
+    finally:  # also on an error: the events so far reach the disk, the profiler trace is written
+        profiler.close()
+        progress.close()
+        writer.close()
+    health.check(step)
+    meter.take()  # the steps since the last log count in the totals too
+    summary["scenes"] += meter.total_scenes
+    summary["train_seconds"] += meter.total_seconds
+    summary["end_step"] = step
     fabric.barrier()
-    return {**state, "global_step": step}
+    state["summary"] = summary
+    return state
 
 
-def log_training(fabric: Fabric, writer: RankZeroWriter, output, lr: float, step: int, meter: "Throughput",
-                 train_stream, batch) -> None:
-    """Average the step's scalars over ranks (one all_reduce) and write them on rank 0."""
-    logs = {name: value.detach().float().reshape(()) for name, value in output.logs.items()}
-    logs.setdefault("loss/total", output.loss.detach().float())
+def save(fabric: Fabric, cfg: RootCfg, state: dict, directory: Path) -> Path:
+    path = save_checkpoint(fabric, state, directory, cfg.checkpointing.save_top_k)
+    if fabric.global_rank == 0:
+        tqdm.write(f"step {state['step']}: saved checkpoint {path}")
+    return path
+
+
+def grad_norm_clipped(grad_norm: torch.Tensor, max_norm: float | None) -> torch.Tensor:
+    """Whether clip_gradients scaled the gradients down (a device tensor: no synchronisation)."""
+    if max_norm is None:
+        return torch.zeros((), device=grad_norm.device)
+    return (grad_norm > max_norm).float()
+
+
+def log_training(fabric: Fabric, writer: RankZeroWriter, logs: dict, lr: float, step: int, meter: "StepMeter",
+                 train_stream, scenes: list[str], health: "Health", summary: dict) -> None:
+    """Average the step's scalars over ranks and write them on rank 0: one all_reduce, which also carries
+    the divergence flags (so checking them costs no synchronisation of its own)."""
     names = sorted(logs)
-    local_scenes, seconds = meter.take()
-    skipped = float(getattr(train_stream, "skipped_scenes", 0))
-    values = torch.stack([logs[n] for n in names] + [torch.tensor(v, device=fabric.device, dtype=torch.float32)
-                                                      for v in (local_scenes, skipped)])
-    values = fabric.all_reduce(values, reduce_op="sum").cpu()
-    scalars = {name: values[i].item() / fabric.world_size for i, name in enumerate(names)}
-    scalars["data/skipped_scenes"] = values[-1].item()
-    scalars["train/scenes_per_second"] = values[-2].item() / max(seconds, 1e-9)
-    scalars["train/lr"] = lr
-    scalars["info/global_step"] = step
+    timing = meter.take()  # per-rank sums over the steps since the last log
+    extra = {"scenes": float(timing["scenes"]), "skipped": float(getattr(train_stream, "skipped_scenes", 0)),
+             "data": timing["data_seconds"], "compute": timing["compute_seconds"], "steps": float(timing["steps"]),
+             "memory_allocated": timing["memory_allocated"], "memory_reserved": timing["memory_reserved"]}
+    local = torch.stack([logs[n] for n in names]
+                        + [torch.tensor(v, device=fabric.device, dtype=torch.float32) for v in extra.values()]
+                        + [timing["grad_norm"], timing["clipped"]])
+    values, flags = health.reduce_with(local)
+    values = values.tolist()
+    world = fabric.world_size
+    scalars = {name: values[i] / world for i, name in enumerate(names)}
+    reduced = dict(zip(extra, values[len(names):len(names) + len(extra)]))
+    grad_norm, clipped = values[-2] / world, values[-1] / world
+    health.raise_if(flags, step)
+    steps = max(reduced["steps"] / world, 1.0)
+    seconds = (reduced["data"] + reduced["compute"]) / world
+    scalars.update({
+        "data/skipped_scenes": reduced["skipped"],
+        "train/scenes_per_second": reduced["scenes"] / max(seconds, 1e-9),
+        "train/lr": lr,
+        "train/grad_norm": grad_norm,  # before clipping; identical on every rank after DDP's all-reduce
+        "train/grad_clipped": clipped,
+        "time/data_wait_seconds": reduced["data"] / world / steps,  # per step, mean over ranks
+        "time/compute_seconds": reduced["compute"] / world / steps,
+        "info/global_step": step,
+    })
+    if torch.cuda.is_available() and fabric.device.type == "cuda":
+        scalars["memory/peak_allocated_gib"] = reduced["memory_allocated"] / world
+        scalars["memory/peak_reserved_gib"] = reduced["memory_reserved"] / world
+    else:
+        scalars["memory/peak_rss_gib"] = reduced["memory_allocated"] / world
+    if not health.check_gradients:  # 16-mixed: updates the GradScaler skipped so far
+        scalars["train/amp_skipped_steps"] = summary["amp_skipped_steps"]
     writer.scalars(scalars, step)
     if fabric.global_rank == 0:
         near_far = "".join(f" | {k.split('/')[1]} {scalars[k]:.2f}" for k in ("info/near", "info/far") if k in scalars)
-        tqdm.write(f"step {step}: loss {scalars['loss/total']:.6f} | lr {lr:.3e} | "
-                   f"{scalars['train/scenes_per_second']:.2f} scenes/s{near_far} | scenes {list(batch['scene'])[:4]}")
+        tqdm.write(f"step {step}: loss {scalars['loss/total']:.6f} | lr {lr:.3e} | grad norm {grad_norm:.3g} | "
+                   f"{scalars['train/scenes_per_second']:.2f} scenes/s | data wait "
+                   f"{scalars['time/data_wait_seconds'] * 1000:.0f} ms{near_far} | scenes {scenes[:4]}")
 
 
-def validate(fabric: Fabric, model, val_source, writer: RankZeroWriter, step: int, num_batches: int) -> None:
+def validate(fabric: Fabric, module, val_source, writer: RankZeroWriter | None, step: int, num_batches: int,
+             summary: dict) -> None:
     """Render `num_batches` validation batches on rank 0 while the other ranks wait at the barrier.
 
     Validation is a visual check of one scene per interval (as in the original), so it is not sharded.
     It runs on the unwrapped module (no DDP collectives) with the training RNG states saved and
-    restored, so validating never changes what training does next.
+    restored, so validating never changes what training does next. writer None: check only, log nothing.
     """
     if fabric.global_rank == 0:
-        module = model.module if isinstance(model, _FabricModule) else model
         module.eval()
         with torch.no_grad(), fabric.autocast(), preserved_rng():
             for _ in range(num_batches):
                 batch = fabric.to_device(next(val_source))
                 result = module.validation_step(batch, step)
+                if writer is None:
+                    continue
                 writer.scalars(result.scalars, step)
                 for name, image in result.images.items():
                     writer.image(name, image, step)
                 for name, video in result.videos.items():
                     writer.video(name, video, step)
-        writer.flush()
+                summary["val"] = dict(result.scalars)
+                if "val/psnr" in result.scalars:
+                    best = summary["best_val_psnr"]
+                    summary["best_val_psnr"] = max(result.scalars["val/psnr"], best if best is not None else -math.inf)
+                shown = " | ".join(f"{name} {value:.4f}" for name, value in sorted(result.scalars.items()))
+                tqdm.write(f"step {step}: validation ({batch['scene'][0]}): {shown}")
+        if writer is not None:
+            writer.flush()
         module.train()
     fabric.barrier()
 
 
-def save_checkpoint(fabric: Fabric, cfg: RootCfg, model, optimizer, scheduler, train_stream, val_source,
-                    step: int, directory: Path) -> None:
-    """Every rank contributes its data position and RNG state; rank 0 writes the file atomically."""
-    per_rank = gather_objects(fabric, {"train_stream": train_stream.state_dict(), "rng": capture_rng()})
-    if fabric.global_rank == 0:
-        module = model.module if isinstance(model, _FabricModule) else model
-        epoch = int(getattr(train_stream, "epoch", 0))  # the pass over the training scenes
-        checkpoint = make_checkpoint(
-            module, optimizer, scheduler, step, epoch,
-            train_stream_states=[entry["train_stream"] for entry in per_rank],
-            val_source_state=val_source.state_dict() if val_source is not None else None,
-            rng_states=[entry["rng"] for entry in per_rank],
+class Health:
+    """Divergence checks that cost no synchronisation per step.
+
+    Non-finite losses and gradient norms are recorded on the device as the first step they occurred; the
+    flags travel in the logging all-reduce (or one small all-reduce before a checkpoint or at the end), and
+    then every rank raises the same error. The scenes of the unchecked steps are remembered on the host so
+    the error can name them. Under 16-mixed non-finite gradients are the GradScaler's to skip, not an error.
+    """
+
+    def __init__(self, fabric: Fabric, check_gradients: bool) -> None:
+        self.fabric, self.check_gradients = fabric, check_gradients
+        never = torch.tensor(-1.0, device=fabric.device)
+        self.first_bad_loss, self.first_bad_gradient = never.clone(), never.clone()
+        self.first_bad_loss_value = torch.zeros((), device=fabric.device)
+        self.unchecked: dict[int, list[str]] = {}
+
+    def remember(self, step: int, scenes: list[str]) -> None:
+        self.unchecked[step] = scenes
+
+    def record_loss(self, loss: torch.Tensor, step: int) -> None:
+        loss = loss.detach().float().reshape(())
+        newly_bad = (self.first_bad_loss < 0) & ~torch.isfinite(loss)
+        self.first_bad_loss = torch.where(newly_bad, torch.full_like(self.first_bad_loss, step), self.first_bad_loss)
+        self.first_bad_loss_value = torch.where(newly_bad, loss, self.first_bad_loss_value)
+
+    def record_gradients(self, grad_norm: torch.Tensor, step: int) -> None:
+        if self.check_gradients:
+            newly_bad = (self.first_bad_gradient < 0) & ~torch.isfinite(grad_norm.float())
+            self.first_bad_gradient = torch.where(newly_bad, torch.full_like(self.first_bad_gradient, step),
+                                                  self.first_bad_gradient)
+
+    def flags(self) -> torch.Tensor:
+        """[world + 1]: this rank's first non-finite-loss step + 1 in its own slot, and the gradients'."""
+        slots = torch.zeros(self.fabric.world_size + 1, device=self.fabric.device)
+        slots[self.fabric.global_rank] = self.first_bad_loss + 1
+        slots[-1] = (self.first_bad_gradient + 1) / self.fabric.world_size  # the same on every rank: sums to it
+        return slots
+
+    def reduce_with(self, values: torch.Tensor) -> tuple[torch.Tensor, list[float]]:
+        """All-reduce (sum) `values` together with the flags; -> (summed values on the CPU, flags)."""
+        joined = torch.cat([values.float(), self.flags()])
+        if self.fabric.world_size > 1:
+            joined = self.fabric.all_reduce(joined, reduce_op="sum")
+        joined = joined.cpu()
+        count = values.numel()
+        return joined[:count], joined[count:].tolist()
+
+    def check(self, step: int) -> None:
+        """Before validation, a checkpoint and the end: never show or save diverged weights."""
+        _, flags = self.reduce_with(torch.zeros(0, device=self.fabric.device))
+        self.raise_if(flags, step)
+
+    def raise_if(self, flags: list[float], step: int) -> None:
+        bad_ranks = {rank: round(value) - 1 for rank, value in enumerate(flags[:-1]) if value > 0.5}
+        bad_gradient_step = round(flags[-1]) - 1
+        if not bad_ranks and bad_gradient_step < 0:
+            self.unchecked = {steps: scenes for steps, scenes in self.unchecked.items() if steps >= step}
+            return
+        first = min(list(bad_ranks.values()) + ([bad_gradient_step] if bad_gradient_step >= 0 else []))
+        # Rare path: every rank is here (the flags were all-reduced), so gathering the scenes is safe.
+        scenes = gather_objects(self.fabric, self.unchecked.get(first, []))
+        per_rank = "; ".join(f"rank {rank}: {names}" for rank, names in enumerate(scenes))
+        if bad_ranks and first in bad_ranks.values():
+            ranks = sorted(rank for rank, bad in bad_ranks.items() if bad == first)
+            mine = f" (this rank's loss: {self.first_bad_loss_value.item()})" if self.fabric.global_rank in ranks else ""
+            what = f"non-finite training loss at global step {first} on rank(s) {ranks}{mine}"
+        else:
+            what = f"non-finite gradients (norm before clipping) at global step {first}"
+        raise TrainingDiverged(
+            f"{what}; the step's scenes: {per_rank}. Noticed at step {step}: no checkpoint holds these weights. "
+            "Things to try: a lower optimizer.lr, trainer.gradient_clip_val, trainer.precision=32-true, "
+            "trainer.detect_anomaly=true to find the operation that produced it, and checking those scenes' "
+            "cameras and near/far."
         )
-        save_atomically(checkpoint, checkpoint_path(directory, epoch, step))
-        rotate(directory, cfg.checkpointing.save_top_k)
-    fabric.barrier()
+
+    def raise_graphless(self, loss: torch.Tensor, step: int, scenes: list[str]) -> None:
+        """Every rank is here (agreed through Agreement.any): name the ranks whose loss has no graph."""
+        reports = gather_objects(self.fabric, (not loss.requires_grad, scenes))
+        ranks = [rank for rank, (graphless, _) in enumerate(reports) if graphless]
+        named = "; ".join(f"rank {rank}: {names}" for rank, (graphless, names) in enumerate(reports) if graphless)
+        raise TrainingDiverged(
+            f"the training loss at global step {step} does not require grad on rank(s) {ranks} (scenes: {named}): "
+            "nothing in it depends on the parameters, e.g. every Gaussian was culled or every loss is disabled. "
+            "Things to try: check those scenes' cameras and near/far, the loss config (loss=[mse,lpips]), "
+            "and a lower optimizer.lr if earlier steps moved the Gaussians out of view."
+        )
 
 
-def stop_if_not_finite(fabric: Fabric, loss: torch.Tensor, step: int, batch: dict) -> None:
-    """Stop every rank together (a lone raise would leave the others hanging in a collective)."""
-    bad = (~torch.isfinite(loss.detach())).float().reshape(())
-    if fabric.world_size > 1:
-        bad = fabric.all_reduce(bad, reduce_op="sum")
-    if bad.item() == 0:
-        return
-    where = (f"loss {loss.item()} on rank {fabric.global_rank} for scenes {list(batch['scene'])}"
-             if not torch.isfinite(loss) else f"a non-finite loss on another rank (this rank: {loss.item():.6f})")
-    raise RuntimeError(
-        f"non-finite training loss at global step {step}: {where}. Things to try: a lower optimizer.lr, "
-        "trainer.gradient_clip_val, trainer.precision=32-true, trainer.detect_anomaly=true to find the "
-        "operation that produced it, and checking those scenes' cameras and near/far."
-    )
+class Agreement:
+    """Ranks agree on host-side flags with one tiny all-reduce of CPU values (gloo: no device synchronisation);
+    one process needs none."""
+
+    def __init__(self, fabric: Fabric) -> None:
+        self.group = None
+        self.distributed = fabric.world_size > 1
+        if self.distributed and torch.distributed.get_backend() != "gloo":
+            self.group = torch.distributed.new_group(backend="gloo")  # every rank calls fit: all create it
+
+    def any(self, *flags: bool) -> list[bool]:
+        if not self.distributed:
+            return [bool(flag) for flag in flags]
+        values = torch.tensor([float(flag) for flag in flags])
+        torch.distributed.all_reduce(values, group=self.group)
+        return [value > 0 for value in values.tolist()]
+
+
+class StopSignals:
+    """SIGTERM, SIGUSR1 (SLURM's warning before the time limit) and SIGINT ask the loop to stop after the
+    current optimizer step; a second SIGINT exits at once (KeyboardInterrupt)."""
+
+    def __init__(self) -> None:
+        self.name: str | None = None
+        self.pid = os.getpid()
+
+    @property
+    def requested(self) -> bool:
+        return self.name is not None
+
+    def handle(self, number: int, frame) -> None:
+        if os.getpid() != self.pid:
+            return  # a forked DataLoader worker: the main process decides, the worker keeps serving
+        name = signal.Signals(number).name
+        if name == "SIGINT" and self.name is not None:
+            raise KeyboardInterrupt
+        if self.name is None:
+            self.name = name
+            print(f"fabric_mvsplat: {name} received: finishing the current step, then saving a checkpoint "
+                  "(Ctrl-C again to exit at once without saving)", file=sys.stderr, flush=True)
+
+    @contextmanager
+    def installed(self):
+        """Handlers are set in the main thread only (Python's rule); elsewhere the loop runs without them."""
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {name: signal.signal(getattr(signal, name), self.handle) for name in STOP_SIGNALS}
+        try:
+            yield
+        finally:
+            for name, handler in previous.items():
+                signal.signal(getattr(signal, name), handler)
 
 
 @contextmanager
@@ -180,14 +410,27 @@ def preserved_rng():
         restore_rng(state)
 
 
-class Throughput:
-    """Scenes this rank trained on since the last `take()`, and the training seconds that took."""
+class StepMeter:
+    """Per-rank sums since the last `take()`: scenes, steps, seconds waiting for data vs computing (host
+    clock; on CUDA the logging synchronisation settles queued work into the interval), the last step's
+    gradient norm and clip flag (device tensors, read with the logging all-reduce), and peak memory."""
 
-    def __init__(self) -> None:
-        self.scenes, self.start, self.excluded = 0, time.perf_counter(), 0.0
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.total_scenes, self.total_seconds = 0, 0.0
+        self.grad_norm = self.clipped = torch.zeros((), device=device)
+        self._reset(time.perf_counter())
 
-    def add(self, scenes: int) -> None:
-        self.scenes += scenes
+    def _reset(self, now: float) -> None:
+        self.scenes, self.steps, self.data_seconds, self.excluded, self.start = 0, 0, 0.0, 0.0, now
+
+    @contextmanager
+    def waiting_for_data(self):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.data_seconds += time.perf_counter() - start
 
     @contextmanager
     def paused(self):
@@ -197,11 +440,26 @@ class Throughput:
         finally:
             self.excluded += time.perf_counter() - start
 
-    def take(self) -> tuple[int, float]:
+    def step_done(self, scenes: int, grad_norm: torch.Tensor, clipped: torch.Tensor) -> None:
+        self.scenes += scenes
+        self.steps += 1
+        self.grad_norm, self.clipped = grad_norm.detach().float().reshape(()), clipped
+
+    def take(self) -> dict:
         now = time.perf_counter()
-        scenes, seconds = self.scenes, now - self.start - self.excluded
-        self.scenes, self.start, self.excluded = 0, now, 0.0
-        return scenes, seconds
+        seconds = now - self.start - self.excluded
+        if self.device.type == "cuda":
+            allocated = torch.cuda.max_memory_allocated(self.device) / 2**30
+            reserved = torch.cuda.max_memory_reserved(self.device) / 2**30
+        else:  # peak resident set size of this process (Linux reports KiB)
+            allocated = reserved = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        result = {"scenes": self.scenes, "steps": self.steps, "data_seconds": self.data_seconds,
+                  "compute_seconds": max(seconds - self.data_seconds, 0.0), "grad_norm": self.grad_norm,
+                  "clipped": self.clipped, "memory_allocated": allocated, "memory_reserved": reserved}
+        self.total_scenes += self.scenes
+        self.total_seconds += seconds
+        self._reset(now)
+        return result
 
 
 class StepProfiler:

@@ -11,13 +11,19 @@ from torch import Tensor
 
 
 class RankZeroWriter:
-    def __init__(self, log_dir: Path, is_rank_zero: bool, video_fps: int = 30) -> None:
+    def __init__(self, log_dir: Path, is_rank_zero: bool, video_fps: int = 30, purge_step: int | None = None) -> None:
+        """purge_step: on resume, TensorBoard drops the earlier run's events at this step and later, so every
+        curve keeps one value per step (the resumed run writes them again)."""
         self.video_fps = video_fps
+        self.log_dir = Path(log_dir)
         self.writer = None
         if is_rank_zero:
             from tensorboardX import SummaryWriter
 
-            self.writer = SummaryWriter(logdir=str(log_dir))
+            # The file name holds the start time in seconds; the suffix keeps a resume within the same second
+            # from overwriting the earlier file, and sorts it after that file as TensorBoard's purge needs.
+            self.writer = SummaryWriter(logdir=str(log_dir), purge_step=purge_step,
+                                        filename_suffix=f".from_step_{purge_step or 0:012d}")
 
     def scalars(self, values: dict[str, float | Tensor], step: int) -> None:
         if self.writer is None:

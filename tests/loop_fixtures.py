@@ -41,14 +41,31 @@ class SimulatedCrash(Exception):
     """Stands in for a killed process."""
 
 
+class OverflowingBackward(torch.autograd.Function):
+    """Identity forward; backward multiplies the gradient by inf (an overflow in a backward kernel)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * float("inf")
+
+
 class TinyModel(nn.Module):
     """forward(batch, step) -> StepOutput like the real wrapper; dropout makes resume depend on RNG state."""
 
-    def __init__(self, nan_at_step: int | None = None, crash_at_step: int | None = None) -> None:
+    def __init__(self, nan_at_step: int | None = None, crash_at_step: int | None = None, dropout: float = 0.2,
+                 step_seconds: float = 0.0, graphless_at_step: int | None = None,
+                 inf_gradient_at_step: int | None = None) -> None:
         super().__init__()
         self.crash_at_step = crash_at_step
-        self.encoder = nn.Sequential(nn.Linear(FEATURES, 16), nn.ReLU(), nn.Dropout(0.2), nn.Linear(16, 3))
+        self.encoder = nn.Sequential(nn.Linear(FEATURES, 16), nn.ReLU(), nn.Dropout(dropout), nn.Linear(16, 3))
         self.nan_at_step = nan_at_step
+        self.graphless_at_step = graphless_at_step
+        self.inf_gradient_at_step = inf_gradient_at_step  # a finite loss whose backward overflows
+        self.step_seconds = step_seconds  # a slow step, so that a test's signal lands mid-training
         self.validation_steps: list[int] = []
         self.seen_steps: list[int] = []
         self.anomaly_detection: list[bool] = []
@@ -58,10 +75,18 @@ class TinyModel(nn.Module):
             raise SimulatedCrash(f"killed at step {global_step}")
         self.seen_steps.append(global_step)
         self.anomaly_detection.append(torch.is_anomaly_enabled())
+        if self.step_seconds:
+            import time
+
+            time.sleep(self.step_seconds)
         prediction = self.encoder(batch["x"])
+        if global_step == self.inf_gradient_at_step:
+            prediction = OverflowingBackward.apply(prediction)
         mse = ((prediction - batch["y"]) ** 2).mean()
         if global_step == self.nan_at_step:
             mse = mse * float("nan")
+        if global_step == self.graphless_at_step:
+            mse = mse.detach()  # as when every Gaussian is culled: nothing depends on the parameters
         logs = {"loss/mse": mse.detach(), "loss/total": mse.detach(), "info/near": torch.tensor(1.0)}
         return StepOutput(loss=mse, logs=logs)
 
@@ -77,11 +102,13 @@ class TinyModel(nn.Module):
 
 
 def make_batch(seed: int, rank: int, position: int, batch_size: int) -> dict:
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + rank * 10_007 + position)
-    x = torch.randn(batch_size, FEATURES, generator=generator)
+    """Batch `position` of a rank's stream; each sample depends on its index only, so batches of 4 and four
+    batches of 1 hold the same samples."""
+    indices = range(position * batch_size, (position + 1) * batch_size)
+    x = torch.stack([torch.randn(FEATURES, generator=torch.Generator().manual_seed(
+        seed * 1_000_003 + rank * 10_007 + index)) for index in indices])
     y = torch.stack([x[:, :3].sum(-1), x[:, 3:6].prod(-1), x[:, 6:].mean(-1)], dim=-1)
-    scenes = [f"scene_r{rank}_{position * batch_size + i}" for i in range(batch_size)]
-    return {"x": x, "y": y, "scene": scenes}
+    return {"x": x, "y": y, "scene": [f"scene_r{rank}_{index}" for index in indices]}
 
 
 class TinyTrainStream:
@@ -135,25 +162,49 @@ class RecordingTracker:
         self.steps.append(step)
 
 
+def tiny_state(fabric, cfg: RootCfg, model: TinyModel) -> dict:
+    """train.prepare_training with the tiny stream and validation source -> the training state."""
+    from fabric_mvsplat.train import prepare_training
+
+    stream = TinyTrainStream(fabric.global_rank, cfg.data_loader.train.batch_size)
+    val_source = OneSceneValidationSource() if fabric.global_rank == 0 else None
+    return prepare_training(fabric, cfg, model, stream, val_source, RecordingTracker())
+
+
 def train_tiny(cfg: RootCfg, output_dir: Path, fabric=None, **model_kwargs):
     """train.run_training with the tiny pieces: -> (fabric, model, final state, stream, val source).
 
-    The model is built after seeding, as in train.py; model_kwargs go to TinyModel.
+    The model is built after seeding, as in train.py; model_kwargs go to TinyModel. checkpointing.load=latest
+    is resolved as train.run does.
     """
     from fabric_mvsplat.loop import fit
-    from fabric_mvsplat.train import make_fabric, prepare_training
+    from fabric_mvsplat.train import make_fabric, resolve_latest
 
+    resolve_latest(cfg, output_dir)
     if fabric is None:
         fabric = make_fabric(cfg.trainer)
         fabric.launch()
     fabric.seed_everything(cfg.seed + fabric.global_rank)
     model = TinyModel(**model_kwargs)
-    stream = TinyTrainStream(fabric.global_rank, cfg.data_loader.train.batch_size)
-    val_source = OneSceneValidationSource() if fabric.global_rank == 0 else None
-    tracker = RecordingTracker()
-    wrapped, optimizer, scheduler, state = prepare_training(fabric, cfg, model, stream, val_source, tracker)
-    state = fit(fabric, cfg, wrapped, optimizer, scheduler, stream, val_source, tracker, output_dir, state)
-    return fabric, model, state, stream, val_source
+    state = fit(fabric, cfg, tiny_state(fabric, cfg, model), output_dir)
+    return fabric, model, state, state["train_stream"], state["val_source"]
+
+
+def tiny_worker(output_dir: Path, keys_json: str, step_seconds: float) -> None:
+    """A whole training process as `python -m fabric_mvsplat.train` runs it (one process or one torchrun
+    rank), with the tiny model: the console story, and exit code 75 after a stop signal."""
+    import json
+    import sys
+
+    from fabric_mvsplat.loop import EXIT_STOPPED_BY_SIGNAL
+    from fabric_mvsplat.train import report_end, shut_down
+
+    cfg = tiny_cfg(**json.loads(keys_json))
+    fabric, model, state, *_ = train_tiny(cfg, output_dir, step_seconds=step_seconds)
+    report_end(fabric, cfg, state, output_dir)
+    shut_down(fabric)
+    if state["summary"]["stopped_by"] is not None:
+        sys.exit(EXIT_STOPPED_BY_SIGNAL)
 
 
 def flat_parameters(model: nn.Module) -> torch.Tensor:
@@ -241,20 +292,42 @@ def ddp_worker(data_root: Path, output_dir: Path, results_dir: Path) -> None:
     seen: list[str] = []
     recording_stream = RecordingStream(stream, seen)
     val_source = OneSceneValidationSource() if fabric.global_rank == 0 else None
-    wrapped, optimizer, scheduler, state = prepare_training(fabric, cfg, model, recording_stream, val_source,
-                                                            tracker)
-    state = fit(fabric, cfg, wrapped, optimizer, scheduler, recording_stream, val_source, tracker, output_dir,
-                state)
+    state = fit(fabric, cfg, prepare_training(fabric, cfg, model, recording_stream, val_source, tracker), output_dir)
     params = flat_parameters(model)
     gathered = fabric.all_gather(params)
     builtins.open, io.open, os.mkdir = real_open, real_io_open, real_mkdir
     result = {"rank": rank, "world": fabric.world_size, "strategy": type(fabric.strategy).__name__,
-              "step": state["global_step"], "equal": all(torch.equal(g, params) for g in gathered),
+              "step": state["step"], "equal": all(torch.equal(g, params) for g in gathered),
               "sha": hashlib.sha256(params.numpy().tobytes()).hexdigest(),
               "validations": len(model.validation_steps), "writes": writes, "scenes": seen}
     Path(results_dir).mkdir(parents=True, exist_ok=True)
     (Path(results_dir) / f"rank{rank}.json").write_text(json.dumps(result))
     shut_down(fabric)
+
+
+def worker_stream_run(data_root: Path, output_dir: Path) -> None:
+    """One training process on the real train stream with 2 DataLoader workers (tests/test_preemption.py sends
+    SIGTERM to the whole process group, as SLURM does): the console story, exit 75 after a stop signal."""
+    import sys
+
+    from fabric_mvsplat.data import StepTracker, make_train_stream
+    from fabric_mvsplat.data.config import DataLoaderStageCfg
+    from fabric_mvsplat.loop import EXIT_STOPPED_BY_SIGNAL, fit
+    from fabric_mvsplat.train import make_fabric, prepare_training, report_end
+    from test_data_fixtures import dataset_cfg
+
+    cfg = tiny_cfg(**{"trainer.max_steps": 40, "trainer.val_check_interval": None})
+    fabric = make_fabric(cfg.trainer)
+    fabric.launch()
+    fabric.seed_everything(cfg.seed)
+    tracker = StepTracker()
+    stream = RealSceneFeatures(make_train_stream(dataset_cfg(data_root), DataLoaderStageCfg(batch_size=2, num_workers=2),
+                                                 tracker, 0, 1, cfg.seed))
+    model = TinyModel(step_seconds=0.3)
+    state = fit(fabric, cfg, prepare_training(fabric, cfg, model, stream, None, tracker), output_dir)
+    report_end(fabric, cfg, state, output_dir)
+    if state["summary"]["stopped_by"] is not None:
+        sys.exit(EXIT_STOPPED_BY_SIGNAL)
 
 
 class RecordingStream:
@@ -275,4 +348,9 @@ class RecordingStream:
 if __name__ == "__main__":
     import sys
 
-    ddp_worker(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]))
+    if sys.argv[1] == "tiny":  # loop_fixtures.py tiny OUTPUT_DIR '{"trainer.max_steps": 8}' STEP_SECONDS
+        tiny_worker(Path(sys.argv[2]), sys.argv[3], float(sys.argv[4]))
+    elif sys.argv[1] == "workers":  # loop_fixtures.py workers DATA_ROOT OUTPUT_DIR
+        worker_stream_run(Path(sys.argv[2]), Path(sys.argv[3]))
+    else:
+        ddp_worker(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]))

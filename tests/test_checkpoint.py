@@ -62,7 +62,7 @@ def test_resume_after_a_crash_is_bit_identical(tmp_path):
 
     resume = {**keys, "checkpointing.load": tmp_path / "b" / "checkpoints" / "epoch_0-step_4.ckpt"}
     _, resumed, state, stream, _ = train_tiny(tiny_cfg(**resume), tmp_path / "b")
-    assert resumed.seen_steps == [4, 5, 6, 7] and state["global_step"] == 8 and stream.position == 8
+    assert resumed.seen_steps == [4, 5, 6, 7] and state["step"] == 8 and stream.position == 8
     assert torch.equal(flat_parameters(resumed), flat_parameters(uninterrupted))
     final_a = torch.load(tmp_path / "a" / "checkpoints" / "epoch_0-step_8.ckpt", weights_only=True)
     final_b = torch.load(tmp_path / "b" / "checkpoints" / "epoch_0-step_8.ckpt", weights_only=True)
@@ -79,7 +79,7 @@ def test_fine_tune_loads_weights_only_and_starts_fresh(tmp_path):
                       "trainer.val_check_interval": None, "trainer.gradient_clip_val": None,
                       "optimizer.cosine_lr": False, "optimizer.warm_up_steps": 1})
     _, model, state, stream, _ = train_tiny(cfg, tmp_path / "b")
-    assert model.seen_steps == [0] and stream.position == 1 and state["global_step"] == 1
+    assert model.seen_steps == [0] and stream.position == 1 and state["step"] == 1
     # One fresh Adam step (no moments loaded) moves each weight by at most lr from the loaded values.
     for key, value in model.state_dict().items():
         assert torch.allclose(value, weights[key], rtol=0, atol=1.001 * 2e-4)
@@ -99,7 +99,7 @@ def test_fine_tune_mismatch_lists_keys(tmp_path):
     message = str(error.value)
     assert str(path) in message
     assert "missing (1): encoder.3.bias" in message and "unexpected (1): encoder.9.weight" in message
-    assert "encoder.0.weight: checkpoint (4, 4) vs model (16, 8)" in message
+    assert "encoder.0.weight: file [4, 4] vs model [16, 8]" in message
 
 
 def test_resume_from_weights_only_file_says_to_fine_tune(tmp_path):
@@ -153,3 +153,98 @@ def test_pickled_objects_need_the_explicit_opt_in(tmp_path):
     assert "checkpointing.allow_unsafe_load=true" in str(error.value) and "PurePosixPath" in str(error.value)
     with pytest.warns(UserWarning, match="weights_only=False"):
         assert "state_dict" in load_file(path, allow_unsafe_load=True)
+
+
+def test_final_checkpoint_at_max_steps_counts_in_top_k(tmp_path):
+    train_tiny(tiny_cfg(**{"trainer.max_steps": 5, "checkpointing.every_n_train_steps": 2,
+                           "checkpointing.save_top_k": 2}), tmp_path)
+    assert names(tmp_path / "checkpoints") == ["epoch_0-step_4.ckpt", "epoch_0-step_5.ckpt"]
+    assert load_file(tmp_path / "checkpoints" / "epoch_0-step_5.ckpt")["global_step"] == 5
+
+
+def test_load_latest_starts_fresh_then_resumes_from_the_newest(tmp_path):
+    keys = {"trainer.max_steps": 4, "checkpointing.every_n_train_steps": 2, "checkpointing.load": "latest"}
+    _, model, state, *_ = train_tiny(tiny_cfg(**keys), tmp_path)  # nothing there yet: a fresh run
+    assert model.seen_steps == [0, 1, 2, 3] and state["step"] == 4
+    (tmp_path / "checkpoints" / "epoch_0-step_4.ckpt").rename(tmp_path / "checkpoints" / "epoch_0-step_3.ckpt")
+    _, model, state, *_ = train_tiny(tiny_cfg(**{**keys, "trainer.max_steps": 6}), tmp_path)
+    assert model.seen_steps == [4, 5] and state["step"] == 6  # the newest by step, whatever the name order
+
+
+def one_cycle_lrs(max_steps: int, steps: int) -> list[float]:
+    """The learning rates torch's OneCycleLR gives a run planned for max_steps from the start."""
+    optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=2e-4)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=2e-4, total_steps=max_steps + 10,
+                                                    pct_start=0.01, cycle_momentum=False, anneal_strategy="cos")
+    values = []
+    for _ in range(steps):
+        values.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return values
+
+
+def test_resume_with_a_longer_max_steps_finishes_on_the_rebuilt_schedule(tmp_path):
+    from test_loop import read_events
+
+    keys = {"trainer.max_steps": 6, "checkpointing.every_n_train_steps": 3, "trainer.val_check_interval": None}
+    train_tiny(tiny_cfg(**keys), tmp_path)
+    longer = {**keys, "trainer.max_steps": 40, "checkpointing.load": tmp_path / "checkpoints" / "epoch_0-step_6.ckpt"}
+    _, model, state, *_ = train_tiny(tiny_cfg(**longer), tmp_path)  # OneCycleLR(16 steps) would raise at step 16
+    assert state["step"] == 40 and model.seen_steps == list(range(6, 40))
+    assert state["scheduler"].total_steps == 50 and state["scheduler"].last_epoch == 40
+    logged = [e.value for e in read_events(tmp_path).Scalars("train/lr")]
+    assert logged[6:] == pytest.approx(one_cycle_lrs(40, 40)[6:], rel=1e-6)
+
+
+def test_resume_below_the_checkpoint_step_stops_before_any_work(tmp_path):
+    from fabric_mvsplat.errors import ConfigError
+
+    train_tiny(tiny_cfg(**{"trainer.max_steps": 4, "checkpointing.every_n_train_steps": 4}), tmp_path)
+    before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    shorter = {"trainer.max_steps": 2, "checkpointing.load": tmp_path / "checkpoints" / "epoch_0-step_4.ckpt"}
+    with pytest.raises(ConfigError, match=r"trainer.max_steps' = 2 .* >= 4"):
+        train_tiny(tiny_cfg(**shorter), tmp_path)
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == before
+
+
+def test_tensorboard_has_one_value_per_step_after_a_resume(tmp_path):
+    from test_loop import read_events
+
+    keys = {"trainer.max_steps": 8, "checkpointing.every_n_train_steps": 4, "trainer.val_check_interval": 2}
+    with pytest.raises(SimulatedCrash):  # steps 0-5 logged (as 1..6), the checkpoint holds step 4
+        train_tiny(tiny_cfg(**keys), tmp_path, crash_at_step=6)
+    train_tiny(tiny_cfg(**{**keys, "checkpointing.load": "latest"}), tmp_path)
+    events = read_events(tmp_path)
+    assert [e.step for e in events.Scalars("loss/total")] == list(range(1, 9))
+    assert [e.step for e in events.Scalars("val/mse")] == [0, 2, 4, 6, 8]
+
+
+def test_16_mixed_scaler_state_round_trips_and_a_skipped_step_keeps_the_schedule(tmp_path):
+    """A GradScaler whose first scale overflows fp16 gradients: that update is skipped, so the schedule stays;
+    its state is saved under Lightning's `MixedPrecision` key and restored on resume."""
+    from lightning_fabric import Fabric
+    from lightning_fabric.plugins.precision import MixedPrecision
+
+    def fabric():
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0**40, backoff_factor=2.0**-30)
+        fabric = Fabric(accelerator="cpu", devices=1, plugins=[MixedPrecision("16-mixed", "cpu", scaler=scaler)])
+        fabric.launch()
+        return fabric
+
+    keys = {"trainer.max_steps": 4, "checkpointing.every_n_train_steps": 4, "trainer.val_check_interval": None,
+            "trainer.gradient_clip_val": 0.5}
+    _, _, state, *_ = train_tiny(tiny_cfg(**keys), tmp_path, fabric=fabric())  # clipping must not raise
+    assert state["summary"]["amp_skipped_steps"] == 1
+    assert state["scheduler"].last_epoch == 3  # 4 optimizer steps, 3 updates
+    from test_loop import read_events
+
+    lrs = [e.value for e in read_events(tmp_path).Scalars("train/lr")]
+    assert lrs[0] == lrs[1] and lrs[1:] == pytest.approx(one_cycle_lrs(4, 3), rel=1e-6)
+    saved = torch.load(tmp_path / "checkpoints" / "epoch_0-step_4.ckpt", weights_only=True)
+    assert saved["MixedPrecision"]["scale"] == 2.0**10 == state["scaler"].get_scale()
+
+    resumed = tiny_cfg(**{**keys, "trainer.max_steps": 5, "checkpointing.load": "latest"})
+    _, _, state, *_ = train_tiny(resumed, tmp_path, fabric=fabric())
+    assert state["scaler"].get_scale() == 2.0**10  # restored, not the fresh scaler's 2**40
+    assert state["summary"]["amp_skipped_steps"] == 0

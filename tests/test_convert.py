@@ -140,25 +140,27 @@ def colmap_images(tmp_path):
     return images, {name: image_file(images / name, seed) for seed, name in enumerate(POSES)}
 
 
-PINHOLE_CAMERAS = [("PINHOLE", [6.0, 5.0, 4.0, 3.0]), ("SIMPLE_RADIAL", [7.0, 4.2, 2.9, 0.0])]
+PINHOLE_CAMERAS = [("PINHOLE", [6.0, 6.1, 4.0, 3.0]), ("SIMPLE_RADIAL", [7.0, 4.2, 2.9, 0.0])]
 
 
 @pytest.mark.parametrize("writer", [write_colmap_text, write_colmap_binary])
 def test_colmap_round_trip(writer, colmap_images, tmp_path):
     images, files = colmap_images
     writer(tmp_path / "sparse" / "0", PINHOLE_CAMERAS)
-    index = convert_colmap([tmp_path / "sparse" / "0"], [images], ["room"], tmp_path / "out" / "test")
-    assert index == {"room": "000000.torch"}
+    index = convert_colmap([tmp_path / "sparse" / "0"], [images], ["room"], tmp_path / "out" / "test",
+                           report=lambda line: None)
+    assert index == {"test": {"room": "000000.torch"}}
     scene = read_stage(tmp_path / "out" / "test")["room"]
-    assert scene["url"] == "" and scene["timestamps"].tolist() == [0, 1, 2]
+    assert scene["url"] == str(images) and scene["timestamps"].tolist() == [0, 1, 2]
     names = sorted(POSES)  # frames sorted by image name, whatever the model's order
+    assert scene["file_names"] == names
     assert [bytes(image.numpy()) for image in scene["images"]] == [files[n] for n in names]
 
     c2w, k = vector_to_cameras(scene["cameras"])
     assert scene["cameras"][:, 4:6].abs().max() == 0
     # a.png is image 2 -> camera 2 (SIMPLE_RADIAL, f=7, cx=4.2, cy=2.9); b.png, c.png use camera 1 (PINHOLE).
     torch.testing.assert_close(k[0], torch.tensor([[7 / 8, 0, 4.2 / 8], [0, 7 / 6, 2.9 / 6], [0, 0, 1.0]]))
-    torch.testing.assert_close(k[1], torch.tensor([[6 / 8, 0, 4 / 8], [0, 5 / 6, 3 / 6], [0, 0, 1.0]]))
+    torch.testing.assert_close(k[1], torch.tensor([[6 / 8, 0, 4 / 8], [0, 6.1 / 6, 3 / 6], [0, 0, 1.0]]))
     for view, name in enumerate(names):
         _, t, rotation = POSES[name]
         w2c = torch.linalg.inv(c2w[view].double())
@@ -169,7 +171,7 @@ def test_colmap_round_trip(writer, colmap_images, tmp_path):
     point = np.array([0.3, -0.2, 4.0])
     _, t, rotation = POSES["c.png"]
     cam = rotation @ point + np.array(t)
-    expected = np.array([(6.0 * cam[0] / cam[2] + 4.0) / 8, (5.0 * cam[1] / cam[2] + 3.0) / 6])
+    expected = np.array([(6.0 * cam[0] / cam[2] + 4.0) / 8, (6.1 * cam[1] / cam[2] + 3.0) / 6])
     stored = k[2].double() @ torch.linalg.inv(c2w[2].double())[:3] @ torch.tensor([*point, 1.0])
     np.testing.assert_allclose((stored[:2] / stored[2]).numpy(), expected, atol=1e-6)
 
@@ -179,7 +181,7 @@ def test_colmap_text_and_binary_agree(colmap_images, tmp_path):
     write_colmap_text(tmp_path / "text", PINHOLE_CAMERAS)
     write_colmap_binary(tmp_path / "bin", PINHOLE_CAMERAS)
     text, binary = colmap_scene(tmp_path / "text", images, "s"), colmap_scene(tmp_path / "bin", images, "s")
-    torch.testing.assert_close(text["cameras"], binary["cameras"])
+    torch.testing.assert_close(text.scene["cameras"], binary.scene["cameras"])
 
 
 @pytest.mark.parametrize("writer", [write_colmap_text, write_colmap_binary])
@@ -188,8 +190,8 @@ def test_colmap_rejects_distorted_camera(writer, colmap_images, tmp_path):
     writer(tmp_path / "model", [("OPENCV", [6.0, 5.0, 4.0, 3.0, 0.1, 0.0, 0.0, 0.0])])
     with pytest.raises(ValueError, match="OPENCV.*colmap image_undistorter"):
         colmap_scene(tmp_path / "model", images, "s")
-    writer(tmp_path / "ok", [("OPENCV", [6.0, 5.0, 4.0, 3.0, 0.0, 0.0, 0.0, 0.0])])  # zero distortion is fine
-    assert colmap_scene(tmp_path / "ok", images, "s")["cameras"].shape == (3, 18)
+    writer(tmp_path / "ok", [("OPENCV", [6.0, 6.0, 4.0, 3.0, 0.0, 0.0, 0.0, 0.0])])  # zero distortion is fine
+    assert colmap_scene(tmp_path / "ok", images, "s").scene["cameras"].shape == (3, 18)
 
 
 def test_colmap_errors_name_missing_files(colmap_images, tmp_path):
@@ -215,3 +217,4 @@ def test_colmap_cli_two_scenes(colmap_images, tmp_path):
     assert sorted(read_stage(out)) == ["one", "two"]
     with pytest.raises(ValueError, match="give one of each per scene"):
         convert_colmap([tmp_path / "m1"], [images, images], ["x"], tmp_path / "other")
+    assert not (tmp_path / "other").exists()

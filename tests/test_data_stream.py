@@ -144,6 +144,26 @@ def test_overfit_to_scene_repeats_one_scene(tmp_path):
     assert all(b["context"]["index"][0].tolist() == [0, 3] for b in batches)
 
 
+def test_accumulated_micro_batches_sample_at_the_step_they_train_at(tmp_path, monkeypatch):
+    """With trainer.accumulate_grad_batches=2 the loop trains batches 2k and 2k+1 at step k: the view
+    sampler's curriculum must see k for both (also for batches a worker prefetches)."""
+    from fabric_mvsplat.data import stream as stream_module
+
+    make_split(tmp_path / "train", 4)
+    steps = []
+    real_build = stream_module.ExampleBuilder.build
+
+    def recording_build(self, scene, chunk, generator, step):
+        steps.append(step)
+        return real_build(self, scene, chunk, generator, step)
+
+    monkeypatch.setattr(stream_module.ExampleBuilder, "build", recording_build)
+    loader = DataLoaderStageCfg(num_workers=0, batch_size=1)
+    stream = make_train_stream(dataset_cfg(tmp_path), loader, StepTracker(5), 0, 1, seed=0, batches_per_step=2)
+    list(islice(stream, 6))
+    assert steps == [5, 5, 6, 6, 7, 7]
+
+
 def dataloader_workers() -> set[int]:
     return {process.pid for process in multiprocessing.active_children()}
 

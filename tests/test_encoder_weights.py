@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from fabric_mvsplat.config import from_dict
+from fabric_mvsplat.errors import CheckpointError, WeightsError
 from fabric_mvsplat.model.encoder import (
     EncoderCostVolume, EncoderCostVolumeCfg, load_encoder_weights, load_unimatch_backbone)
 
@@ -38,19 +39,19 @@ def test_mismatch_names_missing_unexpected_and_wrong_shaped_keys():
     state["depth_predictor.proj_feature.bias"] = torch.zeros(7)
     target = encoder()
     before = target.depth_predictor.proj_feature.bias.clone()
-    with pytest.raises(ValueError) as error:
+    with pytest.raises(CheckpointError) as error:
         load_encoder_weights(target, state, "acid.ckpt")
     message = str(error.value)
     assert "acid.ckpt" in message
-    assert "missing keys (1): depth_predictor.to_disparity.2.bias" in message
-    assert "unexpected keys (1): depth_predictor.corr_project.weight" in message
-    assert "depth_predictor.proj_feature.bias file [7] vs model [32]" in message
+    assert "missing (1): depth_predictor.to_disparity.2.bias" in message
+    assert "unexpected (1): depth_predictor.corr_project.weight" in message
+    assert "depth_predictor.proj_feature.bias: file [7] vs model [32]" in message
     assert torch.equal(target.depth_predictor.proj_feature.bias, before)  # nothing half-loaded
 
 
 def test_ablation_checkpoint_into_full_model_is_rejected():
     ablation = encoder(wo_depth_refine=True).state_dict()
-    with pytest.raises(ValueError, match="refine_unet.weight"):
+    with pytest.raises(CheckpointError, match="refine_unet.weight"):
         load_encoder_weights(encoder(), {f"encoder.{k}": v for k, v in ablation.items()}, "re10k_base.ckpt")
 
 
@@ -80,7 +81,7 @@ def test_unimatch_init_is_strict(tmp_path):
     state = dict(target.backbone.state_dict())
     del state["transformer.layers.5.cross_attn_ffn.norm2.bias"]
     path, _ = unimatch_file(tmp_path, state)
-    with pytest.raises(ValueError, match="transformer.layers.5.cross_attn_ffn.norm2.bias"):
+    with pytest.raises(WeightsError, match="transformer.layers.5.cross_attn_ffn.norm2.bias"):
         load_unimatch_backbone(target, str(path))
 
 

@@ -91,6 +91,43 @@ def test_test_mode_scores_are_identical_on_one_and_two_ranks(synthetic_root, tra
     assert two_ranks == one_rank
 
 
+def test_resume_tells_the_story_and_keeps_output_dir(demo_training, synthetic_root, tmp_path, capsys):
+    """A resume that fails changes nothing in output_dir; one that loads writes its config beside the first and
+    tells the story: a line per validation and per checkpoint, then the summary with the test-mode command."""
+    import shutil
+
+    from fabric_mvsplat.checkpoint import CheckpointError
+    from fabric_mvsplat.train import run
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(demo_training[1], run_dir)  # the shared run stays as it is
+
+    def files():
+        return {str(p.relative_to(run_dir)): p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+
+    before = files()
+    keys = [f"output_dir={run_dir}", "trainer.max_steps=3", "trainer.val_check_interval=3",
+            "trainer.num_sanity_val_steps=0", "train.video_frames=3", "checkpointing.every_n_train_steps=100"]
+    with pytest.raises(CheckpointError, match="missing.ckpt"):
+        run(compose_cfg(demo_overrides(synthetic_root, *keys, f"checkpointing.load={run_dir / 'missing.ckpt'}")),
+            run_dir, config_yaml="the failed run's config")
+    assert files() == before
+    capsys.readouterr()
+    run(compose_cfg(demo_overrides(synthetic_root, *keys, "checkpointing.load=latest")), run_dir,
+        config_yaml="the resumed run's config")
+    out = capsys.readouterr().out
+    assert (run_dir / "config.yaml").read_bytes() == before["config.yaml"]
+    assert (run_dir / "config_resumed_at_step_2.yaml").read_text() == "the resumed run's config"
+    last = run_dir / "checkpoints" / "epoch_0-step_3.ckpt"
+    assert last.is_file()
+    assert "step 3: validation (" in out and "val/psnr" in out and f"step 3: saved checkpoint {last}" in out
+    assert "steps 2 -> 3" in out and "validation PSNR: last" in out
+    assert f"tensorboard --logdir {run_dir / 'tensorboard'}" in out
+    assert f"test it with: python -m fabric_mvsplat.train mode=test checkpointing.load={last}" in out
+
+
+
+
 def lightning_checkpoint_from_golden(path: Path) -> dict:
     golden = shared_path("golden", "encoder_small")
     state_dict = torch.load(golden / "state_dict.pt", weights_only=True)

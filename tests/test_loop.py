@@ -5,18 +5,18 @@ from pathlib import Path
 import pytest
 import torch
 from torch.optim.optimizer import register_optimizer_step_pre_hook
-from loop_fixtures import TinyModel, tiny_cfg, train_tiny
+from loop_fixtures import TinyModel, flat_parameters, tiny_cfg, train_tiny
 
 from fabric_mvsplat.config import OptimizerCfg
 from fabric_mvsplat.train import make_scheduler
 
 
 def read_events(output_dir: Path):
+    """All event files of a run folder, as TensorBoard reads them (purges after a resume included)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    files = list((output_dir / "tensorboard").glob("events.out.tfevents*"))
-    assert len(files) == 1
-    events = EventAccumulator(str(files[0]), size_guidance={"scalars": 0, "images": 0})
+    assert list((output_dir / "tensorboard").glob("events.out.tfevents*"))
+    events = EventAccumulator(str(output_dir / "tensorboard"), size_guidance={"scalars": 0, "images": 0})
     events.Reload()
     return events
 
@@ -25,7 +25,7 @@ def test_step_semantics_and_validation_at_every_interval(tmp_path):
     cfg = tiny_cfg(**{"trainer.max_steps": 10, "trainer.val_check_interval": 2,
                       "checkpointing.every_n_train_steps": 100})
     _, model, state, stream, val_source = train_tiny(cfg, tmp_path)
-    assert state["global_step"] == 10
+    assert state["step"] == 10
     assert model.seen_steps == list(range(10))  # 0-based, as Lightning's global_step
     # 1 sanity batch, then every 2 steps: a 1-scene validation split never runs dry.
     assert model.validation_steps == [0, 2, 4, 6, 8, 10]
@@ -35,17 +35,25 @@ def test_step_semantics_and_validation_at_every_interval(tmp_path):
 
 
 def test_tensorboard_scalars_images_and_videos(tmp_path):
-    cfg = tiny_cfg(**{"trainer.max_steps": 4, "trainer.val_check_interval": 2, "train.print_log_every_n_steps": 2})
+    cfg = tiny_cfg(**{"trainer.max_steps": 4, "trainer.val_check_interval": 2, "train.print_log_every_n_steps": 2,
+                      "trainer.gradient_clip_val": 0.01})
     train_tiny(cfg, tmp_path)
     events = read_events(tmp_path)
     tags = events.Tags()
     for tag in ("loss/total", "loss/mse", "info/near", "info/global_step", "train/lr",
-                "train/scenes_per_second", "data/skipped_scenes", "val/mse"):
+                "train/scenes_per_second", "data/skipped_scenes", "val/mse", "train/grad_norm", "train/grad_clipped",
+                "time/data_wait_seconds", "time/compute_seconds", "memory/peak_rss_gib"):
         assert tag in tags["scalars"], tag
-    assert [e.step for e in events.Scalars("loss/total")] == [1, 3]  # every 2 steps, at the step's index
-    assert [e.value for e in events.Scalars("info/global_step")] == [1, 3]
+    # One convention: every scalar at the number of optimizer steps done when it was measured.
+    assert [e.step for e in events.Scalars("loss/total")] == [2, 4]
+    assert [e.value for e in events.Scalars("info/global_step")] == [2, 4]
     assert [e.step for e in events.Scalars("val/mse")] == [0, 2, 4]
     assert all(e.value > 0 for e in events.Scalars("train/scenes_per_second"))
+    assert all(e.value > 0.01 for e in events.Scalars("train/grad_norm"))  # before clipping
+    assert [e.value for e in events.Scalars("train/grad_clipped")] == [1.0, 1.0]
+    assert all(e.value > 0 for e in events.Scalars("time/compute_seconds"))
+    assert all(e.value >= 0 for e in events.Scalars("time/data_wait_seconds"))
+    assert all(0.01 < e.value < 64 for e in events.Scalars("memory/peak_rss_gib"))
     assert "comparison" in tags["images"] and "video/rgb" in tags["images"]  # tensorboardX videos are GIFs
 
 
@@ -84,6 +92,27 @@ def test_gradient_clipping_bounds_the_gradients_the_optimizer_sees(tmp_path):
     assert len(free) == 3 and min(free) > 0
     assert len(norms) == 3 and all(norm <= bound * (1 + 1e-4) for norm in norms), (norms, bound)
     assert all(norm >= bound * 0.99 for norm in norms)  # scaled down to the bound, not zeroed
+
+
+def test_logged_grad_norm_is_the_norm_before_clipping(tmp_path, monkeypatch):
+    """The gradients Adam receives have a global norm <= gradient_clip_val; the logged norm is before clipping."""
+    applied = []
+    original = torch.optim.Adam.step
+
+    def recording_step(self, *args, **kwargs):
+        grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
+        applied.append(float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", recording_step)
+    train_tiny(tiny_cfg(**{"trainer.max_steps": 3, "trainer.gradient_clip_val": 0.05}), tmp_path / "a")
+    logged = [e.value for e in read_events(tmp_path / "a").Scalars("train/grad_norm")]
+    assert all(norm > 0.05 for norm in logged)  # so clipping had work to do
+    assert applied == pytest.approx([0.05] * 3, rel=1e-4)
+    applied.clear()
+    train_tiny(tiny_cfg(**{"trainer.max_steps": 3, "trainer.gradient_clip_val": None}), tmp_path / "b")
+    logged = [e.value for e in read_events(tmp_path / "b").Scalars("train/grad_norm")]
+    assert applied == pytest.approx(logged, rel=1e-5) and max(applied) > 0.05  # untouched without clipping
 
 
 def lrs(scheduler, optimizer, steps):
@@ -138,3 +167,58 @@ def test_profile_window_writes_a_tensorboard_trace(tmp_path):
     assert len(traces) == 1
     text = traces[0].read_text()
     assert "train_step_1" in text and "train_step_2" in text and "train_step_3" not in text
+
+
+def test_exploding_learning_rate_stops_naming_the_step_and_scenes(tmp_path):
+    from fabric_mvsplat.loop import TrainingDiverged
+
+    cfg = tiny_cfg(**{"trainer.max_steps": 6, "optimizer.lr": 1e30, "trainer.gradient_clip_val": 0.5,
+                      "checkpointing.every_n_train_steps": 1, "trainer.val_check_interval": None,
+                      "optimizer.cosine_lr": False, "optimizer.warm_up_steps": 1})
+    with pytest.raises(TrainingDiverged) as error:
+        train_tiny(cfg, tmp_path)
+    message = str(error.value)
+    # Step 0 moves the weights by ~1e30; step 1's loss overflows float32.
+    assert "non-finite training loss at global step 1 on rank(s) [0]" in message
+    assert "rank 0: ['scene_r0_2', 'scene_r0_3']" in message and "optimizer.lr" in message
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["epoch_0-step_1.ckpt"]  # finite only
+
+
+def test_a_loss_without_a_graph_stops_naming_the_step(tmp_path):
+    from fabric_mvsplat.loop import TrainingDiverged
+
+    with pytest.raises(TrainingDiverged, match=r"global step 2 does not require grad on rank\(s\) \[0\].*scene_r0_4"):
+        train_tiny(tiny_cfg(**{"trainer.max_steps": 4}), tmp_path, graphless_at_step=2)
+
+
+def test_accumulating_4_batches_of_1_equals_one_batch_of_4(tmp_path):
+    keys = {"trainer.max_steps": 3, "trainer.val_check_interval": None, "trainer.gradient_clip_val": 0.5}
+    _, big, big_state, big_stream, _ = train_tiny(
+        tiny_cfg(**keys, **{"data_loader.train.batch_size": 4}), tmp_path / "a", dropout=0.0)
+    _, small, state, stream, _ = train_tiny(
+        tiny_cfg(**keys, **{"data_loader.train.batch_size": 1, "trainer.accumulate_grad_batches": 4}),
+        tmp_path / "b", dropout=0.0)
+    assert state["step"] == 3 and stream.position == 12 and big_stream.position == 3
+    assert state["scheduler"].last_epoch == big_state["scheduler"].last_epoch == 3
+    assert torch.allclose(flat_parameters(small), flat_parameters(big), rtol=0, atol=1e-6)
+    _, unaccumulated, *_ = train_tiny(tiny_cfg(**keys, **{"data_loader.train.batch_size": 1}), tmp_path / "c",
+                                      dropout=0.0)
+    assert not torch.allclose(flat_parameters(unaccumulated), flat_parameters(big), rtol=0, atol=1e-4)  # a control
+    for name in ("loss/total", "train/grad_norm"):
+        a = [e.value for e in read_events(tmp_path / "a").Scalars(name)]
+        b = [e.value for e in read_events(tmp_path / "b").Scalars(name)]
+        assert b == pytest.approx(a, rel=1e-5), name
+    assert [e.step for e in read_events(tmp_path / "b").Scalars("loss/total")] == [1, 2, 3]
+
+
+def test_non_finite_gradients_stop_before_clipping_raises(tmp_path):
+    """A finite loss whose gradients overflow: with clipping set, torch's clip_grad_norm_(error_if_nonfinite=True)
+    would raise a bare RuntimeError; the loop names the step and scenes instead."""
+    from fabric_mvsplat.loop import TrainingDiverged
+
+    cfg = tiny_cfg(**{"trainer.max_steps": 5, "trainer.gradient_clip_val": 0.5, "trainer.val_check_interval": None,
+                      "checkpointing.every_n_train_steps": 100})
+    with pytest.raises(TrainingDiverged, match=r"non-finite gradients \(norm before clipping\) at global step 3; "
+                                               r"the step's scenes: rank 0: \['scene_r0_6', 'scene_r0_7'\]"):
+        train_tiny(cfg, tmp_path, inf_gradient_at_step=3)
+    assert not (tmp_path / "checkpoints").exists()

@@ -16,6 +16,8 @@ keys above):
     depths      list of V uint8 1-D tensors, each a 16-bit grayscale PNG of the frame's z-depth
                 (camera z, world units) in steps of DEPTH_UNIT = 1/1000 (depths up to 65.5, exact to
                 5e-4; a few kB per 64x64 frame); 0 marks a pixel without depth
+    file_names  list of V str (optional; written by the COLMAP converter, ignored by every reader,
+                the original's included): the image file each frame index came from
 """
 
 import io
@@ -192,9 +194,14 @@ def write_chunks(scenes: Iterable[dict], stage_dir: Path, target_bytes: int = TA
         if scene["key"] in index or any(s["key"] == scene["key"] for s in chunk):
             raise ValueError(f"duplicate scene key {scene['key']!r} in {stage_dir}")
         extra = {DEPTH_KEY: list(scene[DEPTH_KEY])} if DEPTH_KEY in scene else {}
+        file_names = scene.get("file_names")
         scene = {"url": str(scene["url"]), "timestamps": scene["timestamps"].to(torch.int64),
                  "cameras": scene["cameras"].to(torch.float32), "images": list(scene["images"]),
                  "key": str(scene["key"]), **extra}
+        if file_names is not None:
+            if len(file_names) != len(scene["images"]):
+                raise ValueError(f"scene {scene['key']!r}: {len(file_names)} file_names for {len(scene['images'])} images")
+            scene["file_names"] = [str(name) for name in file_names]
         chunk.append(scene)
         chunk_bytes += _scene_bytes(scene)
         if chunk_bytes >= target_bytes:

@@ -80,8 +80,9 @@ class DatasetCfg:
     test_chunk_interval: int = 1
     test_times_per_scene: int = 1
     overfit_to_scene: str | None = None
-    # Added: generate the synthetic dataset into roots[0] when it holds no chunks (the demo).
-    synthetic_if_missing: bool = False
+    # Added (the demo): a folder; when dataset.roots[0] is this folder and it is absent or holds no files,
+    # the synthetic dataset is generated into it. Any other root is never filled with synthetic data.
+    synthetic_if_missing: str | None = None
 
     def __post_init__(self) -> None:
         if len(self.image_shape) != 2 or min(self.image_shape) < 1:

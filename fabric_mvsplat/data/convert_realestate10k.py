@@ -6,13 +6,17 @@ world-to-camera, row-major) — exactly the 18-vector of the chunk format after 
 Frames: `<frames>/<key>/<timestamp>.png|jpg|jpeg`; the file bytes are stored unchanged.
 """
 
+import os
+import shutil
+import tempfile
 import warnings
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import torch
 from tqdm import tqdm
 
+from ..errors import OverwriteRefused
 from .chunk_io import TARGET_BYTES_PER_CHUNK, write_chunks
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -22,7 +26,29 @@ def refuse_existing_chunks(out: Path) -> None:
     """Converters write NNNNNN.torch from 000000: never overwrite a stage that already holds data."""
     out = Path(out)
     if any(out.glob("*.torch")) or (out / "index.json").exists():
-        raise FileExistsError(f"{out} already holds chunks or an index.json: choose an empty output folder")
+        raise OverwriteRefused(f"{out} already holds chunks or an index.json: choose an empty output folder")
+    if out.is_file() or (out.is_dir() and any(out.iterdir())):
+        raise OverwriteRefused(f"{out} exists and is not an empty folder: choose an empty or new output folder")
+
+
+def write_stage(scenes: Iterable[dict], out: Path, target_bytes: int = TARGET_BYTES_PER_CHUNK,
+                extra_files: dict[str, str] | None = None) -> dict[str, str]:
+    """write_chunks (plus `extra_files`, {name: text}) into a hidden sibling folder renamed to `out` at the end:
+    an interrupted or refused conversion leaves no half-written stage behind (and `out`, if it existed, was empty)."""
+    out = Path(out)
+    refuse_existing_chunks(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.converting-", dir=out.parent))
+    try:
+        index = write_chunks(scenes, staging, target_bytes=target_bytes)
+        if not index:
+            raise FileNotFoundError(f"no scene could be converted into {out} (see the warnings above)")
+        for name, text in (extra_files or {}).items():
+            (staging / name).write_text(text)
+        os.replace(staging, out)  # atomic; replaces an empty folder
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return index
 
 
 def read_camera_file(path: Path) -> tuple[str, torch.Tensor, torch.Tensor]:
@@ -88,6 +114,9 @@ def convert_realestate10k(cameras_dir: Path, frames_dir: Path, out: Path,
     camera_files = sorted(cameras_dir.glob("*.txt"))
     if not camera_files:
         raise FileNotFoundError(f"no camera files (*.txt) in {cameras_dir}")
+    missing = [f.stem for f in camera_files if not (frames_dir / f.stem).is_dir()]
+    if len(missing) == len(camera_files):
+        raise FileNotFoundError(f"no scene of {cameras_dir} has frames under {frames_dir}/<key>/<timestamp>.png|jpg")
 
     def scenes() -> Iterator[dict]:
         for camera_file in tqdm(camera_files, desc=f"RealEstate10K -> {out}", unit="scene", disable=not progress):
@@ -95,7 +124,5 @@ def convert_realestate10k(cameras_dir: Path, frames_dir: Path, out: Path,
             if scene is not None:
                 yield scene
 
-    index = write_chunks(scenes(), out, target_bytes=target_bytes)
-    if not index:
-        raise FileNotFoundError(f"no scene of {cameras_dir} has frames under {frames_dir}/<key>/<timestamp>.png|jpg")
+    index = write_stage(scenes(), out, target_bytes=target_bytes)
     return index

@@ -9,6 +9,7 @@ a generator seeded with (seed, g), so the content of position g never depends on
 """
 
 import hashlib
+import signal
 import warnings
 from collections import Counter
 from typing import Iterator
@@ -87,8 +88,9 @@ class SceneStream(IterableDataset):
 
     def __init__(self, dataset_cfg: DatasetCfg, stage: Stage, scenes: list[SceneRef], seed: int, shuffle: bool,
                  rank: int, world_size: int, num_workers: int, batch_size: int, state: dict,
-                 step_tracker: StepTracker, step_offset: int | None) -> None:
+                 step_tracker: StepTracker, step_offset: int | None, batches_per_step: int = 1) -> None:
         self.cfg, self.stage, self.scenes, self.seed, self.shuffle = dataset_cfg, stage, scenes, seed, shuffle
+        self.batches_per_step = batches_per_step
         self.rank, self.world_size, self.num_workers, self.batch_size = rank, world_size, num_workers, batch_size
         self.state, self.step_tracker, self.step_offset = state, step_tracker, step_offset
 
@@ -115,7 +117,8 @@ class SceneStream(IterableDataset):
                 pass_index, i = divmod(position, num_scenes)
                 scene_index = order(pass_index)[i]
                 ref = self.scenes[scene_index]
-                step = self.step_tracker.get_step() if self.step_offset is None else self.step_offset + batch_index
+                step = (self.step_tracker.get_step() if self.step_offset is None
+                        else self.step_offset + batch_index // self.batches_per_step)
                 generator = torch.Generator().manual_seed(mix_seed(self.seed, "scene", position))
                 try:
                     examples.append(builder.build(cache.scene(ref), ref.chunk, generator, step))
@@ -151,13 +154,22 @@ def _record(state: dict, meta: dict) -> None:
     state["skips"][meta["worker"]] = meta["skips"]
 
 
+def leave_stop_signals_to_the_main_process(worker_id: int) -> None:
+    """DataLoader workers ignore SIGTERM, SIGINT and SIGUSR1, which SLURM and Ctrl-C send to the whole process
+    group (torch's workers would die of SIGTERM): the training loop in the main process finishes its step and
+    saves a checkpoint, and the workers stop when it shuts them down or exits (they watch their parent)."""
+    for name in ("SIGTERM", "SIGINT", "SIGUSR1"):
+        signal.signal(getattr(signal, name), signal.SIG_IGN)
+
+
 def iterate(dataset: IterableDataset, num_workers: int, **loader_kwargs) -> Iterator:
     """`dataset`'s items, in this process (0 workers) or from DataLoader worker processes that end with the
     iteration: when it finishes, raises, or is closed or released by the caller."""
     if num_workers == 0:
         yield from dataset
         return
-    batches = iter(DataLoader(dataset, batch_size=None, num_workers=num_workers, **loader_kwargs))
+    batches = iter(DataLoader(dataset, batch_size=None, num_workers=num_workers,
+                              worker_init_fn=leave_stop_signals_to_the_main_process, **loader_kwargs))
     try:
         yield from batches
     finally:
@@ -171,7 +183,7 @@ class TrainStream:
     """Endless training batches for one rank: sharded over ranks x workers, reshuffled every pass, resumable."""
 
     def __init__(self, dataset_cfg: DatasetCfg, loader_cfg: DataLoaderStageCfg, step_tracker: StepTracker,
-                 rank: int, world_size: int, seed: int) -> None:
+                 rank: int, world_size: int, seed: int, batches_per_step: int = 1) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
         self.dataset_cfg, self.loader_cfg, self.step_tracker = dataset_cfg, loader_cfg, step_tracker
@@ -181,8 +193,10 @@ class TrainStream:
         if not self.scenes:
             raise DatasetError(f"the train index.json files under dataset.roots={dataset_cfg.roots} list no scenes")
         self.state = fresh_state(loader_cfg.num_workers)
-        # The sampler's step for batch k is step_offset + k: the step that batch is trained at when the loop
-        # takes one batch per step. Prefetching workers then neither lag behind the curriculum nor race it.
+        # The sampler's step for batch k is step_offset + k // batches_per_step: the step that batch is trained
+        # at (the loop takes trainer.accumulate_grad_batches batches per step). Prefetching workers then
+        # neither lag behind the curriculum nor race it.
+        self.batches_per_step = batches_per_step
         self.step_offset: int | None = None
         self.last_positions: list[int] = []  # stream positions of the last batch (pass = position // N)
 
@@ -207,11 +221,11 @@ class TrainStream:
 
     def __iter__(self) -> Iterator[BatchedExample]:
         if self.step_offset is None:
-            self.step_offset = self.step_tracker.get_step() - self.state["batches"]
+            self.step_offset = self.step_tracker.get_step() - self.state["batches"] // self.batches_per_step
         num_workers = self.loader_cfg.num_workers
         dataset = SceneStream(self.dataset_cfg, "train", self.scenes, self.seed, True, self.rank, self.world_size,
                               num_workers, self.loader_cfg.batch_size, self.state, self.step_tracker,
-                              self.step_offset)
+                              self.step_offset, self.batches_per_step)
         for batch, meta in iterate(dataset, num_workers, prefetch_factor=2):
             _record(self.state, meta)
             self.last_positions = meta["positions"]
@@ -241,7 +255,7 @@ class TrainStream:
         self.state["start"] = next_pass * len(self.scenes)
         self.state["skips"][0] = dict(sum((Counter(s) for s in state["skips"]), Counter()))
         if self.step_offset is not None:
-            self.step_offset += state["batches"]
+            self.step_offset += state["batches"] // self.batches_per_step
 
     def _layout(self) -> dict:
         return {"rank": self.rank, "world_size": self.world_size, "num_workers": self.loader_cfg.num_workers,
@@ -249,8 +263,8 @@ class TrainStream:
 
 
 def make_train_stream(dataset_cfg: DatasetCfg, loader_cfg: DataLoaderStageCfg, step_tracker: StepTracker,
-                      rank: int, world_size: int, seed: int) -> TrainStream:
-    return TrainStream(dataset_cfg, loader_cfg, step_tracker, rank, world_size, seed)
+                      rank: int, world_size: int, seed: int, batches_per_step: int = 1) -> TrainStream:
+    return TrainStream(dataset_cfg, loader_cfg, step_tracker, rank, world_size, seed, batches_per_step)
 
 
 class TestScenes(IterableDataset):

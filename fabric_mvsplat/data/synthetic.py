@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..errors import OverwriteRefused
 from .chunk_io import DEPTH_KEY, cameras_to_vector, encode_depth, encode_image, write_chunks
 
 # Every visible surface has z-depth in [NEAR, FAR] (checked by tests/test_synthetic.py).
@@ -376,8 +378,12 @@ def generate_synthetic_dataset(
     supersample: int = 1,
     target_bytes: int = 100_000_000,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> None:
-    """Write out/train, out/test (chunks + index.json) and out/evaluation_index.json."""
+    """Write out/train, out/test (chunks + index.json) and out/evaluation_index.json.
+
+    A folder that already holds chunks or an index is refused (it may be someone's converted data)
+    unless `overwrite`, which first deletes the files this function writes."""
     gap = default_context_gap(frames) if context_gap is None else context_gap
     if frames < 5:
         raise ValueError(f"--frames {frames} is too short: need >= 5 (two contexts + three targets between them)")
@@ -388,6 +394,13 @@ def generate_synthetic_dataset(
     if min(height, width) < 8:
         raise ValueError(f"image size {height}x{width} is too small: use at least 8x8")
     out = Path(out)
+    existing = existing_dataset_files(out)
+    if existing and not overwrite:
+        raise OverwriteRefused(f"{out} already holds a dataset ({', '.join(str(p.relative_to(out)) for p in existing[:3])}"
+                              f"{' ...' if len(existing) > 3 else ''}): refusing to overwrite it; choose another "
+                              "--out, or pass --overwrite to replace its chunks and indices")
+    for path in existing:
+        path.unlink()
     bar = tqdm(total=train_scenes + test_scenes, desc=f"synthetic scenes -> {out}", unit="scene", disable=not progress)
 
     def examples(stage: str, count: int):  # a generator: chunks are written as they fill, memory stays bounded
@@ -406,11 +419,22 @@ def generate_synthetic_dataset(
     (out / "synthetic.json").write_text(json.dumps(params, indent=1))
 
 
-def ensure_synthetic_dataset(root: Path, **kwargs) -> bool:
-    """Generate the dataset under `root` unless it already holds chunks. -> whether it generated.
+def existing_dataset_files(root: Path) -> list[Path]:
+    """The chunk-format files under `root` that generating would replace or mix with (sorted)."""
+    root = Path(root)
+    files = [root / name for name in ("evaluation_index.json", "synthetic.json") if (root / name).is_file()]
+    for stage in ("train", "test"):
+        files += sorted((root / stage).glob("*.torch")) + [p for p in [root / stage / "index.json"] if p.is_file()]
+    return sorted(files)
 
-    Generation goes to a sibling folder that is renamed into place at the end, so an
-    interrupted run never leaves a half-written dataset that would later count as cached.
+
+def ensure_synthetic_dataset(root: Path, **kwargs) -> bool:
+    """The demo's dataset: generate it under `root` if that folder is absent or holds no files. -> whether it generated.
+
+    A root with chunks is used as it is (whatever made them); a root holding other files but no chunks is
+    refused, so that a mistyped path is never filled with synthetic scenes standing in for real ones.
+    Generation goes to a sibling folder that is renamed into place at the end, so an interrupted run never
+    leaves a half-written dataset that would later count as cached.
     """
     root = Path(root)
     if any(any((root / stage).glob("*.torch")) for stage in ("train", "test")):
@@ -422,17 +446,20 @@ def ensure_synthetic_dataset(root: Path, **kwargs) -> bool:
                 warnings.warn(f"{root} holds synthetic data generated with {params}; keeping it although "
                               f"{differing} was requested (delete {root} to regenerate)")
         return False
+    if root.is_file() or (root.is_dir() and any(p.is_file() for p in root.rglob("*"))):
+        raise OverwriteRefused(f"dataset.synthetic_if_missing={root} holds files but no chunks in train/ or test/: not "
+                               "generating synthetic data into it; point dataset.roots and dataset.synthetic_if_missing "
+                               "at an absent or empty folder, or dataset.roots at a chunk dataset")
+    print(f"fabric_mvsplat: {root} is {'empty' if root.exists() else 'absent'}: generating the synthetic demo "
+          f"dataset there", file=sys.stderr, flush=True)
     partial = root.with_name(root.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     generate_synthetic_dataset(partial, **kwargs)
     root.mkdir(parents=True, exist_ok=True)
     for item in sorted(partial.iterdir()):
         target = root / item.name
-        if target.exists():  # e.g. an empty train/ folder left by hand: it holds no chunks
-            if target.is_dir() and any(target.iterdir()):
-                raise FileExistsError(f"{target} exists without chunks and is not empty: remove it to generate "
-                                      f"the synthetic dataset in {root}")
-            shutil.rmtree(target) if target.is_dir() else target.unlink()
+        if target.exists():  # an empty folder (checked above): nothing is lost
+            shutil.rmtree(target)
         os.replace(item, target)
     partial.rmdir()
     return True
@@ -451,11 +478,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quality", type=int, default=95, help="JPEG quality")
     parser.add_argument("--supersample", type=int, default=1, help="anti-aliasing: render at N x N samples per pixel")
     parser.add_argument("--target-bytes", type=int, default=100_000_000, help="approximate chunk size")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the chunks and indices of a dataset already in --out (refused otherwise)")
     args = parser.parse_args(argv)
-    generate_synthetic_dataset(
-        args.out, args.train_scenes, args.test_scenes, args.frames, args.height, args.width, args.seed,
-        context_gap=args.context_gap, quality=args.quality, supersample=args.supersample, target_bytes=args.target_bytes,
-    )
+    try:
+        generate_synthetic_dataset(
+            args.out, args.train_scenes, args.test_scenes, args.frames, args.height, args.width, args.seed,
+            context_gap=args.context_gap, quality=args.quality, supersample=args.supersample,
+            target_bytes=args.target_bytes, overwrite=args.overwrite,
+        )
+    except (FileExistsError, ValueError) as error:
+        parser.exit(2, f"fabric_mvsplat.data.synthetic: {error}\n")
     print(f"wrote {args.out}/train, {args.out}/test, {args.out}/evaluation_index.json (near={NEAR}, far={FAR})")
 
 

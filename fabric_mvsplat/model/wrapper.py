@@ -18,7 +18,7 @@ from ..visualization.trajectories import (
     smooth_t,
 )
 from .decoder import DecoderSplatting
-from .encoder import EncoderCostVolume, load_encoder_weights
+from .encoder import EncoderCostVolume
 from ..metrics import compute_depth_errors, compute_psnr, compute_ssim
 from .config import ModelCfg
 from .loss_config import LossCfg
@@ -86,10 +86,6 @@ class MVSplat(nn.Module):
         logs["info/near"] = target["near"].detach().float().mean()
         logs["info/far"] = target["far"].detach().float().mean()
         return StepOutput(loss=total, logs=logs)
-
-    def load_pretrained_weights(self, state_dict: Mapping[str, Tensor], source: str) -> None:
-        """Strict weights-only load from a Lightning-layout `state_dict` (keys `encoder.*`)."""
-        load_encoder_weights(self.encoder, state_dict, source)
 
     # ---- validation ----------------------------------------------------------------------
     @torch.no_grad()

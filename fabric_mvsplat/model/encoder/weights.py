@@ -8,25 +8,9 @@ from torch import Tensor, nn
 
 from ... import safe_load
 from ...errors import MissingWeightsError, WeightsError
+from ...weights import load_weights_strict
 
 UNIMATCH_KEY = "model.encoder.unimatch_weights_path"
-
-
-def describe_mismatch(module: nn.Module, state_dict: Mapping[str, Tensor]) -> list[str]:
-    """Human-readable lines for missing, unexpected and wrong-shaped keys (empty when they match)."""
-    expected = module.state_dict()
-    lines = []
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    wrong = [k for k in expected if k in state_dict and tuple(state_dict[k].shape) != tuple(expected[k].shape)]
-    if missing:
-        lines.append(f"missing keys ({len(missing)}): " + ", ".join(missing))
-    if unexpected:
-        lines.append(f"unexpected keys ({len(unexpected)}): " + ", ".join(unexpected))
-    if wrong:
-        lines.append(f"wrong-shaped keys ({len(wrong)}): " + ", ".join(
-            f"{k} file {list(state_dict[k].shape)} vs model {list(expected[k].shape)}" for k in wrong))
-    return lines
 
 
 def load_encoder_weights(encoder: nn.Module, state_dict: Mapping[str, Tensor], source: str) -> None:
@@ -37,14 +21,7 @@ def load_encoder_weights(encoder: nn.Module, state_dict: Mapping[str, Tensor], s
     """
     if any(k.startswith("encoder.") for k in state_dict):
         state_dict = {k[len("encoder."):]: v for k, v in state_dict.items() if k.startswith("encoder.")}
-    problems = describe_mismatch(encoder, state_dict)
-    if problems:
-        raise ValueError(
-            f"encoder weights in {source} do not match the encoder built from the config "
-            "(check model.encoder.* against the checkpoint's experiment, e.g. +experiment=re10k, "
-            "and the ablation flags wo_*):\n  " + "\n  ".join(problems)
-        )
-    encoder.load_state_dict(dict(state_dict), strict=True)
+    load_weights_strict(encoder, state_dict, source)
 
 
 def load_unimatch_backbone(encoder: nn.Module, path: str) -> None:
@@ -71,9 +48,6 @@ def load_unimatch_backbone(encoder: nn.Module, path: str) -> None:
     wanted = backbone.state_dict()
     weights = {k: v for k, v in checkpoint["model"].items() if k in wanted}
     strict = not encoder.cfg.wo_backbone_cross_attn
-    problems = describe_mismatch(backbone, weights)
-    if not strict:  # without cross-attention the FFN keys are legitimately missing
-        problems = [p for p in problems if not p.startswith("missing")]
-    if problems:
-        raise WeightsError(f"UniMatch weights in {path} ({UNIMATCH_KEY}) do not fit the backbone:\n  " + "\n  ".join(problems))
-    backbone.load_state_dict(weights, strict=strict)
+    # Without cross-attention the FFN keys are legitimately missing.
+    load_weights_strict(backbone, weights, f"{path} ({UNIMATCH_KEY})", ignore_missing=not strict, error=WeightsError,
+                        fix=f"point {UNIMATCH_KEY} at the UniMatch gmdepth-scale1 file, or set it to null")

@@ -1,0 +1,135 @@
+"""Pre-emption with real OS signals: SIGTERM to a training process (alone, or torchrun with 2 ranks) mid-run
+finishes the step, saves a checkpoint at that step, exits 75 and prints how to resume; the resumed run ends
+bit-identical to an uninterrupted one. A second Ctrl-C exits at once."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from loop_fixtures import flat_parameters, tiny_cfg, train_tiny
+
+from fabric_mvsplat.checkpoint import list_checkpoints
+from fabric_mvsplat.loop import EXIT_STOPPED_BY_SIGNAL
+
+TESTS = Path(__file__).resolve().parent
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
+       "PYTHONPATH": os.pathsep.join([str(TESTS.parent), str(TESTS), os.environ.get("PYTHONPATH", "")])}
+KEYS = {"trainer.max_steps": 12, "trainer.val_check_interval": 5, "checkpointing.every_n_train_steps": 100,
+        "train.print_log_every_n_steps": 1}
+
+
+def start(command: list[str]) -> subprocess.Popen:
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV,
+                            start_new_session=True)  # our signal reaches only what we send it to
+
+
+def wait_for_line(process: subprocess.Popen, pattern: str, timeout: float = 120) -> list[str]:
+    """Read the console until a line matches: then the run is mid-training."""
+    lines, deadline = [], time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if re.search(pattern, line):
+            return lines
+    process.kill()
+    raise AssertionError(f"never printed {pattern!r}:\n" + "".join(lines[-40:]))
+
+
+def finish(process: subprocess.Popen, lines: list[str], timeout: float = 120) -> str:
+    rest, _ = process.communicate(timeout=timeout)
+    return "".join(lines) + rest
+
+
+def tiny_command(output_dir: Path, keys: dict, step_seconds: float) -> list[str]:
+    return [str(TESTS / "loop_fixtures.py"), "tiny", str(output_dir), json.dumps(keys), str(step_seconds)]
+
+
+def test_sigterm_saves_the_stopped_step_and_resume_is_bit_identical(tmp_path):
+    _, uninterrupted, *_ = train_tiny(tiny_cfg(**KEYS), tmp_path / "reference")
+
+    run = tmp_path / "run"
+    process = start([sys.executable, *tiny_command(run, KEYS, 0.3)])
+    lines = wait_for_line(process, r"^step 3: loss")
+    os.kill(process.pid, signal.SIGTERM)
+    output = finish(process, lines)
+    assert process.returncode == EXIT_STOPPED_BY_SIGNAL, output[-3000:]
+    [(stopped_at, path)] = list_checkpoints(run / "checkpoints")  # the interval (100) never came
+    assert 3 <= stopped_at < 12
+    assert f"stopped by SIGTERM after step {stopped_at}: checkpoint {path}" in output
+    assert f"resume with: python -m fabric_mvsplat.train output_dir={run} checkpointing.load=latest" in output
+    assert torch.load(path, weights_only=True)["global_step"] == stopped_at
+    assert f"step {stopped_at + 1}: loss" not in output  # nothing ran after the saved step
+
+    _, resumed, state, *_ = train_tiny(tiny_cfg(**KEYS, **{"checkpointing.load": "latest"}), run)
+    assert resumed.seen_steps == list(range(stopped_at, 12)) and state["step"] == 12
+    assert torch.equal(flat_parameters(resumed), flat_parameters(uninterrupted))
+
+
+def test_second_ctrl_c_exits_at_once_without_saving(tmp_path):
+    process = start([sys.executable, *tiny_command(tmp_path, KEYS, 1.0)])
+    lines = wait_for_line(process, r"^step 1: loss")
+    os.kill(process.pid, signal.SIGINT)
+    lines += wait_for_line(process, r"SIGINT received")
+    os.kill(process.pid, signal.SIGINT)
+    output = finish(process, lines, timeout=30)
+    assert process.returncode not in (0, EXIT_STOPPED_BY_SIGNAL), output[-3000:]
+    assert "KeyboardInterrupt" in output
+    assert list_checkpoints(tmp_path / "checkpoints") == []
+
+
+def test_sigterm_to_the_process_group_spares_the_dataloader_workers(tmp_path):
+    """SLURM and Ctrl-C signal every process of the job: torch's DataLoader workers would die of SIGTERM and
+    take the step with them. They ignore it; the main process finishes the step and saves."""
+    from test_data_fixtures import make_split
+
+    make_split(tmp_path / "data" / "train", num_scenes=12)
+    process = start([sys.executable, str(TESTS / "loop_fixtures.py"), "workers", str(tmp_path / "data"),
+                     str(tmp_path / "run")])
+    lines = wait_for_line(process, r"^step 2: loss")
+    os.killpg(process.pid, signal.SIGTERM)  # the process group: the main process and its 2 workers
+    output = finish(process, lines)
+    assert process.returncode == EXIT_STOPPED_BY_SIGNAL, output[-3000:]
+    [(stopped_at, path)] = list_checkpoints(tmp_path / "run" / "checkpoints")
+    assert f"stopped by SIGTERM after step {stopped_at}: checkpoint {path}" in output
+    assert torch.load(path, weights_only=True)["train_stream"][0]["batches"] == stopped_at
+
+
+def torchrun(output_dir: Path, keys: dict, step_seconds: float) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+            *tiny_command(output_dir, keys, step_seconds)]
+
+
+def test_sigterm_to_torchrun_with_two_ranks_and_accumulation(tmp_path):
+    keys = {**KEYS, "trainer.devices": "auto", "trainer.max_steps": 8, "trainer.accumulate_grad_batches": 2}
+    reference = subprocess.run(torchrun(tmp_path / "reference", keys, 0.0), capture_output=True, text=True,
+                               env=ENV, timeout=300)
+    assert reference.returncode == 0, reference.stdout[-3000:] + reference.stderr[-3000:]
+
+    run = tmp_path / "run"
+    process = start(torchrun(run, keys, 0.4))
+    lines = wait_for_line(process, r"^step 2: loss")
+    os.kill(process.pid, signal.SIGTERM)  # torchrun passes it on to both ranks
+    output = finish(process, lines)
+    [(stopped_at, path)] = list_checkpoints(run / "checkpoints")
+    assert 2 <= stopped_at < 8, output[-3000:]
+    assert f"stopped by SIGTERM after step {stopped_at}" in output
+    saved = torch.load(path, weights_only=True)
+    assert [entry["position"] for entry in saved["train_stream"]] == [2 * stopped_at] * 2  # micro-batches
+
+    resumed = subprocess.run(torchrun(run, {**keys, "checkpointing.load": "latest"}, 0.0), capture_output=True,
+                             text=True, env=ENV, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert f"resumed from {path} at global step {stopped_at}" in resumed.stdout
+    final = torch.load(run / "checkpoints" / "epoch_0-step_8.ckpt", weights_only=True)
+    expected = torch.load(tmp_path / "reference" / "checkpoints" / "epoch_0-step_8.ckpt", weights_only=True)
+    for key, value in expected["state_dict"].items():
+        assert torch.equal(final["state_dict"][key], value), key
+    assert final["train_stream"] == expected["train_stream"]
