@@ -49,3 +49,7 @@ class WeightsError(UserError, ValueError):
 
 class MissingWeightsError(WeightsError, FileNotFoundError):
     """A pretrained-weights file the config points at does not exist."""
+
+
+class EmptyEvaluationError(RuntimeError):
+    """Test mode rendered or scored no scene: averages over nothing must not pass for a result."""

@@ -18,7 +18,7 @@ from lightning_fabric import Fabric
 from omegaconf import DictConfig, OmegaConf
 
 from .config import OptimizerCfg, RootCfg, TrainerCfg, check_before_work, load_config
-from .errors import ConfigError, UserError
+from .errors import ConfigError, EmptyEvaluationError, UserError
 
 # The Hydra configs ship inside the package, so a plain `pip install .` finds them from any directory.
 CONFIG_DIR = str(Path(__file__).resolve().parent / "configs")
@@ -35,6 +35,9 @@ def main(dict_config: DictConfig) -> None:
     except UserError as error:
         print(f"fabric_mvsplat: {error}", file=sys.stderr)
         sys.exit(2)
+    except EmptyEvaluationError as error:  # every rank raises it together, after the results are written
+        print(f"fabric_mvsplat: {error}", file=sys.stderr)
+        sys.exit(3)
 
 
 def run(cfg: RootCfg, output_dir: Path, config_yaml: str | None = None):

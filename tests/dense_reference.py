@@ -103,4 +103,4 @@ def render_dense(gaussians: Gaussians, extrinsics: Tensor, intrinsics: Tensor, n
         depth = image[..., 3]
         if depth_mode == "expected_depth":
             depth = depth / alpha.clamp_min(1e-10)
-    return DecoderOutput(color=image[..., :3].permute(0, 1, 4, 2, 3), depth=depth)
+    return DecoderOutput(color=image[..., :3].permute(0, 1, 4, 2, 3), depth=depth, alpha=alpha)

@@ -130,7 +130,8 @@ def test_test_loader_with_evaluation_index_counts_null_and_missing_scenes(tmp_pa
     assert batches[0]["context"]["index"][0].tolist() == [1, 7]
     assert batches[1]["context"]["index"][0].tolist() == [0, 4, 9]  # three context views
     assert batches[1]["context"]["near"].shape == (1, 3)  # make_baseline_1 only applies to two views
-    assert loader.skip_counts == {"evaluation_index": 2}
+    assert loader.index_skip_counts == {"null_in_index": 1, "not_in_index": 1}  # dropped before any read
+    assert loader.skip_counts == {}
 
 
 def test_overfit_to_scene_repeats_one_scene(tmp_path):

@@ -41,7 +41,9 @@ def test_chunk_format(dataset):
         scenes = [s for name in sorted(set(index.values())) for s in read_chunk(dataset / stage / name)]
         assert sorted(s["key"] for s in scenes) == sorted(index)
         for scene in scenes:
-            assert set(scene) == {"url", "timestamps", "cameras", "images", "key"}
+            # The original's five keys, plus the ground-truth depth its loader ignores (one PNG per frame).
+            assert set(scene) == {"url", "timestamps", "cameras", "images", "key", "depths"}
+            assert len(scene["depths"]) == 8 and bytes(scene["depths"][0][:4].tolist()) == b"\x89PNG"
             assert scene["cameras"].dtype == torch.float32 and scene["cameras"].shape == (8, 18)
             assert scene["timestamps"].dtype == torch.int64 and scene["timestamps"].shape == (8,)
             assert torch.all(scene["cameras"][:, 4:6] == 0)

@@ -84,9 +84,10 @@ def test_evaluation_sampler_on_the_original_re10k_index():
     null_key = next(k for k, e in entries.items() if e is None)
     with pytest.raises(SceneRejected, match="null") as error:
         sampler.sample(null_key, 400, torch.Generator(), 0)
-    assert error.value.reason == "evaluation_index"
-    with pytest.raises(SceneRejected, match="missing"):
+    assert error.value.reason == "null_in_index"
+    with pytest.raises(SceneRejected, match="missing") as error:
         sampler.sample("not-a-scene", 400, torch.Generator(), 0)
+    assert error.value.reason == "not_in_index"
 
 
 def test_evaluation_sampler_three_context_views_dtu():

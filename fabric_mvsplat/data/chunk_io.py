@@ -9,6 +9,13 @@ Each chunk is ``torch.save`` of a list of scene dicts::
                                  world-to-camera matrix, row-major
     images      list of V uint8 1-D tensors, each the raw JPEG/PNG file bytes
     key         str
+
+Optional, written by our synthetic generator and ignored by the original's loader (it reads only the
+keys above):
+
+    depths      list of V uint8 1-D tensors, each a 16-bit grayscale PNG of the frame's z-depth
+                (camera z, world units) in steps of DEPTH_UNIT = 1/1000 (depths up to 65.5, exact to
+                5e-4; a few kB per 64x64 frame); 0 marks a pixel without depth
     file_names  list of V str (optional; written by the COLMAP converter, ignored by every reader,
                 the original's included): the image file each frame index came from
 """
@@ -28,6 +35,8 @@ from .. import safe_load
 TARGET_BYTES_PER_CHUNK = 100_000_000
 ROTATION_TOLERANCE = 1e-2  # max |R R^T - I| and |det R - 1| of a world-to-camera rotation
 SCENE_KEYS = ("url", "timestamps", "cameras", "images", "key")
+DEPTH_KEY = "depths"
+DEPTH_UNIT = 1e-3  # world units per step of the 16-bit depth PNGs
 
 
 class ChunkReadError(RuntimeError):
@@ -52,6 +61,29 @@ def decode_image(data: Tensor) -> Tensor:
     with Image.open(io.BytesIO(data.numpy().tobytes())) as image:
         array = np.asarray(image.convert("RGB"))
     return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255)
+
+
+def encode_depth(depth: np.ndarray | Tensor) -> Tensor:
+    """z-depth [H, W] (float, world units; <= 0 or non-finite = unknown) -> 16-bit PNG bytes (uint8 1-D)."""
+    array = np.asarray(depth.numpy() if isinstance(depth, Tensor) else depth, dtype=np.float64)
+    if array.ndim != 2:
+        raise ValueError(f"encode_depth expects a [H, W] depth map, got shape {list(array.shape)}")
+    known = np.isfinite(array) & (array > 0)
+    if (array[known] / DEPTH_UNIT > 65535).any():
+        raise ValueError(f"depth {array[known].max():.2f} exceeds the 16-bit PNG range {65535 * DEPTH_UNIT}")
+    steps = np.where(known, np.round(np.where(known, array, 0) / DEPTH_UNIT), 0).astype(np.uint16)
+    buffer = io.BytesIO()
+    Image.fromarray(steps).save(buffer, format="PNG")
+    return torch.frombuffer(bytearray(buffer.getvalue()), dtype=torch.uint8)
+
+
+def decode_depth(data: Tensor) -> np.ndarray:
+    """16-bit PNG bytes -> float32 [H, W] z-depth in world units; 0 where unknown."""
+    with Image.open(io.BytesIO(data.numpy().tobytes())) as image:
+        steps = np.asarray(image, dtype=np.float32)
+    if steps.ndim != 2:
+        raise ValueError(f"a depth PNG must be single-channel, got shape {list(steps.shape)}")
+    return steps * np.float32(DEPTH_UNIT)
 
 
 def cameras_to_vector(w2c: Tensor, intrinsics: Tensor) -> Tensor:
@@ -135,7 +167,8 @@ def camera_problem(cameras: Tensor) -> str | None:
 
 
 def _scene_bytes(scene: dict) -> int:
-    return sum(image.numel() for image in scene["images"]) + scene["cameras"].numel() * 4
+    depths = sum(depth.numel() for depth in scene.get(DEPTH_KEY, []))
+    return sum(image.numel() for image in scene["images"]) + scene["cameras"].numel() * 4 + depths
 
 
 def write_chunks(scenes: Iterable[dict], stage_dir: Path, target_bytes: int = TARGET_BYTES_PER_CHUNK) -> dict[str, str]:
@@ -160,10 +193,11 @@ def write_chunks(scenes: Iterable[dict], stage_dir: Path, target_bytes: int = TA
         check_scene(scene)
         if scene["key"] in index or any(s["key"] == scene["key"] for s in chunk):
             raise ValueError(f"duplicate scene key {scene['key']!r} in {stage_dir}")
+        extra = {DEPTH_KEY: list(scene[DEPTH_KEY])} if DEPTH_KEY in scene else {}
         file_names = scene.get("file_names")
         scene = {"url": str(scene["url"]), "timestamps": scene["timestamps"].to(torch.int64),
                  "cameras": scene["cameras"].to(torch.float32), "images": list(scene["images"]),
-                 "key": str(scene["key"])}
+                 "key": str(scene["key"]), **extra}
         if file_names is not None:
             if len(file_names) != len(scene["images"]):
                 raise ValueError(f"scene {scene['key']!r}: {len(file_names)} file_names for {len(scene['images'])} images")

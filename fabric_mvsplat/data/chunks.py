@@ -18,14 +18,18 @@ from torch import Tensor
 
 from ..camera import crop_intrinsics, field_of_view
 from ..errors import DatasetError
-from .chunk_io import ChunkReadError, camera_problem, check_scene, read_chunk, vector_to_cameras
+from .chunk_io import (DEPTH_KEY, ChunkReadError, camera_problem, check_scene, decode_depth, read_chunk,
+                       vector_to_cameras)
 from .config import DatasetCfg
 from .shims import reflect_extrinsics, rescale_and_crop, scaled_shape, to_float_image
 from .view_sampler import SceneRejected, Stage, get_view_sampler
 
 DEFAULT_NEAR, DEFAULT_FAR = 0.1, 1000.0
 # Reasons that mean broken data (warned about, logged as data/skipped_scenes); the others are filters.
-CORRUPT_REASONS = ("corrupt_chunk", "corrupt_scene", "invalid_cameras", "undecodable_image", "missing_from_chunk")
+CORRUPT_REASONS = ("corrupt_chunk", "corrupt_scene", "invalid_cameras", "undecodable_image", "undecodable_depth",
+                   "missing_from_chunk")
+# Reasons the evaluation index gives (reported apart from the filters in test mode).
+INDEX_REASONS = ("not_in_index", "null_in_index")
 
 
 @dataclass(frozen=True)
@@ -143,6 +147,8 @@ class ExampleBuilder:
         self.shape = (cfg.image_shape[0], cfg.image_shape[1])
 
     def build(self, scene: dict, chunk: str, generator: torch.Generator, step: int, name: str | None = None) -> dict:
+        """`name` (default: the scene key) names the example and is the key the view sampler looks up: run r
+        of a scene under dataset.test_times_per_scene > 1 is `<key>_<r:02d>`, the DTU index's keys."""
         cfg = self.cfg
         try:
             check_scene(scene)
@@ -153,7 +159,7 @@ class ExampleBuilder:
         if problem is not None:
             raise SceneRejected("invalid_cameras", f"{chunk}: scene {key!r}: {problem}")
         extrinsics, intrinsics = vector_to_cameras(scene["cameras"])
-        context, target = self.sampler.sample(key, len(extrinsics), generator, step)
+        context, target = self.sampler.sample(name or key, len(extrinsics), generator, step)
         fov = field_of_view(intrinsics.double()).rad2deg()
         if (fov > cfg.max_fov).any():
             raise SceneRejected("max_fov", f"scene {key!r} has a {fov.max():.1f} deg field of view "
@@ -184,7 +190,31 @@ class ExampleBuilder:
         self._cropped: dict[int, np.ndarray] = {}
         views = {side: self._views(indices, extrinsics, intrinsics, frames, flip, near_far_scale)
                  for side, indices in (("context", context), ("target", target))}
+        # Ground-truth depth (our synthetic chunks) is only scored, never trained on: val/test carry it.
+        if DEPTH_KEY in scene and self.stage != "train":
+            views["target"]["depth"] = self._depths(scene, chunk, target, frames) / scale
         return {**views, "scene": name or key}
+
+    def _depths(self, scene: dict, chunk: str, indices: Tensor, frames: dict[int, Image.Image]) -> Tensor:
+        """The target frames' z-depth [V, H, W] (world units, 0 = unknown), resized (nearest: never a depth
+        between two surfaces) and cropped exactly like the images."""
+        depths = scene[DEPTH_KEY]
+        if not isinstance(depths, list) or len(depths) != len(scene["images"]):
+            raise SceneRejected("corrupt_scene", f"{chunk}: scene {scene['key']!r}: {DEPTH_KEY!r} must be a list "
+                                f"of {len(scene['images'])} PNG byte tensors")
+        maps = []
+        for i in indices.tolist():
+            try:
+                depth = decode_depth(depths[i])
+            except Exception as error:
+                raise SceneRejected("undecodable_depth", f"{chunk}: scene {scene['key']!r} depth {i}: "
+                                    f"{type(error).__name__}: {error}") from None
+            image_shape = (frames[i].height, frames[i].width)
+            if depth.shape != image_shape:
+                raise SceneRejected("corrupt_scene", f"{chunk}: scene {scene['key']!r} depth {i} is {depth.shape}, "
+                                    f"its image {image_shape}")
+            maps.append(rescale_and_crop_depth(depth, self.shape))
+        return torch.from_numpy(np.stack(maps))
 
     def _views(self, indices: Tensor, extrinsics: Tensor, intrinsics: Tensor, frames: dict[int, Image.Image],
                flip: bool, near_far_scale: float) -> dict:
@@ -205,6 +235,16 @@ class ExampleBuilder:
             "far": torch.full((count,), self.far / near_far_scale),
             "index": indices.to(torch.int64),
         }
+
+
+def rescale_and_crop_depth(depth: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """float32 [H, W] -> [h, w]: the images' resize-to-cover and center crop, nearest-neighbour sampled."""
+    h_out, w_out = shape
+    h_scaled, w_scaled = scaled_shape(depth.shape, shape)
+    if (h_scaled, w_scaled) != depth.shape:
+        depth = np.asarray(Image.fromarray(depth).resize((w_scaled, h_scaled), Image.NEAREST))
+    row, col = (h_scaled - h_out) // 2, (w_scaled - w_out) // 2
+    return np.ascontiguousarray(depth[row: row + h_out, col: col + w_out], dtype=np.float32)
 
 
 def warn_skip(error: SceneRejected) -> None:

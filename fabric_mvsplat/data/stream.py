@@ -21,9 +21,9 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from ..errors import DatasetError
 from ..types import BatchedExample
 from .chunks import CORRUPT_REASONS, ChunkCache, ExampleBuilder, SceneRef, list_scenes, warn_skip
-from .config import DataLoaderStageCfg, DatasetCfg
+from .config import DataLoaderStageCfg, DatasetCfg, ViewSamplerEvaluationCfg
 from .step_tracker import StepTracker
-from .view_sampler import SceneRejected, Stage
+from .view_sampler import EvaluationSampler, SceneRejected, Stage
 
 
 def mix_seed(*values: int | str) -> int:
@@ -295,7 +295,15 @@ class TestScenes(IterableDataset):
 
 
 class TestLoader:
-    """Finite, deterministic test batches of this rank's share (contiguous) of the test scenes."""
+    """Finite, deterministic test batches of this rank's share (contiguous) of the test scenes.
+
+    Run r of a scene under dataset.test_times_per_scene = T > 1 is named `<key>_<r:02d>` (the original's
+    DTU protocol); with the evaluation sampler that name is the index key. Scenes the evaluation index
+    lacks or holds as null are dropped before `test_len` and the rank split (no chunk is read for that), so
+    `test_len` counts usable scenes as in the original, where it capped the batches that came out, and
+    every rank gets an even share of real work. They are counted in `index_skip_counts` (the same on every
+    rank); what is rejected later (corrupt data, filters) is counted per rank in `skip_counts`.
+    """
 
     def __init__(self, dataset_cfg: DatasetCfg, loader_cfg: DataLoaderStageCfg, rank: int, world_size: int) -> None:
         if not 0 <= rank < world_size:
@@ -304,6 +312,16 @@ class TestLoader:
         times = dataset_cfg.test_times_per_scene
         elements = [(ref, f"{ref.key}_{k:02d}" if times > 1 else ref.key)
                     for ref in list_scenes(dataset_cfg, "test") for k in range(times)]
+        self.index_skip_counts: dict[str, int] = {}
+        if isinstance(dataset_cfg.view_sampler, ViewSamplerEvaluationCfg):
+            sampler, usable, skips = EvaluationSampler(dataset_cfg.view_sampler), [], Counter()
+            for ref, name in elements:
+                try:
+                    sampler.lookup(name)
+                    usable.append((ref, name))
+                except SceneRejected as error:
+                    skips[error.reason] += 1
+            elements, self.index_skip_counts = usable, dict(skips)
         if dataset_cfg.test_len > 0:
             elements = elements[: dataset_cfg.test_len]
         begin, end = rank * len(elements) // world_size, (rank + 1) * len(elements) // world_size
@@ -316,6 +334,7 @@ class TestLoader:
 
     @property
     def skip_counts(self) -> dict[str, int]:
+        """Scenes of this rank's share rejected while loading (corrupt data, filters), by reason."""
         return dict(sum((Counter(s) for s in self.skips.values()), Counter()))
 
     @property

@@ -30,7 +30,7 @@ import torch
 from tqdm import tqdm
 
 from ..errors import OverwriteRefused
-from .chunk_io import cameras_to_vector, encode_image, write_chunks
+from .chunk_io import DEPTH_KEY, cameras_to_vector, encode_depth, encode_image, write_chunks
 
 # Every visible surface has z-depth in [NEAR, FAR] (checked by tests/test_synthetic.py).
 NEAR = 1.0
@@ -318,20 +318,27 @@ def scene_key(seed: int, stage: str, index: int) -> str:
     return hashlib.sha1(f"synthetic-{seed}-{stage}-{index}".encode()).hexdigest()[:16]
 
 
-def render_antialiased(scene: Scene, frame: int, height: int, width: int, supersample: int) -> np.ndarray:
-    """Box-filtered supersampling; normalized intrinsics are the same at every resolution. -> rgb [H, W, 3]."""
-    rgb, _ = render_frame(scene, frame, height * supersample, width * supersample)
-    return rgb.reshape(height, supersample, width, supersample, 3).mean(axis=(1, 3))
+def render_antialiased(scene: Scene, frame: int, height: int, width: int,
+                       supersample: int) -> tuple[np.ndarray, np.ndarray]:
+    """Box-filtered supersampling; normalized intrinsics are the same at every resolution.
+    -> rgb [H, W, 3], z-depth [H, W] through the pixel centres (never averaged across an edge)."""
+    rgb, depth = render_frame(scene, frame, height * supersample, width * supersample)
+    if supersample == 1:
+        return rgb, depth
+    _, depth = render_frame(scene, frame, height, width)
+    return rgb.reshape(height, supersample, width, supersample, 3).mean(axis=(1, 3)), depth
 
 
 def render_example(seed: int, stage: str, index: int, frames: int, height: int, width: int, quality: int = 95,
                    supersample: int = 1) -> dict:
-    """One scene as a chunk example dict (url, timestamps, cameras [F, 18], images, key)."""
+    """One scene as a chunk example dict (url, timestamps, cameras [F, 18], images, key) plus each frame's
+    ground-truth z-depth under DEPTH_KEY (16-bit PNGs, see chunk_io; the original's loader ignores it)."""
     scene = random_scene(scene_seed(seed, stage, index), frames, height, width)
-    images = []
+    images, depths = [], []
     for f in range(frames):
-        rgb = render_antialiased(scene, f, height, width, supersample)
+        rgb, depth = render_antialiased(scene, f, height, width, supersample)
         images.append(encode_image((rgb * 255.0 + 0.5).astype(np.uint8), format="jpeg", quality=quality))
+        depths.append(encode_depth(depth))
     w2c = torch.from_numpy(np.linalg.inv(scene.c2w)).float()
     return {
         "url": f"synthetic://seed={seed}/{stage}/{index}",
@@ -339,6 +346,7 @@ def render_example(seed: int, stage: str, index: int, frames: int, height: int, 
         "cameras": cameras_to_vector(w2c, torch.from_numpy(scene.intrinsics).float()),
         "images": images,
         "key": scene_key(seed, stage, index),
+        DEPTH_KEY: depths,
     }
 
 

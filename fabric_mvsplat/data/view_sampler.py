@@ -107,15 +107,22 @@ class EvaluationSampler:
                                   f"entries with 'context' and 'target' lists or null; scene {key!r} has {entry!r}")
             self.index[key] = None if entry is None else (list(entry["context"]), list(entry["target"]))
 
-    def sample(self, key: str, num_views: int, generator: torch.Generator, step: int) -> tuple[Tensor, Tensor]:
-        entry = self.index.get(key)
+    def lookup(self, key: str) -> tuple[list[int], list[int]]:
+        """The entry for `key` (a DTU-style run name `<scene>_<run:02d>` under test_times_per_scene > 1),
+        or SceneRejected: "not_in_index" when absent, "null_in_index" when the index holds null."""
+        if key not in self.index:
+            raise SceneRejected("not_in_index", f"scene {key!r} is missing from the evaluation index")
+        entry = self.index[key]
         if entry is None:
-            state = "null" if key in self.index else "missing"
-            raise SceneRejected("evaluation_index", f"scene {key!r} is {state} in the evaluation index")
+            raise SceneRejected("null_in_index", f"scene {key!r} is null in the evaluation index")
+        return entry
+
+    def sample(self, key: str, num_views: int, generator: torch.Generator, step: int) -> tuple[Tensor, Tensor]:
+        entry = self.lookup(key)
         context, target = entry
         if max(context + target) >= num_views:
-            raise SceneRejected("evaluation_index", f"scene {key!r} has {num_views} frames but the index "
-                                f"asks for frame {max(context + target)}")
+            raise SceneRejected("index_frame_out_of_range", f"scene {key!r} has {num_views} frames but the "
+                                f"index asks for frame {max(context + target)}")
         return torch.tensor(context), torch.tensor(target)
 
 

@@ -1,12 +1,17 @@
 """Test mode (spec §8.4): render the evaluation index, score it, write the original's files.
 
 Scenes are sharded across ranks by the test loader; each rank scores its share and the
-per-scene results are gathered on rank 0, sorted by scene key, so 1 and N ranks write the
-same numbers.
+per-scene results are gathered on every rank, sorted by scene key, so 1 and N ranks write the
+same numbers. Metrics follow the original: PSNR clips render and ground truth to [0, 1], SSIM
+and LPIPS see the unclamped render. Beside them: two baselines (the mean context colour; the
+context image nearest in frame index) and, where the chunks hold ground-truth depth (our
+synthetic data), the expected depth's AbsRel and delta<1.25.
 """
 
 import json
+import math
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
@@ -14,9 +19,12 @@ from typing import TYPE_CHECKING, Iterable
 import torch
 from tqdm import tqdm
 
+from ..data.chunks import CORRUPT_REASONS, INDEX_REASONS
 from ..distributed import gather_objects, show_progress_bar
+from ..errors import EmptyEvaluationError
+from ..metrics import compute_depth_errors, compute_psnr, compute_ssim, nearest_context_images
 from ..types import BatchedExample
-from ..metrics import compute_psnr, compute_ssim
+from ..visualization.layout import colorize_depth
 
 if TYPE_CHECKING:
     from lightning_fabric import Fabric
@@ -27,6 +35,8 @@ if TYPE_CHECKING:
 
 @dataclass
 class SceneScores:
+    """One scene's means over its target views."""
+
     scene: str
     psnr: float
     ssim: float
@@ -34,6 +44,13 @@ class SceneScores:
     # PSNR of predicting every target pixel as the mean colour of the context images: the floor a
     # model must clear to show it learned anything beyond the average colour.
     psnr_mean_colour: float
+    # Copying the context image nearest in frame index to each target: what a model that learned no
+    # geometry at all can already score when the views are close together.
+    psnr_nearest_context: float
+    ssim_nearest_context: float
+    # Expected depth against the chunks' ground truth (None where the scene has none).
+    depth_abs_rel: float | None = None
+    depth_delta_1_25: float | None = None
 
 
 @dataclass
@@ -55,11 +72,51 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _nan_mean(values: torch.Tensor) -> float | None:
+    finite = values[torch.isfinite(values)]
+    return float(finite.mean()) if finite.numel() else None
+
+
+def score_scene(scene: str, rendered: torch.Tensor, ground_truth: torch.Tensor, context_images: torch.Tensor,
+                context_indices: torch.Tensor, target_indices: torch.Tensor, lpips_metric=None,
+                depth: torch.Tensor | None = None, alpha: torch.Tensor | None = None,
+                depth_truth: torch.Tensor | None = None) -> SceneScores:
+    """rendered / ground_truth [V, 3, H, W] (rendered unclamped), context_images [Vc, 3, H, W], frame
+    indices [Vc] / [V]; depth, alpha, depth_truth [V, H, W] when the scene has ground-truth depth."""
+    lpips = None
+    if lpips_metric is not None:
+        lpips = float(lpips_metric(rendered, ground_truth, normalize=True).mean())
+    mean_colour = context_images.mean(dim=(0, 2, 3))[None, :, None, None].expand_as(ground_truth)
+    nearest = nearest_context_images(context_images, context_indices, target_indices)
+    scores = SceneScores(scene, float(compute_psnr(ground_truth, rendered).mean()),
+                         float(compute_ssim(ground_truth, rendered).mean()), lpips,
+                         float(compute_psnr(ground_truth, mean_colour).mean()),
+                         float(compute_psnr(ground_truth, nearest).mean()),
+                         float(compute_ssim(ground_truth, nearest).mean()))
+    if depth_truth is not None and depth is not None and alpha is not None:
+        abs_rel, delta = compute_depth_errors(depth_truth, depth, alpha)
+        scores.depth_abs_rel, scores.depth_delta_1_25 = _nan_mean(abs_rel), _nan_mean(delta)
+    return scores
+
+
+def skip_summary(skip_reasons: dict[str, int]) -> dict[str, int]:
+    """Skip counts by reason -> the four kinds reported: not/null in the index, corrupt, filtered."""
+    kinds = Counter({"not_in_index": 0, "null_in_index": 0, "corrupt": 0, "filtered": 0})
+    for reason, count in skip_reasons.items():
+        kind = reason if reason in INDEX_REASONS else "corrupt" if reason in CORRUPT_REASONS else "filtered"
+        kinds[kind] += count
+    return dict(kinds)
+
+
 @torch.no_grad()
 def run_test(fabric: "Fabric", cfg: "RootCfg", model: "MVSplat", test_loader: Iterable[BatchedExample]) -> dict | None:
     """Evaluate `model` over `test_loader`, writing under `test.output_path/<wandb.name>/` (the original's
-    place, independent of the run's output_dir); returns the averaged scores on rank 0 (None elsewhere)."""
-    from .media import save_image, save_video
+    place, independent of the run's output_dir); returns the averaged scores on rank 0 (None elsewhere).
+
+    Raises EmptyEvaluationError on every rank when no scene was rendered (or none scored with
+    test.compute_scores=true), naming the skip counts by reason, after writing scores_all_avg.json.
+    """
+    from .media import save_video
 
     test_cfg = cfg.test
     name = str(cfg.wandb.get("name", "default")) if isinstance(cfg.wandb, dict) else "default"
@@ -74,6 +131,7 @@ def run_test(fabric: "Fabric", cfg: "RootCfg", model: "MVSplat", test_loader: It
         torch.cuda.reset_peak_memory_stats(device)
 
     scores: list[SceneScores] = []
+    rendered_scenes = 0
     timings = Timings(skip=test_cfg.eval_time_skip_steps)
     progress = tqdm(desc="test scenes", unit="scene", disable=not (fabric.global_rank == 0 and show_progress_bar()))
     for batch in test_loader:
@@ -82,6 +140,9 @@ def run_test(fabric: "Fabric", cfg: "RootCfg", model: "MVSplat", test_loader: It
         context, target = batch["context"], batch["target"]
         image_shape = tuple(target["image"].shape[-2:])
         num_views = target["image"].shape[1]
+        has_depth = "depth" in target
+        # The expected depth is rendered only where it is scored or saved: the timings stay the original's.
+        depth_mode = "expected_depth" if has_depth or test_cfg.save_image else None
 
         _synchronize(device)
         start = time.perf_counter()
@@ -91,17 +152,18 @@ def run_test(fabric: "Fabric", cfg: "RootCfg", model: "MVSplat", test_loader: It
         timings.record("encoder", time.perf_counter() - start)
 
         start = time.perf_counter()
-        output = module.render_views(gaussians, target, image_shape)
+        output = module.render_views(gaussians, target, image_shape, depth_mode=depth_mode)
         _synchronize(device)
         timings.record("decoder", time.perf_counter() - start, calls=num_views)
         timings.batches_seen += 1
 
         for b, scene in enumerate(batch["scene"]):
-            rendered = output.color[b].float().clamp(0, 1)  # [V, 3, H, W]
+            rendered = output.color[b].float()  # [V, 3, H, W], unclamped (the original's SSIM/LPIPS input)
             ground_truth = target["image"][b].float()
             if test_cfg.save_image:
-                for frame, image in zip(target["index"][b].tolist(), rendered):
-                    save_image(image, out_dir / scene / "color" / f"{frame:06d}.png")
+                save_scene_images(out_dir / scene, context["image"][b], context["index"][b], ground_truth,
+                                  rendered, target["index"][b], output.depth[b], target["near"][b, 0],
+                                  target["far"][b, 0], target["depth"][b] if has_depth else None)
             if test_cfg.save_video:
                 first, last = context["index"][b, 0].item(), context["index"][b, -1].item()
                 save_video(rendered, out_dir / "video" / f"{scene}_frame_{first}_{last}.mp4")
@@ -109,35 +171,82 @@ def run_test(fabric: "Fabric", cfg: "RootCfg", model: "MVSplat", test_loader: It
                 from ..model.ply_export import export_ply
 
                 export_ply(gaussians, out_dir / "gaussians" / f"{scene}.ply", batch_index=b)
+            rendered_scenes += 1
             if test_cfg.compute_scores:
-                lpips = None
-                if module.lpips_metric is not None:
-                    lpips = float(module.lpips_metric(rendered, ground_truth, normalize=True).mean())
-                mean_colour = context["image"][b].float().mean(dim=(0, 2, 3))[None, :, None, None]
-                scores.append(SceneScores(scene, float(compute_psnr(ground_truth, rendered).mean()),
-                                          float(compute_ssim(ground_truth, rendered).mean()), lpips,
-                                          float(compute_psnr(ground_truth, mean_colour.expand_as(ground_truth)).mean())))
+                scores.append(score_scene(
+                    scene, rendered, ground_truth, context["image"][b].float(), context["index"][b],
+                    target["index"][b], module.lpips_metric,
+                    depth=output.depth[b].float() if has_depth else None,
+                    alpha=output.alpha[b].float() if has_depth else None,
+                    depth_truth=target["depth"][b].float() if has_depth else None))
         progress.update(len(batch["scene"]))
     progress.close()
 
     peak_memory = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
-    per_rank = gather_objects(fabric, ([vars(s) for s in scores], timings.encoder, timings.decoder, peak_memory))
-    if fabric.global_rank != 0:
-        return None
-    all_scores = sorted((s for rank in per_rank for s in rank[0]), key=lambda s: s["scene"])
-    all_encoder = [t for rank in per_rank for t in rank[1]]
-    all_decoder = [t for rank in per_rank for t in rank[2]]
-    peak_memory = max(rank[3] for rank in per_rank)
-    averages = write_test_results(out_dir, all_scores, all_encoder, all_decoder, peak_memory, test_cfg.compute_scores)
-    summary = ", ".join(f"{k} {v:.4f}" for k, v in averages.items() if isinstance(v, float))
-    fabric.print(f"test: {len(all_scores)} scenes -> {out_dir}: {summary}")
+    load_skips = dict(getattr(test_loader, "skip_counts", {}))
+    per_rank = gather_objects(fabric, ([vars(s) for s in scores], timings.encoder, timings.decoder, peak_memory,
+                                       rendered_scenes, load_skips))
+    skip_reasons = Counter(getattr(test_loader, "index_skip_counts", {}))  # the same on every rank: once
+    for rank in per_rank:
+        skip_reasons.update(rank[5])
+    counts = {"rendered": sum(rank[4] for rank in per_rank),
+              "scored": sum(len(rank[0]) for rank in per_rank),
+              "skipped": skip_summary(skip_reasons), "skip_reasons": dict(sorted(skip_reasons.items()))}
+    averages = None
+    if fabric.global_rank == 0:
+        all_scores = sorted((s for rank in per_rank for s in rank[0]), key=lambda s: s["scene"])
+        all_encoder = [t for rank in per_rank for t in rank[1]]
+        all_decoder = [t for rank in per_rank for t in rank[2]]
+        peak_memory = max(rank[3] for rank in per_rank)
+        averages = write_test_results(out_dir, all_scores, all_encoder, all_decoder, peak_memory,
+                                      test_cfg.compute_scores, counts)
+        summary = ", ".join(f"{k} {v:.4f}" for k, v in averages.items() if isinstance(v, float))
+        skipped = ", ".join(f"{kind} {n}" for kind, n in counts["skipped"].items())
+        fabric.print(f"test: rendered {counts['rendered']} scenes, scored {counts['scored']}, skipped {skipped} "
+                     f"-> {out_dir}" + (f": {summary}" if summary else ""))
+    if counts["rendered"] == 0 or (test_cfg.compute_scores and counts["scored"] == 0):
+        reasons = ", ".join(f"{reason}: {n}" for reason, n in counts["skip_reasons"].items()) or "none skipped"
+        raise EmptyEvaluationError(
+            f"test mode {'scored' if test_cfg.compute_scores else 'rendered'} no scene ({reasons}). Check that "
+            "dataset.roots holds test chunks and that the evaluation index (dataset.view_sampler.index_path) "
+            "names their keys; under dataset.test_times_per_scene=T > 1 its keys must be <scene>_00 .. "
+            "<scene>_<T-1> (the DTU index layout).")
     return averages
 
 
+def save_scene_images(scene_dir: Path, context_images: torch.Tensor, context_indices: torch.Tensor,
+                      ground_truth: torch.Tensor, rendered: torch.Tensor, target_indices: torch.Tensor,
+                      depth: torch.Tensor, near: torch.Tensor, far: torch.Tensor,
+                      depth_truth: torch.Tensor | None) -> None:
+    """<scene>/color/<frame>.png as the original, plus what a person compares it with without the dataset:
+    context/, ground_truth/, depth/ (log-scaled colours between near and far) and depth_ground_truth/."""
+    from .media import save_image
+
+    for frame, image in zip(context_indices.tolist(), context_images):
+        save_image(image.float(), scene_dir / "context" / f"{frame:06d}.png")
+    depth_images = colorize_depth(depth.float(), near, far)
+    truth_images = colorize_depth(depth_truth.float(), near, far) if depth_truth is not None else None
+    for i, frame in enumerate(target_indices.tolist()):
+        save_image(rendered[i], scene_dir / "color" / f"{frame:06d}.png")
+        save_image(ground_truth[i], scene_dir / "ground_truth" / f"{frame:06d}.png")
+        save_image(depth_images[i], scene_dir / "depth" / f"{frame:06d}.png")
+        if truth_images is not None:
+            save_image(truth_images[i], scene_dir / "depth_ground_truth" / f"{frame:06d}.png")
+
+
+def _mean(values: list) -> float:
+    return sum(values) / len(values) if values else math.nan
+
+
 def write_test_results(out_dir: Path, scores: list[dict], encoder_times: list[float], decoder_times: list[float],
-                       peak_memory: int, compute_scores: bool) -> dict:
+                       peak_memory: int, compute_scores: bool, counts: dict | None = None) -> dict:
     """The original's files: scores_<metric>_all.json (per-scene lists), scores_all_avg.json,
-    benchmark.json, peak_memory.json; plus scores_per_scene.json with the scene keys."""
+    benchmark.json, peak_memory.json; plus scores_per_scene.json with the scene keys.
+
+    scores_all_avg.json also holds the scene counts (num_rendered, num_scored = num_scenes, num_skipped by
+    kind, skip_reasons), the baselines and, for scenes with ground-truth depth, depth_abs_rel and
+    depth_delta_1_25 with num_scenes_with_depth.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     averages: dict = {}
     if compute_scores:
@@ -145,12 +254,24 @@ def write_test_results(out_dir: Path, scores: list[dict], encoder_times: list[fl
         for metric in metrics:
             values = [s[metric] for s in scores]
             (out_dir / f"scores_{metric}_all.json").write_text(json.dumps(values))
-            averages[metric] = sum(values) / max(len(values), 1)
-        averages["psnr_mean_colour_baseline"] = sum(s["psnr_mean_colour"] for s in scores) / max(len(scores), 1)
+            averages[metric] = _mean(values)
+        averages["psnr_mean_colour_baseline"] = _mean([s["psnr_mean_colour"] for s in scores])
+        averages["psnr_nearest_context_baseline"] = _mean([s["psnr_nearest_context"] for s in scores])
+        averages["ssim_nearest_context_baseline"] = _mean([s["ssim_nearest_context"] for s in scores])
+        with_depth = [s for s in scores if s.get("depth_abs_rel") is not None]
+        if with_depth:
+            averages["depth_abs_rel"] = _mean([s["depth_abs_rel"] for s in with_depth])
+            averages["depth_delta_1_25"] = _mean([s["depth_delta_1_25"] for s in with_depth])
+            averages["num_scenes_with_depth"] = len(with_depth)
         (out_dir / "scores_per_scene.json").write_text(json.dumps(scores, indent=1))
     for tag, times in (("encoder", encoder_times), ("decoder", decoder_times)):
         averages[tag] = [len(times), sum(times) / len(times) if times else 0.0]
     averages["num_scenes"] = len(scores)
+    if counts is not None:
+        averages["num_rendered"] = counts["rendered"]
+        averages["num_scored"] = counts["scored"]
+        averages["num_skipped"] = counts["skipped"]
+        averages["skip_reasons"] = counts["skip_reasons"]
     (out_dir / "scores_all_avg.json").write_text(json.dumps(averages, indent=1))
     (out_dir / "benchmark.json").write_text(json.dumps({"encoder": encoder_times, "decoder": decoder_times}))
     (out_dir / "peak_memory.json").write_text(json.dumps({"allocated_bytes.all.peak": peak_memory}))

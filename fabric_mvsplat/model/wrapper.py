@@ -19,7 +19,7 @@ from ..visualization.trajectories import (
 )
 from .decoder import DecoderSplatting
 from .encoder import EncoderCostVolume
-from ..metrics import compute_psnr, compute_ssim
+from ..metrics import compute_depth_errors, compute_psnr, compute_ssim
 from .config import ModelCfg
 from .loss_config import LossCfg
 from .losses import build_losses
@@ -95,7 +95,7 @@ class MVSplat(nn.Module):
         context, target = batch["context"], batch["target"]
         image_shape = tuple(target["image"].shape[-2:])
         gaussians = self.encode(context, global_step)
-        output = self.render_views(gaussians, target, image_shape, depth_mode="depth")
+        output = self.render_views(gaussians, target, image_shape, depth_mode="expected_depth")
 
         rendered = output.color[0].float()  # [V, 3, H, W]
         ground_truth = target["image"][0].float()
@@ -105,10 +105,17 @@ class MVSplat(nn.Module):
         }
         if self.lpips_metric is not None:
             scalars["val/lpips"] = float(self.lpips_metric(rendered, ground_truth, normalize=True).mean())
+        if "depth" in target:  # ground-truth depth (our synthetic chunks): is the geometry right?
+            abs_rel, delta = compute_depth_errors(target["depth"][0].float(), output.depth[0].float(),
+                                                  output.alpha[0].float())
+            for name, values in (("val/depth_abs_rel", abs_rel), ("val/depth_delta_1_25", delta)):
+                if torch.isfinite(values).any():
+                    scalars[name] = float(values[torch.isfinite(values)].mean())
 
         near, far = target["near"][0, 0], target["far"][0, 0]
-        depth = colorize_depth(output.depth[0].float(), near, far) if output.depth is not None else None
-        images = {"comparison": comparison_grid(context["image"][0].float(), ground_truth, rendered, depth)}
+        depth = colorize_depth(output.depth[0].float(), near, far)
+        images = {"comparison": comparison_grid(context["image"][0].float(), ground_truth, rendered, depth,
+                                                depth_range=(float(near), float(far)))}
         videos = {"interpolation": self.render_video_interpolation(gaussians, context, image_shape)}
         if context["extrinsics"].shape[1] == 2:
             videos["wobble"] = self.render_video_wobble(gaussians, context, image_shape)

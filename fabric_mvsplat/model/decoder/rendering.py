@@ -21,6 +21,7 @@ BACKENDS = ("auto", "gsplat", "torch")
 class DecoderOutput:
     color: Tensor  # [B, V, 3, H, W]
     depth: Tensor | None  # [B, V, H, W]
+    alpha: Tensor | None = None  # [B, V, H, W] accumulated opacity (1 - final transmittance)
 
 
 def resolve_backend(backend: str, device: torch.device) -> Literal["torch", "gsplat"]:
@@ -142,4 +143,4 @@ def _render(gaussians: Gaussians, extrinsics: Tensor, intrinsics: Tensor, near: 
         depth = image[..., 3]
         if depth_mode == "expected_depth":
             depth = depth / alpha.clamp_min(1e-10)
-    return DecoderOutput(color=color, depth=depth)
+    return DecoderOutput(color=color, depth=depth, alpha=alpha)

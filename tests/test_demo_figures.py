@@ -1,0 +1,58 @@
+"""The README's demo figures: TensorBoard scalars read back without TensorBoard, the labelled scene picture."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fabric_mvsplat.visualization.demo_figures import main, read_scalars
+
+
+def write_run(run_dir, steps=40):
+    from tensorboardX import SummaryWriter
+
+    writer = SummaryWriter(logdir=str(run_dir / "tensorboard"))
+    for step in range(1, steps + 1):
+        writer.add_scalar("loss/total", 1.0 / step, global_step=step)
+        if step % 10 == 0:
+            writer.add_scalar("val/psnr", 10 + step / 10, global_step=step)
+    writer.add_image("comparison", np.zeros((3, 4, 4), dtype=np.float32), global_step=steps)
+    writer.close()
+    (run_dir / "config.yaml").write_text("dataset:\n  near: 1.0\n  far: 20.0\n")
+
+
+def test_scalars_match_what_tensorboard_reads(tmp_path):
+    write_run(tmp_path)
+    ours = read_scalars(tmp_path / "tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"scalars": 0})
+    accumulator.Reload()
+    for tag in ("loss/total", "val/psnr"):
+        theirs = [(e.step, e.value) for e in accumulator.Scalars(tag)]
+        assert [s for s, _ in ours[tag]] == [s for s, _ in theirs]
+        assert [v for _, v in ours[tag]] == pytest.approx([v for _, v in theirs])
+    assert len(ours["loss/total"]) == 40 and len(ours["val/psnr"]) == 4
+
+
+def test_demo_figures_from_a_run_and_its_test_outputs(tmp_path):
+    run_dir, test_dir, out = tmp_path / "run", tmp_path / "test", tmp_path / "docs"
+    write_run(run_dir)
+    scene = test_dir / "abc"
+    rng = np.random.default_rng(0)
+    for folder, frames in (("context", [0, 8]), ("ground_truth", [2, 5]), ("color", [2, 5]), ("depth", [2, 5]),
+                           ("depth_ground_truth", [2, 5])):
+        (scene / folder).mkdir(parents=True)
+        for frame in frames:
+            Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(scene / folder / f"{frame:06d}.png")
+    (test_dir / "scores_per_scene.json").write_text(json.dumps([
+        {"scene": "abc", "psnr": 25.0, "psnr_nearest_context": 19.0, "depth_abs_rel": 0.1}]))
+    main([str(run_dir), "--test-dir", str(test_dir), "--out", str(out)])
+    comparison = Image.open(out / "demo_comparison.png")
+    curve = Image.open(out / "demo_training_curve.png")
+    # 5 labelled rows of 16-px images zoomed to 96 px, the caption line, a label column left of the images.
+    assert comparison.height > 5 * 96 + 16 and comparison.width > 2 * 96 + 30
+    assert curve.width >= 600 and curve.height >= 200
+    pixels = np.asarray(comparison.convert("L"))
+    assert (pixels[20:, :30] < 128).any()  # the row labels are drawn
