@@ -124,3 +124,16 @@ def test_validation_logs_depth_errors_where_the_scene_has_ground_truth(tmp_path)
     assert 0 <= output.scalars["val/depth_abs_rel"] and 0 <= output.scalars["val/depth_delta_1_25"] <= 1
     del batch["target"]["depth"]  # a scene without ground truth omits them
     assert "val/depth_abs_rel" not in model.validation_step(batch, global_step=0).scalars
+
+
+def test_patch_crop_keeps_ground_truth_depth_aligned_with_the_image():
+    """A 40x40 batch is centre-cropped to 32x32 for the encoder: the true depth must be cropped the same way,
+    or depth errors compare misaligned (or differently sized) maps."""
+    from fabric_mvsplat.model.encoder.encoder import crop_views_to_patch
+
+    depth = torch.arange(40 * 40, dtype=torch.float32).reshape(1, 1, 40, 40).expand(1, 2, 40, 40)
+    views = {"image": depth[:, :, None].expand(1, 2, 3, 40, 40), "depth": depth,
+             "intrinsics": torch.eye(3).expand(1, 2, 3, 3)}
+    cropped = crop_views_to_patch(views, patch_size=16)
+    assert cropped["depth"].shape == (1, 2, 32, 32)
+    assert torch.equal(cropped["depth"], cropped["image"][:, :, 0])

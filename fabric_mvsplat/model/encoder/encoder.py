@@ -31,7 +31,10 @@ def crop_views_to_patch(views: BatchedViews, patch_size: int) -> BatchedViews:
     h_new, w_new = (h // patch_size) * patch_size, (w // patch_size) * patch_size
     row, col = center_crop_box((h, w), (h_new, w_new))
     intrinsics = crop_intrinsics(views["intrinsics"], (h, w), (h_new, w_new))
-    return {**views, "image": views["image"][..., row:row + h_new, col:col + w_new], "intrinsics": intrinsics}
+    cropped = {**views, "image": views["image"][..., row:row + h_new, col:col + w_new], "intrinsics": intrinsics}
+    if "depth" in views:  # ground-truth depth [B, V, H, W] must stay aligned with the cropped images
+        cropped["depth"] = views["depth"][..., row:row + h_new, col:col + w_new]
+    return cropped
 
 
 class EncoderCostVolume(nn.Module):
