@@ -176,12 +176,9 @@ def one_cycle_lrs(max_steps: int, steps: int) -> list[float]:
     optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=2e-4)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=2e-4, total_steps=max_steps + 10,
                                                     pct_start=0.01, cycle_momentum=False, anneal_strategy="cos")
-    values = []
-    for _ in range(steps):
-        values.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        scheduler.step()
-    return values
+    from test_loop import lrs
+
+    return lrs(scheduler, optimizer, steps)
 
 
 def test_resume_with_a_longer_max_steps_finishes_on_the_rebuilt_schedule(tmp_path):
