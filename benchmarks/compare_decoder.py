@@ -8,6 +8,11 @@ The case is benchmarks/test_bench_decoder.py's: one MVSplat-shaped scene (a Gaus
 (no grad) and forward + backward (gradients of sum(color^2) w.r.t. every Gaussian field). The
 baseline's package is imported from `git archive REV` as in `benchmarks.compare_encoder`; rounds
 alternate baseline / current and the ratio of minima is the figure. Outputs are compared too.
+
+With --demo-step the same is done for one whole training step of the demo's model (`+experiment=demo`:
+encoder, rendering of its target views at --demo-size, MSE, backward, clipping, Adam), once with the
+baseline's `rasterize_torch` swapped into the current decoder and once with the current one: what the
+rasterizer change means for the demo's wall time.
 """
 
 import argparse
@@ -33,6 +38,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=int, default=64, help="context/target image side (default 64)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--save", type=Path)
+    parser.add_argument("--demo-step", action="store_true", help="also time a demo training step with each rasterizer")
+    parser.add_argument("--demo-size", type=int, default=32, help="image side of the demo step (the demo's: 32)")
     args = parser.parse_args(argv)
 
     env = {**environment_info(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}  # load at the start
@@ -69,20 +76,30 @@ def main(argv: list[str] | None = None) -> None:
                     fn(render)
                     times[name, mode].append(time.perf_counter() - start)
 
+        if args.demo_step:
+            rasterizers = {"baseline": importlib.import_module(f"{baseline.__name__}.model.decoder.rasterize_torch"),
+                           "current": importlib.import_module("fabric_mvsplat.model.decoder.rasterize_torch")}
+            demo_times = time_demo_steps({name: module.rasterize_torch for name, module in rasterizers.items()},
+                                         args.demo_size, args.rounds, loads)
+            times.update({(name, "demo_step"): values for name, values in demo_times.items()})
+
     command = "python -m benchmarks.compare_decoder " + " ".join(sys.argv[1:] if argv is None else argv)
+    modes = ("forward", "forward_backward", "demo_step") if args.demo_step else ("forward", "forward_backward")
     benchmarks = []
     for (name, mode), values in times.items():
         mean = sum(values) / len(values)
         stddev = (sum((v - mean) ** 2 for v in values) / max(len(values) - 1, 1)) ** 0.5
+        case = f"demo-step/{args.demo_size}" if mode == "demo_step" else f"torch-rasterizer/{args.size}/{mode}"
         benchmarks.append({
             "name": f"test_rasterizer_vs_revision[{mode}-{name}]", "params": {"mode": mode, "rasterizer": name},
             "stats": {"min": min(values), "max": max(values), "mean": mean, "stddev": stddev, "rounds": len(values),
                       "data": values},
-            "extra_info": {"compare": f"torch-rasterizer/{args.size}/{mode}", "baseline": name == "baseline",
+            "extra_info": {"compare": case, "baseline": name == "baseline",
                            "variant": args.baseline if name == "baseline" else name,
-                           "items": 4, "unit": "views", "parity": parity, "command": command, "load_average": loads},
+                           "items": 1 if mode == "demo_step" else 4, "unit": "steps" if mode == "demo_step" else "views",
+                           "parity": parity, "command": command, "load_average": loads},
         })
-    for mode in ("forward", "forward_backward"):
+    for mode in modes:
         ratio = min(times["baseline", mode]) / min(times["current", mode])
         print(f"{mode}: baseline min {min(times['baseline', mode]) * 1e3:.0f} ms, current min "
               f"{min(times['current', mode]) * 1e3:.0f} ms -> current is {ratio:.2f}x faster (load {loads[-1]})")
@@ -92,6 +109,40 @@ def main(argv: list[str] | None = None) -> None:
                                          "datetime": datetime.datetime.now().isoformat(),
                                          "benchmarks": benchmarks}, indent=1))
         print(f"wrote {args.save}")
+
+
+def time_demo_steps(rasterizers: dict, size: int, rounds: int, loads: list) -> dict[str, list[float]]:
+    """Training steps of the +experiment=demo model, alternating the rasterizer each step -> seconds per step."""
+    from hydra import compose, initialize_config_dir
+
+    import fabric_mvsplat.model.decoder.rendering as rendering
+    from benchmarks.conftest import CONFIG_DIR, make_batch
+    from benchmarks.test_bench_model import make_train_step
+    from fabric_mvsplat.config import load_config
+    from fabric_mvsplat.train import make_model
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        cfg = load_config(compose("main", overrides=["+experiment=demo", f"dataset.image_shape=[{size},{size}]"]))
+    torch.manual_seed(0)
+    model = make_model(cfg).train()
+    batch = make_batch(cfg.data_loader.train.batch_size, cfg.dataset.view_sampler.num_context_views,
+                       cfg.dataset.view_sampler.num_target_views, size, "cpu")
+    train_step = make_train_step(model, "32-true", "cpu", batch)
+    current = rendering.rasterize_torch
+    times = {name: [] for name in rasterizers}
+    try:
+        for round_index in range(rounds + 1):  # the first round warms up and is not counted
+            for name, rasterize in rasterizers.items():
+                rendering.rasterize_torch = rasterize
+                loads.append(load_average())
+                start = time.perf_counter()
+                loss = train_step()
+                if round_index:
+                    times[name].append(time.perf_counter() - start)
+                assert torch.isfinite(loss), f"demo step with the {name} rasterizer: loss {loss}"
+    finally:
+        rendering.rasterize_torch = current
+    return times
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ OPTIONS = {
 PRECISIONS = ("32-true", "bf16-mixed")
 BATCH = 14
 GIB = 1024**3
+GSPLAT_TILE_SIZE = 16  # gsplat 1.5 rasterizes 16x16 tiles
 
 
 def gsplat_saved_bytes(num_images: int, num_gaussians: int, intersections: int, pixels_per_image: int) -> int:
@@ -69,14 +70,14 @@ def build_model(overrides: list[str], image: int, lpips_dir: Path):
     from hydra import compose, initialize_config_dir
 
     from fabric_mvsplat.config import load_config
-    from fabric_mvsplat.model.wrapper import build_model as build
+    from fabric_mvsplat.train import make_model
 
     base = ["+experiment=re10k", "model.encoder.unimatch_weights_path=null", f"loss.lpips.weights={lpips_dir}",
             f"dataset.image_shape=[{image},{image}]", "dataset.view_sampler.num_context_views=2"]
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
         cfg = load_config(compose("main", overrides=base + overrides))
     torch.manual_seed(0)
-    return build(cfg)
+    return make_model(cfg)
 
 
 def measure(option: str, precision: str, image: int, lpips_dir: Path) -> dict:
@@ -88,10 +89,9 @@ def measure(option: str, precision: str, image: int, lpips_dir: Path) -> dict:
     intersections = []
     original_bin = rasterize_torch.bin_to_tiles
 
-    def counting_bin(*args, **kwargs):  # the torch rasterizer's tile intersections = gsplat's (same footprints)
-        bins = original_bin(*args, **kwargs)
-        intersections.append(bins.gaussian.shape[0])
-        return bins
+    def counting_bin(*args):  # the same footprint boxes on gsplat's 16x16 tiles = gsplat's intersections
+        intersections.append(original_bin(*args[:6], GSPLAT_TILE_SIZE).gaussian.shape[0])
+        return original_bin(*args)
 
     rasterize_torch.bin_to_tiles = counting_bin
     largest = LargestSaved()
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="JSON to add the rows to (same precision and option replaced; written after each row), "
                              "with the table beside it as .md")
     args = parser.parse_args(argv)
-    from fabric_mvsplat.evaluation.lpips import write_lpips_test_weights
+    from tests.lpips_test_weights import write_lpips_test_weights
 
     # One process holds one 256x256 training graph at a time; run big option sets as several calls
     # with the same --save (a 2-core, 24 GB machine shared with others runs out of memory otherwise).

@@ -62,16 +62,18 @@ def test_random_scenes_match_dense(seed):
     assert ours.color.std() > 0.05  # a real image, not background
 
 
-def test_many_chunks_with_checkpointing_match_dense(monkeypatch):
-    """A tiny pair budget forces many tile chunks (and the checkpointed backward)."""
-    monkeypatch.setattr(rasterize_torch, "CHUNK_PAIRS", 300)
+@pytest.mark.parametrize("tile_size, block", [(4, 2), (16, 3), (5, 1)])
+def test_many_depth_blocks_with_checkpointing_match_dense(monkeypatch, tile_size, block):
+    """Tiny depth blocks force many steps with tiles dropping out between them, and a zero element
+    budget forces the checkpointed backward; other tile sizes (one not dividing the image) give the
+    same image, since footprints do not depend on the tiling."""
     calls = []
-    original = rasterize_torch.select_contributions
-    monkeypatch.setattr(rasterize_torch, "select_contributions", lambda *a, **k: calls.append(1) or original(*a, **k))
-    monkeypatch.setattr(rasterize_torch.rasterize_torch, "__defaults__", (16, 300))
+    original = rasterize_torch.composite_block
+    monkeypatch.setattr(rasterize_torch, "composite_block", lambda *a, **k: calls.append(1) or original(*a, **k))
+    monkeypatch.setattr(rasterize_torch.rasterize_torch, "__defaults__", (tile_size, block, 0))
     gaussians = random_gaussians(1, 300, torch.Generator().manual_seed(3), torch.float64)
     compare_with_dense(gaussians, *cameras(1, 2, 3), (33, 40))
-    assert len(calls) > 5
+    assert len(calls) > 10
 
 
 def test_tile_border_gaussians_match_dense():
@@ -90,23 +92,30 @@ def test_tile_border_gaussians_match_dense():
     compare_with_dense(gaussians, extrinsics, intrinsics, near, far, (48, 48))
 
 
-def test_early_stop_keeps_only_the_front_layers():
+@pytest.mark.parametrize("block", [1, 2, 16])
+def test_early_stop_keeps_only_the_front_layers(monkeypatch, block):
     """Identical opaque layers: T after k layers is 0.05^k (1.25e-4 after 3), so the 4th would push T
-    below 1e-4 and the pixel stops after 3; the colour is the front three layers' weighted colours."""
+    below 1e-4 and the pixel stops after 3; the colour is the front three layers' weighted colours.
+    Behind them a faint layer (alpha 0.1: T would stay above 1e-4) must stay out too: a stopped pixel
+    stays stopped, also when the stop falls on a depth-block boundary."""
+    monkeypatch.setattr(rasterize_torch.rasterize_torch, "__defaults__", (rasterize_torch.TILE_SIZE, block,
+                                                                          rasterize_torch.CHECKPOINT_ELEMENTS))
     count = 8
     means = torch.tensor([[0.0, 0.0, 2.0 + 0.1 * i] for i in range(count)], dtype=torch.float64)
     covariances = torch.eye(3, dtype=torch.float64).repeat(count, 1, 1) * 0.2**2
     colors = torch.linspace(0.1, 0.9, count, dtype=torch.float64)
     harmonics = ((colors - 0.5) / SH_C0)[:, None, None].expand(count, 3, 1).clone()
-    gaussians = Gaussians(means[None], covariances[None], harmonics[None], torch.full((1, count), 0.95, dtype=torch.float64))
+    opacities = torch.tensor([[0.95, 0.95, 0.95, 0.95, 0.1, 0.1, 0.1, 0.1]], dtype=torch.float64)
+    gaussians = Gaussians(means[None], covariances[None], harmonics[None], opacities)
     extrinsics = torch.eye(4, dtype=torch.float64)[None, None]
     intrinsics = torch.tensor([[[[1.0, 0, 0.5], [0, 1.0, 0.5], [0, 0, 1]]]], dtype=torch.float64)
     near, far = torch.ones(1, 1, dtype=torch.float64), torch.full((1, 1), 10.0, dtype=torch.float64)
     output = render(gaussians, extrinsics, intrinsics, near, far, (17, 17), backend="torch")
     centre = output.color[0, 0, 0, 8, 8]
-    # The pixel centre (8.5, 8.5) is the projected mean, so alpha = 0.95 exactly for every layer.
+    # The pixel centre (8.5, 8.5) is the projected mean, so alpha = 0.95 exactly for the opaque layers.
     expected = sum(0.95 * 0.05**k * colors[k] for k in range(3))
     assert torch.isclose(centre, expected, atol=1e-12)
+    assert torch.isclose(output.alpha[0, 0, 8, 8], torch.tensor(1 - 0.05**3, dtype=torch.float64), atol=1e-12)
     compare_with_dense(gaussians, extrinsics, intrinsics, near, far, (17, 17))
 
 
