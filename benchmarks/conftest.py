@@ -54,7 +54,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "large: too slow for the smoke run; skipped with --benchmark-disable")
     # Runs before pytest-benchmark reads --benchmark-json, so setting it here is enough.
     if config.getoption("--save-results", default=False) and not config.getoption("benchmark_json", None):
         RESULTS_DIR.mkdir(parents=True, exist_ok=True)

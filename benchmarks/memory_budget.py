@@ -131,7 +131,8 @@ def markdown(rows: list[dict]) -> str:
         cells += [f"{row['saved_bytes_by_part'].get(part, 0) / 2**20:,.0f}" for part in parts]
         cells += [f"{row['saved_bytes'] / 2**20:,.0f}", f"{row['estimate_batch14_bytes'] / GIB:.1f} GiB"]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n\nParts in MiB saved for backward per scene (256x256, 2 context views, 4 targets).\n"
+    sizes = ", ".join(f"{image}x{image}" for image in sorted({row["image"] for row in rows}))
+    return "\n".join(lines) + f"\n\nParts in MiB saved for backward per scene ({sizes}, 2 context views, 4 targets).\n"
 
 
 def main(argv: list[str] | None = None) -> None:

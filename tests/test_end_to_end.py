@@ -121,7 +121,7 @@ def test_resume_tells_the_story_and_keeps_output_dir(demo_training, synthetic_ro
     last = run_dir / "checkpoints" / "epoch_0-step_3.ckpt"
     assert last.is_file()
     assert "step 3: validation (" in out and "val/psnr" in out and f"step 3: saved checkpoint {last}" in out
-    assert "steps 2 -> 3" in out and "validation PSNR: last" in out
+    assert "steps 2 -> 3" in out and "validation PSNR: last" in out and "validation depth: AbsRel" in out
     assert f"tensorboard --logdir {run_dir / 'tensorboard'}" in out
     assert f"test it with: python -m fabric_mvsplat.train mode=test checkpointing.load={last}" in out
 

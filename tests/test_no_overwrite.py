@@ -83,25 +83,33 @@ def test_ensure_fills_only_an_absent_or_empty_folder(tmp_path, capsys):
     assert all_files(converted) == before
 
 
-def run_demo(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
+def start_demo(cwd: Path, *overrides: str) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    (tmp_path / "unused.ckpt").touch()  # never read: the data check stops the run first
-    return subprocess.run([sys.executable, "-m", "fabric_mvsplat.train", "+experiment=demo", "mode=test",
-                           f"checkpointing.load={tmp_path / 'unused.ckpt'}", f"output_dir={tmp_path / 'out'}", *overrides],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    cwd.mkdir(parents=True, exist_ok=True)
+    (cwd / "unused.ckpt").touch()  # never read: the data check stops the run first
+    return subprocess.Popen([sys.executable, "-m", "fabric_mvsplat.train", "+experiment=demo", "mode=test",
+                             f"checkpointing.load={cwd / 'unused.ckpt'}", f"output_dir={cwd / 'out'}", *overrides],
+                            cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish_demo(process: subprocess.Popen) -> tuple[int, str]:
+    _, stderr = process.communicate(timeout=120)
+    return process.returncode, stderr
 
 
 def test_demo_never_fills_a_mistyped_root(tmp_path):
-    """The demo names datasets/synthetic; `dataset.roots=[datasets/mien]` must fail, not generate 72 scenes."""
-    result = run_demo(tmp_path, "dataset.roots=[datasets/mien]")
-    assert result.returncode == 2, result.stderr[-2000:]
-    assert "datasets/mien" in result.stderr and "Traceback" not in result.stderr
-    assert "python -m fabric_mvsplat.data.synthetic" not in result.stderr  # no command that would overwrite
-    assert not (tmp_path / "datasets").exists()
+    """The demo names datasets/synthetic; `dataset.roots=[datasets/mien]` must fail, not generate 72 scenes.
+    The demo's own root, holding someone's files but no chunks, is refused too. (Both runs at once.)"""
+    mistyped, occupied = tmp_path / "mistyped", tmp_path / "occupied"
+    (occupied / "datasets" / "synthetic").mkdir(parents=True)
+    (occupied / "datasets" / "synthetic" / "frame1.png").write_bytes(b"png")
+    runs = [start_demo(mistyped, "dataset.roots=[datasets/mien]"), start_demo(occupied)]
+    (returncode, stderr), (occupied_returncode, occupied_stderr) = (finish_demo(run) for run in runs)
 
-    # The demo's own root, holding someone's files but no chunks, is refused too.
-    (tmp_path / "datasets" / "synthetic").mkdir(parents=True)
-    (tmp_path / "datasets" / "synthetic" / "frame1.png").write_bytes(b"png")
-    result = run_demo(tmp_path)
-    assert result.returncode == 2 and "holds files but no chunks" in result.stderr, result.stderr[-2000:]
-    assert sorted(p.name for p in (tmp_path / "datasets" / "synthetic").iterdir()) == ["frame1.png"]
+    assert returncode == 2, stderr[-2000:]
+    assert "datasets/mien" in stderr and "Traceback" not in stderr
+    assert "python -m fabric_mvsplat.data.synthetic" not in stderr  # no command that would overwrite
+    assert not (mistyped / "datasets").exists()
+
+    assert occupied_returncode == 2 and "holds files but no chunks" in occupied_stderr, occupied_stderr[-2000:]
+    assert sorted(p.name for p in (occupied / "datasets" / "synthetic").iterdir()) == ["frame1.png"]
