@@ -6,24 +6,19 @@ model, optimizer and scheduler are built here and handed to `loop.fit` (mode=tra
 environment and every rank runs this same file.
 """
 
-from __future__ import annotations
-
 import logging
 import os
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import hydra
 import torch
+from lightning_fabric import Fabric
 from omegaconf import DictConfig, OmegaConf
 
 from .config import OptimizerCfg, RootCfg, TrainerCfg, check_before_work, load_config
 from .errors import ConfigError, EmptyEvaluationError, UserError
-
-if TYPE_CHECKING:  # Fabric is imported where it is built: a command stopped by a config error never pays for it
-    from lightning_fabric import Fabric
 
 # The Hydra configs ship inside the package, so a plain `pip install .` finds them from any directory.
 CONFIG_DIR = str(Path(__file__).resolve().parent / "configs")
@@ -304,8 +299,6 @@ def check_dataset(cfg: RootCfg) -> None:
 
 
 def make_fabric(trainer: TrainerCfg) -> Fabric:
-    from lightning_fabric import Fabric
-
     devices = trainer.devices
     if devices == "auto" and "LOCAL_WORLD_SIZE" in os.environ:
         devices = int(os.environ["LOCAL_WORLD_SIZE"])  # under torchrun: one device per local process
