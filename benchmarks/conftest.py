@@ -53,6 +53,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 @pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> None:
+    """Timed runs in one process. pyproject's addopts start pytest-xdist workers (the smoke suite's speed), under
+    which pytest-benchmark cannot time and only warns; runs without --benchmark-disable therefore drop the workers
+    (called before pytest-xdist's own hook reads -n)."""
+    if not config.getoption("benchmark_disable", False) and getattr(config.option, "numprocesses", None):
+        config.option.numprocesses = 0
+
+
+@pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
     # Runs before pytest-benchmark reads --benchmark-json, so setting it here is enough.
     if config.getoption("--save-results", default=False) and not config.getoption("benchmark_json", None):

@@ -170,8 +170,9 @@ def phase_cuda_tests(out_dir: Path, backend: str) -> dict:
     junit = out_dir / "cuda_tests.xml"
     tests = ["tests/test_decoder_cuda.py", "tests/test_decoder.py", "tests/test_decoder_gsplat_cpu.py",
              "tests/test_gsplat_build.py", "tests/test_rasterizer.py"]
-    code = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={junit}",
-                           "-rs", *tests], cwd=ROOT).returncode
+    # -n 0: one process (no pytest-xdist workers), so one CUDA context and one gsplat build.
+    code = subprocess.run([sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider",
+                           f"--junitxml={junit}", "-rs", *tests], cwd=ROOT).returncode
     suite = ElementTree.parse(junit).getroot()
     suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
     failed = [case.get("classname", "") + "::" + case.get("name", "") for case in suite.iter("testcase")

@@ -14,14 +14,15 @@ from fabric_mvsplat.data.chunk_io import ChunkReadError
 from fabric_mvsplat.data.config import DataLoaderStageCfg
 from test_data_fixtures import dataset_cfg, make_scene, make_split
 
-MARKER = Path(os.environ.get("TMPDIR", "/tmp")) / "fabric_mvsplat_pickle_executed"
-
-
 class Payload:
-    """Unpickling this would create MARKER: weights_only must refuse it."""
+    """Unpickling this would create the file `marker`: weights_only must refuse it (a marker per test: tests may
+    run in parallel workers)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
 
     def __reduce__(self):
-        return (Path.touch, (MARKER,))
+        return (Path.touch, (self.marker,))
 
 
 def add_chunk(stage_dir: Path, name: str, keys: list[str], write) -> None:
@@ -32,17 +33,17 @@ def add_chunk(stage_dir: Path, name: str, keys: list[str], write) -> None:
 
 
 def test_pickle_payload_is_refused_not_executed(tmp_path):
-    MARKER.unlink(missing_ok=True)
+    marker = tmp_path / "payload_executed"
     scene = make_scene("evil", 4, 8, 8, seed=0)
-    torch.save([{**scene, "url": Payload()}], tmp_path / "000000.torch")
+    torch.save([{**scene, "url": Payload(marker)}], tmp_path / "000000.torch")
     with pytest.raises(ChunkReadError, match="000000.torch"):
         read_chunk(tmp_path / "000000.torch")
-    assert not MARKER.exists()
+    assert not marker.exists()
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_corrupt_chunks_and_scenes_are_skipped_and_counted(tmp_path, num_workers):
-    MARKER.unlink(missing_ok=True)
+    marker = tmp_path / "payload_executed"
     stage = tmp_path / "train"
     good = make_split(stage, 4, scenes_per_chunk=2)
     good_bytes = (stage / "000000.torch").read_bytes()
@@ -50,7 +51,7 @@ def test_corrupt_chunks_and_scenes_are_skipped_and_counted(tmp_path, num_workers
               lambda path: path.write_bytes(good_bytes[: len(good_bytes) // 2]))
     add_chunk(stage, "000011.torch", ["garbage"], lambda path: path.write_bytes(os.urandom(3000)))
     evil = make_scene("evil", 12, 18, 32, seed=1)
-    add_chunk(stage, "000012.torch", ["evil"], lambda path: torch.save([{**evil, "url": Payload()}], path))
+    add_chunk(stage, "000012.torch", ["evil"], lambda path: torch.save([{**evil, "url": Payload(marker)}], path))
     broken_image = make_scene("broken_image", 12, 18, 32, seed=2)
     broken_image["images"] = [torch.tensor([1, 2, 3], dtype=torch.uint8)] * 12
     bad_cameras = {**make_scene("bad_cameras", 12, 18, 32, seed=3), "cameras": torch.zeros(12, 17)}
@@ -68,7 +69,7 @@ def test_corrupt_chunks_and_scenes_are_skipped_and_counted(tmp_path, num_workers
     # every scene read and not yielded was counted: cursors (scenes read per worker) = yielded + skipped
     assert sum(stream.state_dict()["cursors"]) == 8 + sum(counts.values())
     assert stream.skipped_scenes == sum(counts.values()) >= 7  # at least the 7 broken scenes of one pass
-    assert not MARKER.exists()
+    assert not marker.exists()
     if num_workers == 0:  # worker processes print their warnings to stderr instead
         messages = "\n".join(str(w.message) for w in caught)
         for expected in ("000010.torch", "000011.torch", "000012.torch", "'broken_image' frame",

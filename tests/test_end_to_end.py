@@ -12,6 +12,10 @@ from fabric_mvsplat.data import StepTracker, make_train_stream
 from fabric_mvsplat.errors import UserError
 from fabric_mvsplat.train import make_model, run
 
+# One worker runs this file under pytest-xdist: its tests share one trained demo checkpoint and one test-mode run
+# (session fixtures in conftest.py), made once per worker.
+pytestmark = pytest.mark.xdist_group("demo_run")
+
 
 def test_training_steps_reduce_the_loss_on_a_fixed_batch(synthetic_root):
     torch.manual_seed(0)

@@ -1,7 +1,6 @@
 """The one guarded torch.load: every caller (weights, golden files, chunks) names the file and what is wrong, and
 a pickled object is refused and never executed unless the caller offers an explicit opt-in."""
 
-import os
 import re
 from pathlib import Path
 
@@ -13,14 +12,14 @@ from fabric_mvsplat.data.chunk_io import ChunkReadError, read_chunk
 from fabric_mvsplat.metrics.lpips import load_lpips
 from fabric_mvsplat.model.encoder.weights import load_unimatch_backbone
 
-MARKER = Path(os.environ.get("TMPDIR", "/tmp")) / "fabric_mvsplat_safe_load_executed"
-
-
 class Payload:
-    """Unpickling this would create MARKER."""
+    """Unpickling this would create the file `marker` (per test: tests may run in parallel workers)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
 
     def __reduce__(self):
-        return (Path.touch, (MARKER,))
+        return (Path.touch, (self.marker,))
 
 
 @pytest.fixture
@@ -31,11 +30,11 @@ def files(tmp_path) -> dict[str, Path]:
             "pickled": tmp_path / "pickled.pth", "legacy": tmp_path / "legacy.pth"}
     made["garbage"].write_bytes(b"\x00\x01 not torch" * 50)
     made["truncated"].write_bytes(good.read_bytes()[:300])
-    torch.save({"model": {"w": torch.ones(3)}, "note": Payload()}, made["pickled"])
+    made["marker"] = tmp_path / "payload_executed"
+    torch.save({"model": {"w": torch.ones(3)}, "note": Payload(made["marker"])}, made["pickled"])
     torch.save({"model": {"w": torch.ones(3)}}, made["legacy"], _use_new_zipfile_serialization=False)
-    MARKER.unlink(missing_ok=True)
     yield made
-    assert not MARKER.exists(), "a pickled payload was executed"
+    assert not made["marker"].exists(), "a pickled payload was executed"
 
 
 EXPECTED = {"garbage": "is not a torch.save file", "truncated": "is corrupt or truncated",
@@ -68,11 +67,11 @@ def test_pickled_objects_only_with_the_callers_opt_in(files):
         safe_load.load(files["pickled"], allow_unsafe_load=True)  # no opt-in key: never unpickled
     with pytest.raises(safe_load.FileLoadError, match="rerun with my.opt_in=true"):
         safe_load.load(files["pickled"], opt_in_key="my.opt_in")
-    MARKER.unlink(missing_ok=True)
+    assert not files["marker"].exists()
     with pytest.warns(UserWarning, match="weights_only=False"):
         safe_load.load(files["pickled"], allow_unsafe_load=True, opt_in_key="my.opt_in")
-    assert MARKER.exists()  # the opt-in really unpickles
-    MARKER.unlink()
+    assert files["marker"].exists()  # the opt-in really unpickles
+    files["marker"].unlink()
 
 
 def test_legacy_files_load_and_missing_or_directory_are_named(files, tmp_path):

@@ -1,0 +1,14 @@
+"""Loaded by every pytest run in this checkout (tests/ and benchmarks/ alike).
+
+pytest-xdist (addopts in pyproject.toml) runs the suite on several worker processes. Each worker gets an equal share
+of the cores as torch threads: torch's default of one thread per core in every worker oversubscribes the machine,
+and two 2-thread torch processes on 2 cores run many times slower than one.
+"""
+
+import os
+
+if "PYTEST_XDIST_WORKER" in os.environ:
+    import torch
+
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
