@@ -108,3 +108,15 @@ def test_between_two_files_gives_after_over_before_with_threads_and_load(results
     failed = subprocess.run([sys.executable, "-m", "benchmarks.report", "--between", str(before_path)], cwd=ROOT,
                             capture_output=True, text=True)
     assert failed.returncode != 0 and "exactly two files" in failed.stderr
+
+
+@pytest.mark.parametrize("disable, workers", [(True, True), (False, False)])
+def test_timed_benchmark_runs_leave_out_the_xdist_workers(disable, workers):
+    """pyproject's addopts start pytest-xdist workers, under which pytest-benchmark cannot time: the smoke run
+    (--benchmark-disable) keeps them, a timed run drops them (benchmarks/conftest.py). No test matches `-k`, so
+    this only starts pytest."""
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "benchmarks/test_bench_data.py",
+               "-k", "no_such_case", *(["--benchmark-disable"] if disable else [])]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 5, result.stdout[-2000:] + result.stderr[-2000:]  # 5: nothing selected
+    assert ("bringing up nodes" in result.stdout) == workers, result.stdout[-2000:]
