@@ -69,6 +69,7 @@ def fit(fabric: Fabric, cfg: RootCfg, state: dict, output_dir: Path) -> dict:
     validating = trainer.val_check_interval is not None
     if validating and is_rank_zero and val_source is None:
         raise ValueError("trainer.val_check_interval is set but rank 0 got no validation source")
+    validation_due = ValidationSchedule.from_config(cfg, getattr(train_stream, "num_scenes", None), fabric.world_size)
     accumulate = trainer.accumulate_grad_batches
     max_norm = trainer.gradient_clip_val if trainer.gradient_clip_val is not None else math.inf
 
@@ -86,11 +87,10 @@ def fit(fabric: Fabric, cfg: RootCfg, state: dict, output_dir: Path) -> dict:
     # data.stream); the writer and profiler are closed whatever happens.
     try:
         with stop.installed(), torch.autograd.set_detect_anomaly(trainer.detect_anomaly):
-            # Sanity validation: find a broken validation path before hours of training, not after. A resumed run
-            # checks too, but does not log: the earlier run logged validation at this step.
+            # Sanity validation as the original: one batch (its validation loader holds one), nothing logged;
+            # it finds a broken validation path before hours of training, not after.
             if validating and trainer.num_sanity_val_steps > 0:
-                validate(fabric, module, val_source, writer if start_step == 0 else None, start_step,
-                         trainer.num_sanity_val_steps, summary)
+                validate(fabric, module, val_source, None, start_step, 1, summary)
             batches = iter(train_stream)
             while trainer.max_steps == -1 or step < trainer.max_steps:
                 profiler.before_step(step)
@@ -140,7 +140,7 @@ def fit(fabric: Fabric, cfg: RootCfg, state: dict, output_dir: Path) -> dict:
                 if step % cfg.train.print_log_every_n_steps == 0:
                     log_training(fabric, writer, logs, lr, step, meter, train_stream, scenes, health, summary)
                 with meter.paused():  # throughput and step time count training only
-                    if validating and step % trainer.val_check_interval == 0:
+                    if validating and validation_due(step):
                         health.check(step)  # never render or save diverged weights
                         validate(fabric, module, val_source, writer, step, 1, summary)
                     if step % cfg.checkpointing.every_n_train_steps == 0 or finished or stop_requested:
@@ -161,6 +161,40 @@ def fit(fabric: Fabric, cfg: RootCfg, state: dict, output_dir: Path) -> dict:
     fabric.barrier()
     state["summary"] = summary
     return state
+
+
+class ValidationSchedule:
+    """Which optimizer steps end with a validation.
+
+    An integer trainer.val_check_interval n: every step divisible by n. A float f in (0, 1], Lightning's
+    meaning: a pass is the optimizer steps one rank takes to read its share of the training scenes once
+    (ceil(scenes / (ranks x batch_size x accumulate_grad_batches)); on one rank len(train loader) as in the
+    original), validation runs every max(1, int(f x pass)) steps counted from the start of each pass, as
+    Lightning counts batches from the start of each epoch (a pass of 5 steps at f=0.5 validates at steps
+    2, 4, 7, 9, ...).
+    """
+
+    def __init__(self, every: int, steps_per_pass: int | None = None) -> None:
+        self.every, self.steps_per_pass = every, steps_per_pass
+
+    @classmethod
+    def from_config(cls, cfg: RootCfg, num_scenes: int | None, world_size: int) -> "ValidationSchedule | None":
+        interval = cfg.trainer.val_check_interval
+        if interval is None:
+            return None
+        if not isinstance(interval, float):
+            return cls(interval)
+        if num_scenes is None:
+            raise ValueError("a fractional trainer.val_check_interval needs the train stream's num_scenes")
+        scenes_per_step = world_size * cfg.data_loader.train.batch_size * cfg.trainer.accumulate_grad_batches
+        steps_per_pass = max(1, math.ceil(num_scenes / scenes_per_step))
+        return cls(max(1, int(interval * steps_per_pass)), steps_per_pass)
+
+    def __call__(self, step: int) -> bool:
+        """step: optimizer steps done (>= 1)."""
+        if self.steps_per_pass is None:
+            return step % self.every == 0
+        return ((step - 1) % self.steps_per_pass + 1) % self.every == 0
 
 
 def save(fabric: Fabric, cfg: RootCfg, state: dict, directory: Path) -> Path:
