@@ -2,7 +2,7 @@
 
 Hydra composes `fabric_mvsplat/configs/main.yaml`; `load_config` checks every key before any work; then Fabric, data,
 model, optimizer and scheduler are built here and handed to `loop.fit` (mode=train) or to
-`evaluation.test.run_test` (mode=test). Under `torchrun`, Fabric reads the rank layout from torchrun's
+`evaluation.test_mode.run_test` (mode=test). Under `torchrun`, Fabric reads the rank layout from torchrun's
 environment and every rank runs this same file.
 """
 
@@ -252,7 +252,7 @@ def fit_schedule_to_max_steps(fabric: Fabric, cfg: RootCfg, state: dict, load) -
 def run_test_mode(fabric: Fabric, cfg: RootCfg, output_dir: Path, config_yaml: str | None = None):
     from .checkpoint import load_weights
     from .data import make_test_loader
-    from .evaluation.test import run_test
+    from .evaluation.test_mode import run_test
     model = make_model(cfg)
     load_weights(model, cfg.checkpointing.load, cfg.checkpointing.allow_unsafe_load)
     write_config(fabric, cfg, output_dir, config_yaml, 0)
@@ -264,7 +264,7 @@ def run_test_mode(fabric: Fabric, cfg: RootCfg, output_dir: Path, config_yaml: s
 def make_model(cfg: RootCfg):
     """The model for `cfg.mode`, from its config slices: losses only when training, the UniMatch
     backbone only when training from scratch."""
-    from .model.wrapper import build_model
+    from .model.mvsplat import build_model
 
     training = cfg.mode == "train"
     return build_model(
