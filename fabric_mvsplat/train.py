@@ -149,7 +149,7 @@ def report_end(fabric: Fabric, cfg: RootCfg, state: dict, output_dir: Path) -> N
         abs_rel, delta = summary["val"].get("val/depth_abs_rel"), summary["val"].get("val/depth_delta_1_25")
         if abs_rel is not None:  # datasets with ground-truth depth (the synthetic demo's)
             lines.append(f"validation depth: AbsRel {abs_rel:.3f}, delta<1.25 {delta:.3f}" + (
-                " (every Gaussian at the far plane? see README, Demo)" if abs_rel > 1 else ""))
+                " (every Gaussian at the far plane? see docs/demo.md)" if abs_rel > 1 else ""))
     elif summary["val"]:
         lines.append("last validation: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(summary["val"].items())))
     lines.append(f"checkpoints: {output_dir / 'checkpoints'}" + (
