@@ -131,7 +131,8 @@ class TestCfg:
 
 @dataclass
 class TrainCfg:
-    depth_mode: Literal["depth", "log", "disparity", "relative_disparity"] | None = None
+    # log: the original's formula (log(far) for every Gaussian); log_clamped: log of z clamped to [near, far].
+    depth_mode: Literal["depth", "log", "log_clamped", "disparity", "relative_disparity"] | None = None
     extended_visualization: bool = False
     print_log_every_n_steps: int = 1
     video_frames: int = 30
@@ -213,10 +214,10 @@ def check_before_work(cfg: RootCfg) -> None:
                           "relative to the directory you run from)")
     if training:
         check_losses(cfg.loss)
-        if cfg.loss.depth is not None and cfg.train.depth_mode != "log":
+        if cfg.loss.depth is not None and cfg.train.depth_mode not in ("log", "log_clamped"):
             raise ConfigError("train.depth_mode", cfg.train.depth_mode,
-                              "log while the depth loss is enabled (it smooths the rendered log depth), "
-                              "or no depth loss: add ~loss.depth")
+                              "log (the original's) or log_clamped while the depth loss is enabled (it smooths the "
+                              "rendered log depth), or no depth loss: add ~loss.depth")
         if cfg.loss.lpips is not None:
             find_weight_files(cfg.loss.lpips.weights)
         unimatch = cfg.model.encoder.unimatch_weights_path
