@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fabric_mvsplat.errors import ConfigError
-from fabric_mvsplat.model.decoder import DecoderSplatting, DecoderSplattingCudaCfg, render, resolve_backend
+from fabric_mvsplat.model.decoder import DecoderSplatting, DecoderSplattingCfg, render, resolve_backend
 from fabric_mvsplat.model.decoder.projection import pixel_intrinsics
 from fabric_mvsplat.model.decoder.sh import SH_C0, SH_C1, SH_C2, SH_C3, sh_to_color
 from fabric_mvsplat.types import Gaussians
@@ -96,6 +96,32 @@ def test_gaussian_on_the_optical_axis_lands_on_the_principal_point(use_principal
     assert brightest_pixel(output.color[0, 0, 0]) == expected
 
 
+def test_by_default_an_off_centre_principal_point_renders_as_the_original():
+    """The shipped config, the decoder module and render() all default to the original renderer, which builds
+    its projection from tan(fov / 2) alone: u = W/2 + (x/z) W / (2 tan(fov_x / 2)), likewise v (Inria's
+    projection matrix and ndc-to-pixel mapping, pixel centres at i + 0.5)."""
+    from loop_fixtures import compose_cfg
+
+    for overrides in ([], ["+experiment=re10k"], ["+experiment=dtu"]):
+        assert compose_cfg(overrides + ["optimizer.cosine_lr=false"]).model.decoder.use_principal_point is False
+    h, w, cx, cy, f = 40, 60, 0.31, 0.64, 0.9
+    point = (0.35, -0.2, 2.5)
+    decoder = DecoderSplatting(DecoderSplattingCudaCfg(), background_color=[0.0, 0.0, 0.0]).double()
+    output = decoder(point_gaussians([list(point)]), *camera(cx, cy, f), (h, w))
+    # The original's field of view: angle between the rays through the edge midpoints (0, .5) and (1, .5).
+    fov_x = math.atan(cx / f) + math.atan((1 - cx) / f)
+    ray_top = torch.tensor([(0.5 - cx) / f, -cy / f, 1.0], dtype=F64)
+    ray_bottom = torch.tensor([(0.5 - cx) / f, (1 - cy) / f, 1.0], dtype=F64)
+    fov_y = torch.arccos(ray_top @ ray_bottom / (ray_top.norm() * ray_bottom.norm())).item()
+    u = w / 2 + point[0] / point[2] * w / (2 * math.tan(fov_x / 2))
+    v = h / 2 + point[1] / point[2] * h / (2 * math.tan(fov_y / 2))
+    assert brightest_pixel(output.color[0, 0, 0]) == (math.floor(v), math.floor(u))
+    with_cx = render(point_gaussians([list(point)]), *camera(cx, cy, f), (h, w), backend="torch",
+                     use_principal_point=True)
+    assert brightest_pixel(with_cx.color[0, 0, 0]) == (math.floor(cy * h + f * h * point[1] / point[2]),
+                                                      math.floor(cx * w + f * w * point[0] / point[2]))
+
+
 def test_without_principal_point_the_focal_comes_from_the_edge_fov():
     """cx = 0.5: both settings agree. Off-centre: the original's focal is W / (2 tan(fov_x / 2))."""
     k = torch.tensor([[1.1, 0, 0.5], [0, 0.9, 0.5], [0, 0, 1]], dtype=F64)
@@ -160,11 +186,11 @@ def test_backend_resolution():
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the start-up error of a machine without CUDA")
 def test_gsplat_backend_without_cuda_fails_at_construction():
     with pytest.raises(ConfigError, match="model.decoder.backend"):
-        DecoderSplatting(DecoderSplattingCudaCfg(backend="gsplat"), (0.0, 0.0, 0.0))
+        DecoderSplatting(DecoderSplattingCfg(backend="gsplat"), (0.0, 0.0, 0.0))
 
 
 def test_module_has_no_state_and_renders_with_its_background():
-    decoder = DecoderSplatting(DecoderSplattingCudaCfg(backend="torch"), (0.0, 1.0, 0.0))
+    decoder = DecoderSplatting(DecoderSplattingCfg(backend="torch"), (0.0, 1.0, 0.0))
     assert decoder.state_dict() == {} and list(decoder.parameters()) == []
     assert torch.equal(decoder.background_color, torch.tensor([0.0, 1.0, 0.0]))
     gaussians = point_gaussians([[0.0, 0.0, 3.0]])

@@ -84,7 +84,7 @@ def check_shapes(gaussians: Gaussians, extrinsics: Tensor, intrinsics: Tensor, n
 
 def render(gaussians: Gaussians, extrinsics: Tensor, intrinsics: Tensor, near: Tensor, far: Tensor,
            image_shape: tuple[int, int], depth_mode: DepthMode | None = None, *, backend: str = "auto",
-           use_principal_point: bool = True,
+           use_principal_point: bool = False,
            background_color: Sequence[float] | Tensor = (0.0, 0.0, 0.0)) -> DecoderOutput:
     """Render every camera of every scene in one backend call.
 

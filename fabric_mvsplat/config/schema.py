@@ -18,12 +18,12 @@ from typing import Any, Literal, Union
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .data.config import DataLoaderCfg, DatasetCfg
-from .errors import ConfigError
-from .model.config import ModelCfg
-from .metrics.lpips import find_weight_files
-from .model.encoder.config import VisualizerCfg
-from .model.loss_config import LossCfg, check_losses
+from ..data.config import DataLoaderCfg, DatasetCfg
+from ..errors import ConfigError
+from ..model.config import ModelCfg
+from ..metrics.lpips import find_weight_files
+from ..model.encoder.config import VisualizerCfg
+from ..model.loss_config import LossCfg, check_losses
 
 
 @dataclass
@@ -72,8 +72,10 @@ class ProfileCfg:
 @dataclass
 class TrainerCfg:
     max_steps: int = -1
-    # int | float only so that a float gets a message of its own; floats are rejected below.
-    val_check_interval: int | float | None = 250
+    # An integer: every that many optimizer steps. A float in (0, 1]: that fraction of a pass over the
+    # training scenes per rank, counted from the start of each pass (Lightning's meaning; see
+    # `validation_interval_steps`). null: no validation.
+    val_check_interval: int | float | None = 0.5
     gradient_clip_val: float | None = 0.5
     num_sanity_val_steps: int = 2
     num_nodes: int = 1
@@ -94,14 +96,13 @@ class TrainerCfg:
         if self.max_steps == 0 or self.max_steps < -1:
             raise ConfigError("max_steps", self.max_steps, "-1 (no limit) or an integer >= 1")
         interval = self.val_check_interval
-        if isinstance(interval, float):
-            raise ConfigError(
-                "val_check_interval", interval,
-                "an integer number of optimizer steps >= 1, or null for no validation; a float "
-                "(Lightning's fraction of an epoch) is not supported because training streams have no epochs",
-            )
-        if interval is not None and interval < 1:
-            raise ConfigError("val_check_interval", interval, "an integer >= 1, or null for no validation")
+        if isinstance(interval, float) and not 0 < interval <= 1:
+            raise ConfigError("val_check_interval", interval,
+                              "a fraction of a pass over the training scenes in (0, 1] (a float), an integer "
+                              "number of optimizer steps >= 1, or null for no validation")
+        if isinstance(interval, int) and interval < 1:
+            raise ConfigError("val_check_interval", interval,
+                              "an integer number of optimizer steps >= 1, a fraction in (0, 1], or null")
         if self.gradient_clip_val is not None and not self.gradient_clip_val > 0:
             raise ConfigError("gradient_clip_val", self.gradient_clip_val, "a number > 0, or null for no clipping")
         if self.num_sanity_val_steps < 0:
@@ -213,9 +214,12 @@ class RootCfg:
 
     def __post_init__(self) -> None:
         if self.mode == "train" and self.trainer.max_steps == -1 and self.optimizer.cosine_lr:
+            # The original builds OneCycleLR over max_steps + 10 = 9 steps here and trains on at lr ~0.
             raise ConfigError(
                 "trainer.max_steps", -1,
-                "an integer >= 1 when optimizer.cosine_lr=true (the one-cycle schedule spans max_steps + 10)",
+                "an integer >= 1 while optimizer.cosine_lr=true (the one-cycle schedule spans trainer.max_steps "
+                "+ 10 steps and cannot be built without an end), or optimizer.cosine_lr=false to train without "
+                "a step limit",
             )
         if self.mode == "test" and self.checkpointing.load is None:
             raise ConfigError("checkpointing.load", None, "a checkpoint path when mode=test")
