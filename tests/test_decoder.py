@@ -106,7 +106,7 @@ def test_by_default_an_off_centre_principal_point_renders_as_the_original():
         assert compose_cfg(overrides + ["optimizer.cosine_lr=false"]).model.decoder.use_principal_point is False
     h, w, cx, cy, f = 40, 60, 0.31, 0.64, 0.9
     point = (0.35, -0.2, 2.5)
-    decoder = DecoderSplatting(DecoderSplattingCudaCfg(), background_color=[0.0, 0.0, 0.0]).double()
+    decoder = DecoderSplatting(DecoderSplattingCfg(), background_color=[0.0, 0.0, 0.0]).double()
     output = decoder(point_gaussians([list(point)]), *camera(cx, cy, f), (h, w))
     # The original's field of view: angle between the rays through the edge midpoints (0, .5) and (1, .5).
     fov_x = math.atan(cx / f) + math.atan((1 - cx) / f)
