@@ -87,6 +87,7 @@ class TrainerCfg:
     profile: ProfileCfg | None = None
     compile: bool = False
     accumulate_grad_batches: int = 1  # micro-batches per optimizer step (Lightning's key)
+    deterministic: bool = False  # torch's deterministic algorithms (and CUBLAS_WORKSPACE_CONFIG on CUDA)
 
     def __post_init__(self) -> None:
         if self.accumulate_grad_batches < 1:
@@ -145,18 +146,70 @@ class TrainCfg:
 
 
 @dataclass
+class WatchdogCfg:
+    """A training step, validation or checkpoint save that takes longer than the limit makes every rank write
+    its threads' stacks to output_dir/hang/ and rank 0 name where each rank waits."""
+
+    enabled: bool | None = None  # null: on when the run has more than one process
+    timeout: float | None = None  # seconds; null: max(min_timeout, 20 x the median step so far)
+    min_timeout: float = 300.0  # the automatic limit is never shorter (and until 3 steps are measured, 3 x this)
+    exit_on_hang: bool = False  # after the report, end the process (exit code 124) instead of waiting on
+
+    def __post_init__(self) -> None:
+        if self.timeout is not None and not self.timeout > 0:
+            raise ConfigError("timeout", self.timeout, "a number of seconds > 0, or null for the automatic limit")
+        if not self.min_timeout > 0:
+            raise ConfigError("min_timeout", self.min_timeout, "a number of seconds > 0")
+
+
+@dataclass
+class StallCfg:
+    """Make one rank sleep before one step's forward: tries the watchdog on your cluster."""
+
+    rank: int = 0
+    step: int = 0
+    seconds: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.rank < 0 or self.step < 0 or not self.seconds > 0:
+            raise ConfigError("seconds" if self.rank >= 0 and self.step >= 0 else "rank" if self.rank < 0 else "step",
+                              (self.rank, self.step, self.seconds), "rank >= 0, step >= 0 and seconds > 0")
+
+
+@dataclass
+class DebugCfg:
+    watchdog: WatchdogCfg = field(default_factory=WatchdogCfg)
+    # Every N optimizer steps: TensorBoard histograms of the Gaussians and of the gradient norms per model part.
+    health_every_n_steps: int | None = None
+    # Replay a diverged step from a checkpoint: anomaly detection on at this global step, the run ends after it,
+    # nothing is validated or saved (the divergence error prints the whole command).
+    replay_step: int | None = None
+    stall: StallCfg | None = None
+    inspect_batches: int = 2  # mode=inspect: how many training batches it reads and reports
+
+    def __post_init__(self) -> None:
+        if self.health_every_n_steps is not None and self.health_every_n_steps < 1:
+            raise ConfigError("health_every_n_steps", self.health_every_n_steps, "an integer >= 1, or null (off)")
+        if self.replay_step is not None and self.replay_step < 0:
+            raise ConfigError("replay_step", self.replay_step, "a global step >= 0, or null")
+        if self.inspect_batches < 1:
+            raise ConfigError("inspect_batches", self.inspect_batches, "an integer >= 1")
+
+
+@dataclass
 class RootCfg:
     dataset: DatasetCfg
     data_loader: DataLoaderCfg
     model: ModelCfg
     loss: LossCfg
     wandb: dict = field(default_factory=dict)  # free-form, kept for command-line compatibility
-    mode: Literal["train", "test"] = "train"
+    mode: Literal["train", "test", "inspect"] = "train"
     optimizer: OptimizerCfg = field(default_factory=OptimizerCfg)
     checkpointing: CheckpointingCfg = field(default_factory=CheckpointingCfg)
     trainer: TrainerCfg = field(default_factory=TrainerCfg)
     test: TestCfg = field(default_factory=TestCfg)
     train: TrainCfg = field(default_factory=TrainCfg)
+    debug: DebugCfg = field(default_factory=DebugCfg)
     seed: int = 111123
     output_dir: str | None = None
 
@@ -194,7 +247,7 @@ LATEST_CHECKPOINT = "latest"
 def check_before_work(cfg: RootCfg) -> None:
     """What would otherwise fail after output is written: cross-group combinations and the files the config
     names (ConfigError, or MissingWeightsError for LPIPS files)."""
-    training = cfg.mode == "train"
+    training = cfg.mode in ("train", "inspect")
     if cfg.output_dir is None:
         raise ConfigError("output_dir", None, "a folder for the run's files (the default is outputs/<date>/<time>)")
     num_context_views = getattr(cfg.dataset.view_sampler, "num_context_views", None)
