@@ -13,7 +13,6 @@ collective first, so no rank is ever left waiting in one.
 
 import math
 import os
-import resource
 import signal
 import sys
 import time
@@ -33,6 +32,7 @@ from .debug.watchdog import Watchdog, stall_if_asked, watchdog_enabled
 from .distributed import gather_objects, show_progress_bar
 from .tb_logging import RankZeroWriter
 
+# SIGUSR1 (SLURM's warning) is POSIX-only: where the platform lacks a signal (Windows), it is left out.
 STOP_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGINT")
 EXIT_STOPPED_BY_SIGNAL = 75  # sysexits' EX_TEMPFAIL: a checkpoint was saved, run the same command again
 
@@ -455,12 +455,23 @@ class StopSignals:
         if threading.current_thread() is not threading.main_thread():
             yield
             return
-        previous = {name: signal.signal(getattr(signal, name), self.handle) for name in STOP_SIGNALS}
+        previous = {name: signal.signal(getattr(signal, name), self.handle)
+                    for name in STOP_SIGNALS if hasattr(signal, name)}
         try:
             yield
         finally:
             for name, handler in previous.items():
                 signal.signal(getattr(signal, name), handler)
+
+
+def peak_resident_gib() -> float:
+    """Peak resident set size of this process; NaN where the POSIX `resource` module is missing (Windows)."""
+    try:
+        import resource
+    except ImportError:
+        return math.nan
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return peak / 2**30 if sys.platform == "darwin" else peak / 2**20
 
 
 @contextmanager
@@ -527,8 +538,8 @@ class StepMeter:
         if self.device.type == "cuda":
             allocated = torch.cuda.max_memory_allocated(self.device) / 2**30
             reserved = torch.cuda.max_memory_reserved(self.device) / 2**30
-        else:  # peak resident set size of this process (Linux reports KiB)
-            allocated = reserved = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        else:
+            allocated = reserved = peak_resident_gib()
         result = MeterInterval(scenes=self.scenes, steps=self.steps, data_seconds=self.data_seconds,
                                compute_seconds=max(seconds - self.data_seconds, 0.0), grad_norm=self.grad_norm,
                                clipped=self.clipped, memory_allocated_gib=allocated, memory_reserved_gib=reserved)
