@@ -30,6 +30,10 @@ class ConfigError(UserError, ValueError):
         return ConfigError(key, self.value, self.allowed)
 
 
+class CommandLineError(UserError, ValueError):
+    """An override Hydra cannot apply: a config group option or key that does not exist, or unreadable syntax."""
+
+
 class CheckpointError(UserError, RuntimeError):
     """A checkpoint file is missing, corrupt, refused by weights_only, does not fit the model, or cannot be
     written (disk full)."""

@@ -25,8 +25,24 @@ CONFIG_DIR = str(Path(__file__).resolve().parent / "configs")
 log = logging.getLogger(__name__)
 
 
+def main() -> None:
+    """The command line: our check of its Hydra overrides (a mistyped group option, key or syntax ends here in one
+    line, exit code 2, before any folder exists), then Hydra's composition and the run. Hydra's own flags
+    (--help, --cfg, -m, --config-dir ...) go to Hydra unchecked."""
+    from .config.command_line import check_overrides
+
+    overrides = sys.argv[1:]
+    if not any(arg.startswith("-") for arg in overrides):
+        try:
+            check_overrides(CONFIG_DIR, overrides)
+        except UserError as error:
+            print(f"fabric_mvsplat: {error}", file=sys.stderr)
+            sys.exit(2)
+    run_from_hydra()
+
+
 @hydra.main(version_base=None, config_path=CONFIG_DIR, config_name="main")
-def main(dict_config: DictConfig) -> None:
+def run_from_hydra(dict_config: DictConfig) -> None:
     """The one place user errors end: one line naming the key or file, the value and the fix; exit code 2."""
     try:
         cfg = load_config(dict_config)

@@ -108,3 +108,33 @@ def test_a_failing_command_writes_nothing(tmp_path, args, named):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("fabric_mvsplat: ") and named in lines[0], result.stderr
     assert list(tmp_path.iterdir()) == []  # neither outputs/<date>/<time>, nor output_dir, nor a log
+
+
+@pytest.mark.parametrize("args, suggestion", [
+    (["+experiment=re10K"], "did you mean +experiment=re10k?"),  # a config group option that does not exist
+    (["+experiment=demo", "trainer.max_step=10"], "did you mean trainer.max_steps?"),  # an unknown key
+    (["+experiment=demo", "+trainer.max_step=10"], "did you mean 'trainer.max_steps'?"),  # Hydra's advice, followed
+    (["+experiment=demo", "trainer.max_steps", "10"], "did you mean trainer.max_steps=VALUE?"),  # override syntax
+    (["+experiment=demo", "trainer.max_steps==10"], "write key=value"),
+    (["experiment=demo"], "add it with +experiment=demo"),  # a group main.yaml does not select
+])
+def test_hydra_mistakes_end_in_one_line_with_the_closest_names(tmp_path, args, suggestion):
+    result = run_train(args, tmp_path, check=False)
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fabric_mvsplat: ") and suggestion in lines[0], result.stderr
+    assert list(tmp_path.iterdir()) == []  # no outputs/<date>/<time>, no log
+
+
+def test_hydra_mistakes_name_the_options_of_your_own_config_folder(tmp_path):
+    """Groups extended with hydra.searchpath (docs/configuration.md, your own config folders) are offered too."""
+    from fabric_mvsplat.config.command_line import check_overrides
+    from fabric_mvsplat.errors import CommandLineError
+
+    (tmp_path / "experiment").mkdir()
+    (tmp_path / "experiment" / "mine.yaml").write_text("# @package _global_\ntrainer:\n  max_steps: 3\n")
+    searchpath = f"hydra.searchpath=[file://{tmp_path}]"
+    check_overrides(CONFIG_DIR, [searchpath, "+experiment=mine"])
+    with pytest.raises(CommandLineError, match=r"did you mean \+experiment=mine\? \(options in 'experiment': "
+                                               r"acid, demo, dtu, mine, re10k\)"):
+        check_overrides(CONFIG_DIR, [searchpath, "+experiment=mien"])
