@@ -55,5 +55,16 @@ class MissingWeightsError(WeightsError, FileNotFoundError):
     """A pretrained-weights file the config points at does not exist."""
 
 
+class MissingFilesError(UserError, FileNotFoundError):
+    """Several files or folders the run needs are missing: one line each, with its fix, so that one run lists
+    everything to provide."""
+
+    def __init__(self, problems: list[UserError]) -> None:
+        self.problems = problems
+        lines = [f"{len(problems)} files or folders this run needs are missing (provide all, then run again):"]
+        lines += [f"  {i}. {problem}" for i, problem in enumerate(problems, 1)]
+        super().__init__("\n".join(lines))
+
+
 class EmptyEvaluationError(RuntimeError):
     """Test mode rendered or scored no scene: averages over nothing must not pass for a result."""
