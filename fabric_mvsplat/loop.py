@@ -18,6 +18,7 @@ import signal
 import sys
 import time
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -77,8 +78,8 @@ def fit(fabric: Fabric, cfg: RootCfg, state: dict, output_dir: Path) -> dict:
                     disable=not (is_rank_zero and show_progress_bar()), dynamic_ncols=True, unit="step")
     profiler = StepProfiler(trainer.profile, output_dir / "profile", enabled=is_rank_zero)
     meter = StepMeter(fabric.device)
-    health = Health(fabric, check_gradients=scaler is None)
-    agreement = Agreement(fabric)
+    health = DivergenceWatch(fabric, check_gradients=scaler is None)
+    agreement = RankAgreement(fabric)
     stop = StopSignals()
     model.train()
 
@@ -105,7 +106,7 @@ def fit(fabric: Fabric, cfg: RootCfg, state: dict, output_dir: Path) -> dict:
                         output = model(batch, step)
                         # One CPU collective per micro-batch: ranks agree on stopping and on a graph-less loss
                         # before anyone enters backward (a rank skipping backward alone would hang the others).
-                        stop_requested, graphless = agreement.any(stop.requested, not output.loss.requires_grad)
+                        stop_requested, graphless = agreement.any_rank(stop.requested, not output.loss.requires_grad)
                         if graphless:
                             health.raise_graphless(output.loss, step, list(batch["scene"]))
                         fabric.backward(output.loss / accumulate)  # the mean over micro-batches, as one big batch
@@ -154,7 +155,7 @@ def fit(fabric: Fabric, cfg: RootCfg, state: dict, output_dir: Path) -> dict:
         progress.close()
         writer.close()
     health.check(step)
-    meter.take()  # the steps since the last log count in the totals too
+    meter.end_interval()  # the steps since the last log count in the totals too
     summary["scenes"] += meter.total_scenes
     summary["train_seconds"] += meter.total_seconds
     summary["end_step"] = step
@@ -178,17 +179,17 @@ def grad_norm_clipped(grad_norm: torch.Tensor, max_norm: float | None) -> torch.
 
 
 def log_training(fabric: Fabric, writer: RankZeroWriter, logs: dict, lr: float, step: int, meter: "StepMeter",
-                 train_stream, scenes: list[str], health: "Health", summary: dict) -> None:
+                 train_stream, scenes: list[str], health: "DivergenceWatch", summary: dict) -> None:
     """Average the step's scalars over ranks and write them on rank 0: one all_reduce, which also carries
     the divergence flags (so checking them costs no synchronisation of its own)."""
     names = sorted(logs)
-    timing = meter.take()  # per-rank sums over the steps since the last log
-    extra = {"scenes": float(timing["scenes"]), "skipped": float(getattr(train_stream, "skipped_scenes", 0)),
-             "data": timing["data_seconds"], "compute": timing["compute_seconds"], "steps": float(timing["steps"]),
-             "memory_allocated": timing["memory_allocated"], "memory_reserved": timing["memory_reserved"]}
+    interval = meter.end_interval()  # per-rank sums over the steps since the last log
+    extra = {"scenes": float(interval.scenes), "skipped": float(getattr(train_stream, "skipped_scenes", 0)),
+             "data": interval.data_seconds, "compute": interval.compute_seconds, "steps": float(interval.steps),
+             "memory_allocated": interval.memory_allocated_gib, "memory_reserved": interval.memory_reserved_gib}
     local = torch.stack([logs[n] for n in names]
                         + [torch.tensor(v, device=fabric.device, dtype=torch.float32) for v in extra.values()]
-                        + [timing["grad_norm"], timing["clipped"]])
+                        + [interval.grad_norm, interval.clipped])
     values, flags = health.reduce_with(local)
     values = values.tolist()
     world = fabric.world_size
@@ -256,7 +257,7 @@ def validate(fabric: Fabric, module, val_source, writer: RankZeroWriter | None, 
     fabric.barrier()
 
 
-class Health:
+class DivergenceWatch:
     """Divergence checks that cost no synchronisation per step.
 
     Non-finite losses and gradient norms are recorded on the device as the first step they occurred; the
@@ -332,7 +333,7 @@ class Health:
         )
 
     def raise_graphless(self, loss: torch.Tensor, step: int, scenes: list[str]) -> None:
-        """Every rank is here (agreed through Agreement.any): name the ranks whose loss has no graph."""
+        """Every rank is here (agreed through RankAgreement.any_rank): name the ranks whose loss has no graph."""
         reports = gather_objects(self.fabric, (not loss.requires_grad, scenes))
         ranks = [rank for rank, (graphless, _) in enumerate(reports) if graphless]
         named = "; ".join(f"rank {rank}: {names}" for rank, (graphless, names) in enumerate(reports) if graphless)
@@ -344,7 +345,7 @@ class Health:
         )
 
 
-class Agreement:
+class RankAgreement:
     """Ranks agree on host-side flags with one tiny all-reduce of CPU values (gloo: no device synchronisation);
     one process needs none."""
 
@@ -354,7 +355,7 @@ class Agreement:
         if self.distributed and torch.distributed.get_backend() != "gloo":
             self.group = torch.distributed.new_group(backend="gloo")  # every rank calls fit: all create it
 
-    def any(self, *flags: bool) -> list[bool]:
+    def any_rank(self, *flags: bool) -> list[bool]:
         if not self.distributed:
             return [bool(flag) for flag in flags]
         values = torch.tensor([float(flag) for flag in flags])
@@ -410,8 +411,22 @@ def preserved_rng():
         restore_rng(state)
 
 
+@dataclass
+class MeterInterval:
+    """One rank's sums over the steps since the previous `StepMeter.end_interval()`."""
+
+    scenes: int
+    steps: int
+    data_seconds: float
+    compute_seconds: float
+    grad_norm: torch.Tensor  # the last step's norm before clipping (device tensor)
+    clipped: torch.Tensor  # 1.0 if the last step's gradients were clipped (device tensor)
+    memory_allocated_gib: float  # peak; on CPU the peak resident set size
+    memory_reserved_gib: float
+
+
 class StepMeter:
-    """Per-rank sums since the last `take()`: scenes, steps, seconds waiting for data vs computing (host
+    """Per-rank sums since the last `end_interval()`: scenes, steps, seconds waiting for data vs computing (host
     clock; on CUDA the logging synchronisation settles queued work into the interval), the last step's
     gradient norm and clip flag (device tensors, read with the logging all-reduce), and peak memory."""
 
@@ -445,7 +460,7 @@ class StepMeter:
         self.steps += 1
         self.grad_norm, self.clipped = grad_norm.detach().float().reshape(()), clipped
 
-    def take(self) -> dict:
+    def end_interval(self) -> MeterInterval:
         now = time.perf_counter()
         seconds = now - self.start - self.excluded
         if self.device.type == "cuda":
@@ -453,9 +468,9 @@ class StepMeter:
             reserved = torch.cuda.max_memory_reserved(self.device) / 2**30
         else:  # peak resident set size of this process (Linux reports KiB)
             allocated = reserved = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-        result = {"scenes": self.scenes, "steps": self.steps, "data_seconds": self.data_seconds,
-                  "compute_seconds": max(seconds - self.data_seconds, 0.0), "grad_norm": self.grad_norm,
-                  "clipped": self.clipped, "memory_allocated": allocated, "memory_reserved": reserved}
+        result = MeterInterval(scenes=self.scenes, steps=self.steps, data_seconds=self.data_seconds,
+                               compute_seconds=max(seconds - self.data_seconds, 0.0), grad_norm=self.grad_norm,
+                               clipped=self.clipped, memory_allocated_gib=allocated, memory_reserved_gib=reserved)
         self.total_scenes += self.scenes
         self.total_seconds += seconds
         self._reset(now)

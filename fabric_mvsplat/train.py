@@ -2,7 +2,7 @@
 
 Hydra composes `fabric_mvsplat/configs/main.yaml`; `load_config` checks every key before any work; then Fabric, data,
 model, optimizer and scheduler are built here and handed to `loop.fit` (mode=train) or to
-`evaluation.test.run_test` (mode=test). Under `torchrun`, Fabric reads the rank layout from torchrun's
+`evaluation.test_mode.run_test` (mode=test). Under `torchrun`, Fabric reads the rank layout from torchrun's
 environment and every rank runs this same file.
 """
 
@@ -149,7 +149,7 @@ def report_end(fabric: Fabric, cfg: RootCfg, state: dict, output_dir: Path) -> N
         abs_rel, delta = summary["val"].get("val/depth_abs_rel"), summary["val"].get("val/depth_delta_1_25")
         if abs_rel is not None:  # datasets with ground-truth depth (the synthetic demo's)
             lines.append(f"validation depth: AbsRel {abs_rel:.3f}, delta<1.25 {delta:.3f}" + (
-                " (every Gaussian at the far plane? see README, Demo)" if abs_rel > 1 else ""))
+                " (every Gaussian at the far plane? see docs/demo.md)" if abs_rel > 1 else ""))
     elif summary["val"]:
         lines.append("last validation: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(summary["val"].items())))
     lines.append(f"checkpoints: {output_dir / 'checkpoints'}" + (
@@ -252,7 +252,7 @@ def fit_schedule_to_max_steps(fabric: Fabric, cfg: RootCfg, state: dict, load) -
 def run_test_mode(fabric: Fabric, cfg: RootCfg, output_dir: Path, config_yaml: str | None = None):
     from .checkpoint import load_weights
     from .data import make_test_loader
-    from .evaluation.test import run_test
+    from .evaluation.test_mode import run_test
     model = make_model(cfg)
     load_weights(model, cfg.checkpointing.load, cfg.checkpointing.allow_unsafe_load)
     write_config(fabric, cfg, output_dir, config_yaml, 0)
@@ -264,7 +264,7 @@ def run_test_mode(fabric: Fabric, cfg: RootCfg, output_dir: Path, config_yaml: s
 def make_model(cfg: RootCfg):
     """The model for `cfg.mode`, from its config slices: losses only when training, the UniMatch
     backbone only when training from scratch."""
-    from .model.wrapper import build_model
+    from .model.mvsplat import build_model
 
     training = cfg.mode == "train"
     return build_model(

@@ -259,7 +259,7 @@ def ddp_worker(data_root: Path, output_dir: Path, results_dir: Path) -> None:
     from fabric_mvsplat.data.config import DataLoaderStageCfg
     from fabric_mvsplat.loop import fit
     from fabric_mvsplat.train import make_fabric, prepare_training, shut_down
-    from test_data_fixtures import dataset_cfg
+    from data_fixtures import dataset_cfg
 
     rank = int(os.environ["RANK"])
     writes: list[str] = []
@@ -314,7 +314,7 @@ def worker_stream_run(data_root: Path, output_dir: Path) -> None:
     from fabric_mvsplat.data.config import DataLoaderStageCfg
     from fabric_mvsplat.loop import EXIT_STOPPED_BY_SIGNAL, fit
     from fabric_mvsplat.train import make_fabric, prepare_training, report_end
-    from test_data_fixtures import dataset_cfg
+    from data_fixtures import dataset_cfg
 
     cfg = tiny_cfg(**{"trainer.max_steps": 40, "trainer.val_check_interval": None})
     fabric = make_fabric(cfg.trainer)

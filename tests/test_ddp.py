@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from test_data_fixtures import make_split
+from data_fixtures import make_split
 
 TESTS = Path(__file__).resolve().parent
 

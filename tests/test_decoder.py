@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fabric_mvsplat.errors import ConfigError
-from fabric_mvsplat.model.decoder import DecoderSplatting, DecoderSplattingCudaCfg, render, resolve_backend
+from fabric_mvsplat.model.decoder import DecoderSplatting, DecoderSplattingCfg, render, resolve_backend
 from fabric_mvsplat.model.decoder.projection import pixel_intrinsics
 from fabric_mvsplat.model.decoder.sh import SH_C0, SH_C1, SH_C2, SH_C3, sh_to_color
 from fabric_mvsplat.types import Gaussians
@@ -160,11 +160,11 @@ def test_backend_resolution():
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the start-up error of a machine without CUDA")
 def test_gsplat_backend_without_cuda_fails_at_construction():
     with pytest.raises(ConfigError, match="model.decoder.backend"):
-        DecoderSplatting(DecoderSplattingCudaCfg(backend="gsplat"), (0.0, 0.0, 0.0))
+        DecoderSplatting(DecoderSplattingCfg(backend="gsplat"), (0.0, 0.0, 0.0))
 
 
 def test_module_has_no_state_and_renders_with_its_background():
-    decoder = DecoderSplatting(DecoderSplattingCudaCfg(backend="torch"), (0.0, 1.0, 0.0))
+    decoder = DecoderSplatting(DecoderSplattingCfg(backend="torch"), (0.0, 1.0, 0.0))
     assert decoder.state_dict() == {} and list(decoder.parameters()) == []
     assert torch.equal(decoder.background_color, torch.tensor([0.0, 1.0, 0.0]))
     gaussians = point_gaussians([[0.0, 0.0, 3.0]])

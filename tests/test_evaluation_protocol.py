@@ -18,9 +18,9 @@ from fabric_mvsplat.data.config import DataLoaderStageCfg, ViewSamplerEvaluation
 from fabric_mvsplat.data.synthetic import generate_synthetic_dataset
 from fabric_mvsplat.errors import EmptyEvaluationError
 from fabric_mvsplat.metrics import nearest_context_images
-from fabric_mvsplat.evaluation.test import run_test, score_scene
+from fabric_mvsplat.evaluation.test_mode import run_test, score_scene
 from loop_fixtures import compose_cfg
-from test_data_fixtures import dataset_cfg, make_scene, make_split
+from data_fixtures import dataset_cfg, make_scene, make_split
 
 REPO = Path(__file__).resolve().parents[1]
 ASSETS = REPO.parent / "shared" / "assets"

@@ -69,7 +69,7 @@ def check_dataset_roots(dataset_cfg: DatasetCfg, stage: Stage) -> None:
             if not chunks:
                 raise DatasetError(
                     f"dataset root {root!r} has no chunks in {stage_dir} (expected NNNNNN.torch files + "
-                    f"index.json); point dataset.roots at a converted dataset (README, \"Data\")")
+                    f"index.json); point dataset.roots at a converted dataset (docs/data.md)")
             index = _read_index(stage_dir)
             missing = sorted(file for file in set(index.values()) if not (stage_dir / file).is_file())
             if missing:

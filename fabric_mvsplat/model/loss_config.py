@@ -44,7 +44,7 @@ class LossCfg:
 
 # What to do about an LPIPS loss without weights. Under +experiment=re10k (acid, dtu) `loss=[mse]` alone
 # is not enough: the experiment's own `loss.lpips` block brings the loss back; `~loss.lpips` removes it.
-NO_LPIPS_ADVICE = ("a directory holding vgg16.pth and vgg.pth (README, 'Weights'), or no LPIPS loss: add "
+NO_LPIPS_ADVICE = ("a directory holding vgg16.pth and vgg.pth (docs/training.md, 'Weights you bring'), or no LPIPS loss: add "
                    "~loss.lpips to the command line")
 
 

@@ -5,7 +5,8 @@ from typing import Literal
 
 
 @dataclass
-class DecoderSplattingCudaCfg:
+class DecoderSplattingCfg:
+    # The original's name for this decoder, kept so its command lines work; it renders on CPU too (backend).
     name: Literal["splatting_cuda"] = "splatting_cuda"
     # auto: gsplat on CUDA, the pure-PyTorch tiled rasterizer otherwise.
     backend: Literal["auto", "gsplat", "torch"] = "auto"

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from lightning_fabric import Fabric
 
     from ..config import RootCfg
-    from ..model.wrapper import MVSplat
+    from ..model.mvsplat import MVSplat
 
 
 @dataclass

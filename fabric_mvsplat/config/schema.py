@@ -18,12 +18,12 @@ from typing import Any, Literal, Union
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .data.config import DataLoaderCfg, DatasetCfg
-from .errors import ConfigError
-from .model.config import ModelCfg
-from .metrics.lpips import find_weight_files
-from .model.encoder.config import VisualizerCfg
-from .model.loss_config import LossCfg, check_losses
+from ..data.config import DataLoaderCfg, DatasetCfg
+from ..errors import ConfigError
+from ..model.config import ModelCfg
+from ..metrics.lpips import find_weight_files
+from ..model.encoder.config import VisualizerCfg
+from ..model.loss_config import LossCfg, check_losses
 
 
 @dataclass
