@@ -31,7 +31,7 @@ from .data.chunk_io import camera_problem, cameras_to_vector
 from .data.preprocess import Preprocessing, preprocess_views
 from .data.view_sampler import SceneRejected
 from .errors import CheckpointError, InputError
-from .model.wrapper import MVSplat
+from .model.mvsplat import MVSplat
 from .types import Gaussians
 
 DEFAULT_CHUNK_SIZE = 8  # frames per decoder call: memory stays that of 8 frames, whatever the video length
@@ -296,7 +296,7 @@ def load_model(checkpoint: str | Path, config: str | Path | None = None,
     from lightning_fabric import Fabric
 
     from .checkpoint import load_weights
-    from .model.wrapper import build_model
+    from .model.mvsplat import build_model
 
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
