@@ -42,8 +42,11 @@ def main(dict_config: DictConfig) -> None:
 
 def run(cfg: RootCfg, output_dir: Path, config_yaml: str | None = None):
     """Everything after the config: the same code for one process and for every torchrun rank."""
+    from .debug.determinism import make_deterministic
+
     resolve_latest(cfg, output_dir)
     refuse_to_mix_runs(cfg, output_dir)
+    make_deterministic(cfg.trainer.deterministic)  # before anything creates the CUDA context
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")  # TF32 matmuls, as the original
     fabric = make_fabric(cfg.trainer)
@@ -66,6 +69,10 @@ def run(cfg: RootCfg, output_dir: Path, config_yaml: str | None = None):
                 fabric.print(f"removed {stray} (a checkpoint write interrupted by an earlier kill)")
     if cfg.mode == "test":
         result = run_test_mode(fabric, cfg, output_dir, config_yaml)
+    elif cfg.mode == "inspect":
+        from .debug.inspect import run_inspect
+
+        result = run_inspect(fabric, cfg, make_model(cfg), output_dir, config_yaml)
     else:
         result = run_training(fabric, cfg, output_dir, config_yaml)
         report_end(fabric, cfg, result, output_dir)
@@ -213,7 +220,7 @@ def shut_down(fabric: Fabric) -> None:
 
 def run_training(fabric: Fabric, cfg: RootCfg, output_dir: Path, config_yaml: str | None = None) -> dict:
     from .data import StepTracker, ValidationSource, make_train_stream
-    from .loop import fit
+    from .loop import TrainingDiverged, fit
     model = make_model(cfg)
     step_tracker = StepTracker()
     train_stream = make_train_stream(cfg.dataset, cfg.data_loader.train, step_tracker, fabric.global_rank,
@@ -222,7 +229,23 @@ def run_training(fabric: Fabric, cfg: RootCfg, output_dir: Path, config_yaml: st
     val_source = ValidationSource(cfg.dataset, cfg.data_loader.val, step_tracker, cfg.seed) if validating else None
     state = prepare_training(fabric, cfg, model, train_stream, val_source, step_tracker)
     write_config(fabric, cfg, output_dir, config_yaml, state["step"])
-    return fit(fabric, cfg, state, output_dir)
+    try:
+        return fit(fabric, cfg, state, output_dir)
+    except TrainingDiverged as error:
+        add_replay_note(fabric, cfg, error, output_dir)
+        raise
+
+
+def add_replay_note(fabric: Fabric, cfg: RootCfg, error: Exception, output_dir: Path) -> None:
+    """The command that reruns the diverged step under anomaly detection (printed under the error's message)."""
+    from .debug.replay import hydra_overrides, replay_command
+
+    if cfg.debug.replay_step is not None:
+        error.add_note(f"fabric_mvsplat: replay: step {error.step} diverged again: reproduced")
+        return
+    command = replay_command(output_dir, error.step, hydra_overrides(), fabric.world_size, cfg.trainer.num_nodes)
+    error.add_note(f"replay step {error.step} under anomaly detection (from the newest checkpoint before it, "
+                   f"into its own folder):\n    {command}")
 
 
 def prepare_training(fabric: Fabric, cfg: RootCfg, model: torch.nn.Module, train_stream, val_source,
@@ -286,7 +309,7 @@ def make_model(cfg: RootCfg):
     backbone only when training from scratch."""
     from .model.mvsplat import build_model
 
-    training = cfg.mode == "train"
+    training = cfg.mode in ("train", "inspect")  # inspect runs one training forward and backward
     return build_model(
         cfg.model, cfg.loss if training else None,
         num_context_views=getattr(cfg.dataset.view_sampler, "num_context_views", 2),
