@@ -200,12 +200,15 @@ class InferenceModel:
 
     # ---- rendering -----------------------------------------------------------------------------
     def render(self, prediction: Prediction, extrinsics: Tensor, intrinsics: Tensor, *,
-               chunk_size: int = DEFAULT_CHUNK_SIZE) -> Rendered:
-        """Any cameras (c2w [T, 4, 4] world units, K [T, 3, 3] normalised for prediction.image_shape)."""
-        return concatenate(self.render_chunks(prediction, extrinsics, intrinsics, chunk_size=chunk_size))
+               chunk_size: int = DEFAULT_CHUNK_SIZE, image_shape: tuple[int, int] | None = None) -> Rendered:
+        """Any cameras (c2w [T, 4, 4] world units, K [T, 3, 3] normalised) at `image_shape` (H, W; default the
+        model's, prediction.image_shape: normalised intrinsics keep the field of view at any size)."""
+        return concatenate(self.render_chunks(prediction, extrinsics, intrinsics, chunk_size=chunk_size,
+                                              image_shape=image_shape))
 
     def render_chunks(self, prediction: Prediction, extrinsics: Tensor, intrinsics: Tensor, *,
-                      chunk_size: int = DEFAULT_CHUNK_SIZE) -> Iterator[Rendered]:
+                      chunk_size: int = DEFAULT_CHUNK_SIZE,
+                      image_shape: tuple[int, int] | None = None) -> Iterator[Rendered]:
         """As `render`, `chunk_size` cameras at a time: what a long video holds in memory is one chunk."""
         extrinsics = torch.as_tensor(np.asarray(extrinsics), dtype=torch.float32).clone()
         intrinsics = torch.as_tensor(np.asarray(intrinsics), dtype=torch.float32)
@@ -216,7 +219,7 @@ class InferenceModel:
             count = min(chunk_size, extrinsics.shape[0] - start)
             views = {"extrinsics": extrinsics[None, start:start + count], "intrinsics": intrinsics[None, start:start + count],
                      "near": near.cpu().expand(1, count), "far": far.cpu().expand(1, count)}
-            yield self._render_views(prediction, views)
+            yield self._render_views(prediction, views, image_shape)
 
     def render_targets(self, prediction: Prediction, *, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Rendered:
         """The target images' cameras, preprocessed as test mode's targets (and rendered as test mode)."""
@@ -228,9 +231,10 @@ class InferenceModel:
         return concatenate(parts)
 
     @torch.no_grad()
-    def _render_views(self, prediction: Prediction, views: dict) -> Rendered:
+    def _render_views(self, prediction: Prediction, views: dict, image_shape: tuple[int, int] | None = None) -> Rendered:
         views = self.fabric.to_device(views)
-        output = self.model.render_views(prediction.gaussians, views, prediction.image_shape, depth_mode=DEPTH_MODE)
+        output = self.model.render_views(prediction.gaussians, views, image_shape or prediction.image_shape,
+                                         depth_mode=DEPTH_MODE)
         return Rendered(output.color[0].float().cpu(), output.depth[0].float().cpu() * prediction.scale,
                         output.alpha[0].float().cpu())
 

@@ -275,9 +275,26 @@ def camera_records(extrinsics: torch.Tensor, intrinsics: torch.Tensor, names: li
     return records
 
 
+def write_video(model: InferenceModel, prediction: Prediction, extrinsics: torch.Tensor, intrinsics: torch.Tensor,
+                path: Path, *, fps: int, chunk_size: int, image_shape: tuple[int, int] | None = None) -> list[float]:
+    """Render the cameras chunk by chunk into the video at `path` (.mp4 or .gif): one chunk of frames in memory at
+    a time. Returns the seconds per frame of each chunk."""
+    from .evaluation.media import VideoWriter
+
+    frame_seconds = []
+    started = time.perf_counter()
+    with VideoWriter(path, fps=fps) as writer:
+        for chunk in model.render_chunks(prediction, extrinsics, intrinsics, chunk_size=chunk_size,
+                                         image_shape=image_shape):
+            frame_seconds.append((time.perf_counter() - started) / chunk.color.shape[0])
+            writer.write(chunk.color.clamp(0, 1))
+            started = time.perf_counter()
+    return frame_seconds
+
+
 def write_outputs(model: InferenceModel, prediction: Prediction, capture: Capture, args, out: Path,
                   extra: tuple[list[str], torch.Tensor, torch.Tensor] | None) -> None:
-    from .evaluation.media import VideoWriter, find_ffmpeg
+    from .evaluation.media import find_ffmpeg
 
     height, width = prediction.image_shape
     out.mkdir(parents=True, exist_ok=True)
@@ -312,18 +329,14 @@ def write_outputs(model: InferenceModel, prediction: Prediction, capture: Captur
     video = out / ("video.mp4" if find_ffmpeg() is not None else "video.gif")
     if video.suffix == ".gif":
         print("video: no ffmpeg binary found (pip install imageio-ffmpeg), writing a GIF instead")
-    frame_seconds = []
-    started = time.perf_counter()
-    with VideoWriter(video, fps=args.fps) as writer:
-        for chunk in model.render_chunks(prediction, path_c2w, path_k, chunk_size=args.chunk_size):
-            frame_seconds.append((time.perf_counter() - started) / chunk.color.shape[0])
-            writer.write(chunk.color.clamp(0, 1))
-            started = time.perf_counter()
+    video_shape = tuple(args.video_shape) if args.video_shape else (height, width)
+    frame_seconds = write_video(model, prediction, path_c2w, path_k, video, fps=args.fps, chunk_size=args.chunk_size,
+                                image_shape=video_shape)
     (out / "trajectory.json").write_text(json.dumps({
-        "trajectory": args.trajectory, "fps": args.fps, "image_shape": [height, width],
+        "trajectory": args.trajectory, "fps": args.fps, "image_shape": list(video_shape),
         "convention": "c2w: camera-to-world, OpenCV axes, world units of the input; K: normalised for the image",
         "frames": camera_records(path_c2w, path_k)}, indent=1))
-    print(f"video: {args.frames} frames ({args.trajectory}) at {width}x{height}, {args.fps} fps -> {video}; "
+    print(f"video: {args.frames} frames ({args.trajectory}) at {video_shape[1]}x{video_shape[0]}, {args.fps} fps -> {video}; "
           f"rendering {1000 * sum(frame_seconds) / len(frame_seconds):.1f} ms/frame on average "
           f"(first chunk {1000 * frame_seconds[0]:.1f}, last {1000 * frame_seconds[-1]:.1f}), chunks of "
           f"{args.chunk_size}")
@@ -362,6 +375,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--trajectory", choices=TRAJECTORIES, default="interpolation")
     parser.add_argument("--frames", type=int, default=60, help="video frames (default 60)")
     parser.add_argument("--fps", type=int, default=30)
+    parser.add_argument("--video-shape", type=int, nargs=2, metavar=("H", "W"),
+                        help="video frame size (default: the model's image size; same field of view)")
     parser.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE, help="frames per decoder call")
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
     args = parser.parse_args(argv)
@@ -372,6 +387,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--colmap needs --images (the folder of the model's images)")
     if args.chunks is not None and args.scene is None:
         parser.error("--chunks needs --scene KEY")
+    if args.video_shape is not None and min(args.video_shape) < 1:
+        parser.error(f"--video-shape must be two positive integers H W, got {args.video_shape}")
     for flag in ("frames", "fps", "chunk_size"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")

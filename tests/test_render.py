@@ -248,10 +248,10 @@ def test_json_input_writes_a_gif_without_ffmpeg(json_capture, trained_checkpoint
     folder, _ = json_capture
     monkeypatch.setattr(media, "find_ffmpeg", lambda: None)
     render_command.main([str(trained_checkpoint), "--cameras", str(folder / "cameras.json"), "--frames", "5",
-                         "--trajectory", "wobble", "--output", str(tmp_path / "out")])
+                         "--trajectory", "wobble", "--video-shape", "40", "24", "--output", str(tmp_path / "out")])
     assert "writing a GIF instead" in capsys.readouterr().out
     with Image.open(tmp_path / "out" / "video.gif") as gif:
-        assert gif.n_frames == 5 and gif.size == (32, 32)
+        assert gif.n_frames == 5 and gif.size == (24, 40)  # W x H
     assert not (tmp_path / "out" / "video.mp4").exists()
 
 
