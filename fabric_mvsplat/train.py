@@ -17,7 +17,7 @@ import torch
 from lightning_fabric import Fabric
 from omegaconf import DictConfig, OmegaConf
 
-from .config import OptimizerCfg, RootCfg, TrainerCfg, check_before_work, load_config
+from .config import OptimizerCfg, RootCfg, TrainerCfg, check_before_work, load_config, scoring_lpips_weights
 from .errors import ConfigError, EmptyEvaluationError, UserError
 
 # The Hydra configs ship inside the package, so a plain `pip install .` finds them from any directory.
@@ -314,7 +314,7 @@ def make_model(cfg: RootCfg):
         cfg.model, cfg.loss if training else None,
         num_context_views=getattr(cfg.dataset.view_sampler, "num_context_views", 2),
         background_color=cfg.dataset.background_color, depth_mode=cfg.train.depth_mode,
-        video_frames=cfg.train.video_frames, lpips_weights=cfg.test.lpips_weights,
+        video_frames=cfg.train.video_frames, lpips_weights=scoring_lpips_weights(cfg),
         load_unimatch_backbone=training and cfg.checkpointing.load is None,
     )
 
