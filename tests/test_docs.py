@@ -450,3 +450,36 @@ def test_help_shows_the_readme_commands_and_points_to_the_docs():
     missing = [line for line in shown if line not in help_text]
     assert not missing, f"--help does not show these README commands: {missing}"
     assert "docs/" in help_text and "README.md" in help_text
+
+
+# ------------------------------------------------------------------------------------------------ lab notes
+LAB_NOTES = [
+    (re.compile(r"\bissues? #?\d+\b|\bPR #?\d+\b", re.I), "an issue or pull-request number"),
+    # A commit hash: 7-40 hex characters with a digit and a letter, not part of a file name (vgg16-397923af.pth).
+    (re.compile(r"(?<![\w.-])(?=[0-9a-f]*[a-f])(?=[0-9a-f]*[0-9])[0-9a-f]{7,40}(?![\w.-])"), "a commit hash"),
+    (re.compile(r"\btarget[^.|\n]{0,40}:\s*met\b|\(target [\d.]+\)", re.I), "a project target"),
+    (re.compile(r"\bno GPU (has been|was) (lent|available)\b", re.I), "a note about the project's own machines"),
+]
+
+
+@pytest.mark.parametrize("page", [README, *sorted((REPO / "docs").glob("*.md"))],
+                         ids=lambda p: p.relative_to(REPO).as_posix())
+def test_user_docs_hold_no_lab_notes(page):
+    """History belongs in benchmarks/results/; a user page says what is, measured how."""
+    text = page.read_text()
+    found = [f"{what}: {m.group(0)!r}" for pattern, what in LAB_NOTES for m in pattern.finditer(text)]
+    assert not found, f"{page.name} holds lab notes (move them to benchmarks/results/): {found}"
+
+
+def test_errors_page_names_every_error_type():
+    """Each error the project raises for a user to act on has its row (when, exit code, fix) on docs/errors.md."""
+    import inspect
+
+    from fabric_mvsplat import errors
+
+    page = (REPO / "docs" / "errors.md").read_text()
+    rows = set(re.findall(r"^\| `(\w+)` \|", page, re.M))
+    raised = {name for name, cls in inspect.getmembers(errors, inspect.isclass)
+              if issubclass(cls, Exception) and cls.__module__ == errors.__name__ and name != "UserError"}
+    assert raised - rows == set(), "docs/errors.md has no row for these errors"
+    assert "UserError" in page
