@@ -1,8 +1,8 @@
 """The typed root config: `schema` (the dataclasses), `load_config` (Hydra's DictConfig -> RootCfg, checked
 once at start-up) and `check_before_work` (cross-group combinations and the files the config names)."""
 
-from .schema import (CheckpointingCfg, OptimizerCfg, ProfileCfg, RootCfg, TestCfg, TrainCfg, TrainerCfg,
+from .schema import (LATEST_CHECKPOINT, CheckpointingCfg, OptimizerCfg, ProfileCfg, RootCfg, TestCfg, TrainCfg, TrainerCfg,
                      check_before_work, from_dict, load_config)
 
-__all__ = ["CheckpointingCfg", "OptimizerCfg", "ProfileCfg", "RootCfg", "TestCfg", "TrainCfg", "TrainerCfg",
+__all__ = ["LATEST_CHECKPOINT", "CheckpointingCfg", "OptimizerCfg", "ProfileCfg", "RootCfg", "TestCfg", "TrainCfg", "TrainerCfg",
            "check_before_work", "from_dict", "load_config"]
