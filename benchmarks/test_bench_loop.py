@@ -166,7 +166,7 @@ def test_loop_overhead(bench, benchmark, device, loop, model_name, make_cfg, tmp
         def setup():
             schedule["now"] = one_cycle(optimizer, steps)
 
-        def run():  # the training state as train.prepare_training builds it; fit ends with its final checkpoint
+        def run():  # the training state as build.prepare_training builds it; fit ends with its final checkpoint
             state = {"model": wrapped, "optimizer": wrapped_optimizer, "scheduler": schedule["now"], "scaler": None,
                      "train_stream": stream, "val_source": None, "step_tracker": StepTracker(), "step": 0}
             return fit(fabric, cfg, state, tmp_path).end_step

@@ -62,7 +62,7 @@ def check_dataset(cfg: RootCfg) -> None:
 def make_model(cfg: RootCfg) -> MVSplat:
     """The model for `cfg.mode`, from its config slices: losses only when training, the UniMatch
     backbone only when training from scratch."""
-    training = cfg.mode == "train"
+    training = cfg.mode in ("train", "inspect")  # inspect runs one training forward and backward
     return build_model(
         cfg.model, cfg.loss if training else None,
         num_context_views=getattr(cfg.dataset.view_sampler, "num_context_views", 2),

@@ -27,6 +27,9 @@ from tqdm import tqdm
 
 from .checkpoint import capture_rng, restore_rng, save_checkpoint
 from .config import ProfileCfg, RootCfg
+from .debug.health import HealthHistograms
+from .debug.replay import Replay
+from .debug.watchdog import Watchdog, stall_if_asked, watchdog_enabled
 from .distributed import gather_objects, show_progress_bar
 from .tb_logging import RankZeroWriter
 
@@ -35,7 +38,12 @@ EXIT_STOPPED_BY_SIGNAL = 75  # sysexits' EX_TEMPFAIL: a checkpoint was saved, ru
 
 
 class TrainingDiverged(RuntimeError):
-    """A non-finite loss or gradient, or a loss without a graph: names the step, rank(s) and scenes."""
+    """A non-finite loss or gradient, or a loss without a graph: names the step, rank(s) and scenes.
+    `step` is the global step that diverged (the entry point adds the command that replays it)."""
+
+    def __init__(self, message: str, step: int) -> None:
+        super().__init__(message)
+        self.step = step
 
 
 @dataclass
@@ -85,6 +93,7 @@ def fit(fabric: Fabric, cfg: RootCfg, state: dict, output_dir: Path) -> Training
     validating = trainer.val_check_interval is not None
     if validating and is_rank_zero and val_source is None:
         raise ValueError("trainer.val_check_interval is set but rank 0 got no validation source")
+    validation_due = ValidationSchedule.from_config(cfg, getattr(train_stream, "num_scenes", None), fabric.world_size)
     accumulate = trainer.accumulate_grad_batches
     max_norm = trainer.gradient_clip_val if trainer.gradient_clip_val is not None else math.inf
 
@@ -96,19 +105,27 @@ def fit(fabric: Fabric, cfg: RootCfg, state: dict, output_dir: Path) -> Training
     health = DivergenceWatch(fabric, check_gradients=scaler is None)
     agreement = RankAgreement(fabric)
     stop = StopSignals()
+    debug = cfg.debug
+    watchdog = Watchdog(debug.watchdog, output_dir, fabric.global_rank, fabric.world_size,
+                        enabled=watchdog_enabled(debug.watchdog, fabric.world_size))
+    histograms = HealthHistograms(debug.health_every_n_steps, module, writer)
+    replay = Replay(debug.replay_step, module, is_rank_zero)  # replays no step unless debug.replay_step is set
+    validating = validating and not replay.active  # a replay validates and saves nothing
     model.train()
 
     # Stop signals are handled from here to the end of training (DataLoader workers ignore them, see
     # data.stream); the writer and profiler are closed whatever happens.
     try:
         with stop.installed(), torch.autograd.set_detect_anomaly(trainer.detect_anomaly):
-            # Sanity validation: find a broken validation path before hours of training, not after. A resumed run
-            # checks too, but does not log: the earlier run logged validation at this step.
+            # Sanity validation as the original: one batch (its validation loader holds one), nothing logged;
+            # it finds a broken validation path before hours of training, not after.
             if validating and trainer.num_sanity_val_steps > 0:
-                validate(fabric, module, val_source, writer if start_step == 0 else None, start_step,
-                         trainer.num_sanity_val_steps, summary)
+                watchdog.beat("sanity validation")
+                validate(fabric, module, val_source, None, start_step, 1, summary)
             batches = iter(train_stream)
             while trainer.max_steps == -1 or step < trainer.max_steps:
+                watchdog.beat(f"training step {step}")
+                replay.before_step(step)
                 profiler.before_step(step)
                 step_tracker.set_step(step)  # the view-sampler curriculum reads the step when it samples
                 logs, scenes = {}, []
@@ -116,6 +133,7 @@ def fit(fabric: Fabric, cfg: RootCfg, state: dict, output_dir: Path) -> Training
                     with meter.waiting_for_data():
                         batch = fabric.to_device(next(batches))
                     scenes.extend(batch["scene"])
+                    stall_if_asked(debug.stall, step, fabric.global_rank)
                     last = micro_batch == accumulate - 1
                     with fabric.no_backward_sync(model, enabled=not last):  # DDP syncs gradients once per step
                         output = model(batch, step)
@@ -124,12 +142,14 @@ def fit(fabric: Fabric, cfg: RootCfg, state: dict, output_dir: Path) -> Training
                         stop_requested, graphless = agreement.any_rank(stop.requested, not output.loss.requires_grad)
                         if graphless:
                             health.raise_graphless(output.loss, step, list(batch["scene"]))
+                        replay.after_forward(step, output.loss, list(batch["scene"]))
                         fabric.backward(output.loss / accumulate)  # the mean over micro-batches, as one big batch
                     health.record_loss(output.loss, step)
                     for name, value in output.logs.items():
                         logs[name] = logs.get(name, 0) + value.detach().float().reshape(()) / accumulate
                     logs.setdefault("loss/total", output.loss.detach().float() / accumulate)
                 health.remember(step, scenes)
+                histograms.write(step)  # every debug.health_every_n_steps steps: needs the gradients
 
                 # The norm before clipping; inf = measure only. Never raises: a non-finite norm is ours to report
                 # (32-true, bf16) or the GradScaler's to skip (16-mixed).
@@ -151,21 +171,28 @@ def fit(fabric: Fabric, cfg: RootCfg, state: dict, output_dir: Path) -> Training
                 progress.update(1)
                 step += 1
                 state["step"] = step
-                finished = step == trainer.max_steps
+                finished = step == trainer.max_steps or replay.finished(step)
 
                 if step % cfg.train.print_log_every_n_steps == 0:
                     log_training(fabric, writer, logs, lr, step, meter, train_stream, scenes, health, summary)
                 with meter.paused():  # throughput and step time count training only
-                    if validating and step % trainer.val_check_interval == 0:
+                    if validating and validation_due(step):
                         health.check(step)  # never render or save diverged weights
+                        watchdog.beat(f"validation after step {step}")
                         validate(fabric, module, val_source, writer, step, 1, summary)
-                    if step % cfg.checkpointing.every_n_train_steps == 0 or finished or stop_requested:
+                    saving = step % cfg.checkpointing.every_n_train_steps == 0 or finished or stop_requested
+                    if saving and not replay.active:
                         health.check(step)
+                        watchdog.beat(f"checkpoint save after step {step}")
                         summary.last_checkpoint = save(fabric, cfg, state, checkpoints)
                 if stop_requested:
                     summary.stopped_by = stop.name
                     break
+                if finished:  # max_steps, or the replayed step
+                    break
     finally:  # also on an error: the events so far reach the disk, the profiler trace is written
+        watchdog.close()
+        histograms.close()
         profiler.close()
         progress.close()
         writer.close()
@@ -176,6 +203,40 @@ def fit(fabric: Fabric, cfg: RootCfg, state: dict, output_dir: Path) -> Training
     summary.end_step = step
     fabric.barrier()
     return summary
+
+
+class ValidationSchedule:
+    """Which optimizer steps end with a validation.
+
+    An integer trainer.val_check_interval n: every step divisible by n. A float f in (0, 1], Lightning's
+    meaning: a pass is the optimizer steps one rank takes to read its share of the training scenes once
+    (ceil(scenes / (ranks x batch_size x accumulate_grad_batches)); on one rank len(train loader) as in the
+    original), validation runs every max(1, int(f x pass)) steps counted from the start of each pass, as
+    Lightning counts batches from the start of each epoch (a pass of 5 steps at f=0.5 validates at steps
+    2, 4, 7, 9, ...).
+    """
+
+    def __init__(self, every: int, steps_per_pass: int | None = None) -> None:
+        self.every, self.steps_per_pass = every, steps_per_pass
+
+    @classmethod
+    def from_config(cls, cfg: RootCfg, num_scenes: int | None, world_size: int) -> "ValidationSchedule | None":
+        interval = cfg.trainer.val_check_interval
+        if interval is None:
+            return None
+        if not isinstance(interval, float):
+            return cls(interval)
+        if num_scenes is None:
+            raise ValueError("a fractional trainer.val_check_interval needs the train stream's num_scenes")
+        scenes_per_step = world_size * cfg.data_loader.train.batch_size * cfg.trainer.accumulate_grad_batches
+        steps_per_pass = max(1, math.ceil(num_scenes / scenes_per_step))
+        return cls(max(1, int(interval * steps_per_pass)), steps_per_pass)
+
+    def __call__(self, step: int) -> bool:
+        """step: optimizer steps done (>= 1)."""
+        if self.steps_per_pass is None:
+            return step % self.every == 0
+        return ((step - 1) % self.steps_per_pass + 1) % self.every == 0
 
 
 def save(fabric: Fabric, cfg: RootCfg, state: dict, directory: Path) -> Path:
@@ -342,8 +403,8 @@ class DivergenceWatch:
         raise TrainingDiverged(
             f"{what}; the step's scenes: {per_rank}. Noticed at step {step}: no checkpoint holds these weights. "
             "Things to try: a lower optimizer.lr, trainer.gradient_clip_val, trainer.precision=32-true, "
-            "trainer.detect_anomaly=true to find the operation that produced it, and checking those scenes' "
-            "cameras and near/far."
+            "the replay command below to find the operation that produced it, and checking those scenes' "
+            "cameras and near/far.", step=first,
         )
 
     def raise_graphless(self, loss: torch.Tensor, step: int, scenes: list[str]) -> None:
@@ -355,7 +416,7 @@ class DivergenceWatch:
             f"the training loss at global step {step} does not require grad on rank(s) {ranks} (scenes: {named}): "
             "nothing in it depends on the parameters, e.g. every Gaussian was culled or every loss is disabled. "
             "Things to try: check those scenes' cameras and near/far, the loss config (loss=[mse,lpips]), "
-            "and a lower optimizer.lr if earlier steps moved the Gaussians out of view."
+            "and a lower optimizer.lr if earlier steps moved the Gaussians out of view.", step=step,
         )
 
 

@@ -19,9 +19,12 @@ from .build import make_fabric, make_model, prepare_data, prepare_training
 from .checkpoint import load_weights
 from .config import RootCfg, check_before_work, load_config
 from .data import StepTracker, ValidationSource, make_test_loader, make_train_stream
+from .debug.determinism import make_deterministic
+from .debug.inspect import run_inspect
+from .debug.replay import hydra_overrides, replay_command
 from .errors import EmptyEvaluationError, UserError
 from .evaluation.test_mode import run_test
-from .loop import EXIT_STOPPED_BY_SIGNAL, TrainingSummary, fit
+from .loop import EXIT_STOPPED_BY_SIGNAL, TrainingDiverged, TrainingSummary, fit
 from .model.decoder.gsplat_build import prepare_gsplat
 from .output_folder import open_output_folder, refuse_to_mix_runs, resolve_latest, write_config
 from .report import report_end
@@ -54,6 +57,7 @@ def run(cfg: RootCfg, output_dir: Path, config_yaml: str | None = None) -> Train
     training summary (mode=train) or test mode's averaged scores (rank 0; None elsewhere)."""
     resolve_latest(cfg, output_dir)
     refuse_to_mix_runs(cfg, output_dir)
+    make_deterministic(cfg.trainer.deterministic)  # before anything creates the CUDA context
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")  # TF32 matmuls, as the original
     fabric = make_fabric(cfg.trainer)
@@ -66,6 +70,8 @@ def run(cfg: RootCfg, output_dir: Path, config_yaml: str | None = None) -> Train
     open_output_folder(fabric, cfg, output_dir)
     if cfg.mode == "test":
         result = run_test_mode(fabric, cfg, output_dir, config_yaml)
+    elif cfg.mode == "inspect":
+        result = run_inspect(fabric, cfg, make_model(cfg), output_dir, config_yaml)
     else:
         result = run_training(fabric, cfg, output_dir, config_yaml)
         report_end(fabric, result, output_dir)
@@ -82,7 +88,21 @@ def run_training(fabric: Fabric, cfg: RootCfg, output_dir: Path, config_yaml: st
     val_source = ValidationSource(cfg.dataset, cfg.data_loader.val, step_tracker, cfg.seed) if validating else None
     state = prepare_training(fabric, cfg, model, train_stream, val_source, step_tracker)
     write_config(fabric, cfg, output_dir, config_yaml, state["step"])
-    return fit(fabric, cfg, state, output_dir)
+    try:
+        return fit(fabric, cfg, state, output_dir)
+    except TrainingDiverged as error:
+        add_replay_note(fabric, cfg, error, output_dir)
+        raise
+
+
+def add_replay_note(fabric: Fabric, cfg: RootCfg, error: TrainingDiverged, output_dir: Path) -> None:
+    """The command that reruns the diverged step under anomaly detection (printed under the error's message)."""
+    if cfg.debug.replay_step is not None:
+        error.add_note(f"fabric_mvsplat: replay: step {error.step} diverged again: reproduced")
+        return
+    command = replay_command(output_dir, error.step, hydra_overrides(), fabric.world_size, cfg.trainer.num_nodes)
+    error.add_note(f"replay step {error.step} under anomaly detection (from the newest checkpoint before it, "
+                   f"into its own folder):\n    {command}")
 
 
 def run_test_mode(fabric: Fabric, cfg: RootCfg, output_dir: Path, config_yaml: str | None = None) -> dict | None:

@@ -23,6 +23,7 @@ FORBIDDEN = {
     "distributed": ["model", "data", "loop", "train", "evaluation", "config"],
     "errors": ["model", "data", "loop", "train", "evaluation", "config"],
     "loop": ["train"],
+    "debug": ["train", "loop"],
 }
 
 
