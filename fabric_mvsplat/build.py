@@ -11,7 +11,7 @@ from lightning_fabric import Fabric
 from lightning_fabric.strategies import DDPStrategy
 
 from .checkpoint import load_file, load_weights, restore_checkpoint
-from .config import OptimizerCfg, RootCfg, TrainerCfg
+from .config import OptimizerCfg, RootCfg, TrainerCfg, scoring_lpips_weights
 from .data import StepTracker, check_dataset_roots
 from .errors import ConfigError
 from .model.mvsplat import MVSplat, build_model
@@ -67,7 +67,7 @@ def make_model(cfg: RootCfg) -> MVSplat:
         cfg.model, cfg.loss if training else None,
         num_context_views=getattr(cfg.dataset.view_sampler, "num_context_views", 2),
         background_color=cfg.dataset.background_color, depth_mode=cfg.train.depth_mode,
-        video_frames=cfg.train.video_frames, lpips_weights=cfg.test.lpips_weights,
+        video_frames=cfg.train.video_frames, lpips_weights=scoring_lpips_weights(cfg),
         load_unimatch_backbone=training and cfg.checkpointing.load is None,
     )
 

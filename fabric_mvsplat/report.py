@@ -1,11 +1,14 @@
 """The end-of-run lines of a training run: what ran, how fast, how good, where things are, what next."""
 
+import json
 import os
+import shlex
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
 from lightning_fabric import Fabric
 
+from .config import RootCfg
 from .loop import EXIT_STOPPED_BY_SIGNAL, TrainingSummary
 
 
@@ -21,7 +24,7 @@ def launch_command(settings: dict[str, str]) -> str:
     return " ".join([launcher, "fabric_mvsplat.train", *kept, *(f"{k}={v}" for k, v in settings.items())])
 
 
-def report_end(fabric: Fabric, summary: TrainingSummary, output_dir: Path) -> None:
+def report_end(fabric: Fabric, cfg: RootCfg, summary: TrainingSummary, output_dir: Path) -> None:
     """Rank 0 prints the summary, then the command that resumes (after a stop signal) or tests the run."""
     if fabric.global_rank != 0:
         return
@@ -52,4 +55,21 @@ def report_end(fabric: Fabric, summary: TrainingSummary, output_dir: Path) -> No
         lines.append("test it with: " + launch_command({"mode": "test", "checkpointing.load": str(last),
                                                         "dataset/view_sampler": "evaluation",
                                                         "test.compute_scores": "true"}))
+        render = render_command(cfg, last, output_dir)
+        if render is not None:
+            lines.append("render it (Gaussians, video, depth; then the viewer): " + render)
     print("\n".join("fabric_mvsplat: " + line for line in lines), flush=True)
+
+
+def render_command(cfg: RootCfg, checkpoint: Path, output_dir: Path) -> str | None:
+    """`fabric_mvsplat.render` of `checkpoint` on the first test scene of dataset.roots[0] (shell-quoted), or None
+    when that root has no test index."""
+    root = Path(cfg.dataset.roots[0])
+    try:
+        key = next(iter(json.loads((root / "test" / "index.json").read_text())), None)
+    except (OSError, ValueError):
+        return None
+    if key is None:
+        return None
+    return shlex.join(["python", "-m", "fabric_mvsplat.render", str(checkpoint), "--chunks", str(root),
+                       "--scene", str(key), "--output", str(Path(output_dir) / "render" / str(key))])

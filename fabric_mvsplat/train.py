@@ -74,7 +74,7 @@ def run(cfg: RootCfg, output_dir: Path, config_yaml: str | None = None) -> Train
         result = run_inspect(fabric, cfg, make_model(cfg), output_dir, config_yaml)
     else:
         result = run_training(fabric, cfg, output_dir, config_yaml)
-        report_end(fabric, result, output_dir)
+        report_end(fabric, cfg, result, output_dir)
     shut_down(fabric)
     return result
 

@@ -206,7 +206,7 @@ def tiny_worker(output_dir: Path, keys_json: str, step_seconds: float) -> None:
 
     cfg = tiny_cfg(**json.loads(keys_json))
     fabric, *_, summary = train_tiny(cfg, output_dir, step_seconds=step_seconds)
-    report_end(fabric, summary, output_dir)
+    report_end(fabric, cfg, summary, output_dir)
     shut_down(fabric)
     if summary.stopped_by is not None:
         sys.exit(EXIT_STOPPED_BY_SIGNAL)
@@ -340,7 +340,7 @@ def worker_stream_run(data_root: Path, output_dir: Path) -> None:
                                                  tracker, 0, 1, cfg.seed))
     model = TinyModel(step_seconds=0.3)
     summary = fit(fabric, cfg, prepare_training(fabric, cfg, model, stream, None, tracker), output_dir)
-    report_end(fabric, summary, output_dir)
+    report_end(fabric, cfg, summary, output_dir)
     if summary.stopped_by is not None:
         sys.exit(EXIT_STOPPED_BY_SIGNAL)
 
