@@ -10,7 +10,8 @@ from loop_fixtures import compose_cfg
 
 from fabric_mvsplat.data import StepTracker, make_train_stream
 from fabric_mvsplat.errors import UserError
-from fabric_mvsplat.train import make_model, run
+from fabric_mvsplat.build import make_model
+from fabric_mvsplat.train import run
 
 # One worker runs this file under pytest-xdist: its tests share one trained demo checkpoint and one test-mode run
 # (session fixtures in conftest.py), made once per worker.
