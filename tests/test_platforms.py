@@ -21,8 +21,8 @@ def test_training_loop_runs_without_sigusr1_or_resource(tmp_path, monkeypatch):
     without_posix_extras(monkeypatch)
     handlers_before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
     cfg = tiny_cfg(**{"trainer.max_steps": 4, "checkpointing.every_n_train_steps": 2})
-    *_, state, _, _ = train_tiny(cfg, tmp_path / "run")
-    assert state["step"] == 4 and state["summary"]["stopped_by"] is None
+    *_, state, _, _, summary = train_tiny(cfg, tmp_path / "run")
+    assert state["step"] == 4 and summary.stopped_by is None
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("*.ckpt"))  # saved as usual
     # The handlers it could install (SIGTERM, SIGINT) were installed and put back.
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == handlers_before
