@@ -30,6 +30,7 @@ from .debug.health import HealthHistograms
 from .debug.replay import Replay
 from .debug.watchdog import Watchdog, stall_if_asked, watchdog_enabled
 from .distributed import gather_objects, show_progress_bar
+from .progress import StepClock
 from .tb_logging import RankZeroWriter
 
 # SIGUSR1 (SLURM's warning) is POSIX-only: where the platform lacks a signal (Windows), it is left out.
@@ -101,7 +102,7 @@ def fit(fabric: Fabric, cfg: RootCfg, state: dict, output_dir: Path) -> Training
     progress = tqdm(initial=step, total=None if trainer.max_steps == -1 else trainer.max_steps,
                     disable=not (is_rank_zero and show_progress_bar()), dynamic_ncols=True, unit="step")
     profiler = StepProfiler(trainer.profile, output_dir / "profile", enabled=is_rank_zero)
-    meter = StepMeter(fabric.device)
+    meter = StepMeter(fabric.device, StepClock(start_step, None if trainer.max_steps == -1 else trainer.max_steps))
     health = DivergenceWatch(fabric, check_gradients=scaler is None)
     agreement = RankAgreement(fabric)
     stop = StopSignals()
@@ -294,9 +295,11 @@ def log_training(fabric: Fabric, writer: RankZeroWriter, logs: dict, lr: float, 
     writer.scalars(scalars, step)
     if fabric.global_rank == 0:
         near_far = "".join(f" | {k.split('/')[1]} {scalars[k]:.2f}" for k in ("info/near", "info/far") if k in scalars)
-        tqdm.write(f"step {step}: loss {scalars['loss/total']:.6f} | lr {lr:.3e} | grad norm {grad_norm:.3g} | "
-                   f"{scalars['train/scenes_per_second']:.2f} scenes/s | data wait "
-                   f"{scalars['time/data_wait_seconds'] * 1000:.0f} ms{near_far} | scenes {scenes[:4]}")
+        eta = meter.clock.eta(step)
+        tqdm.write(f"{meter.clock.step_of_total(step)}: loss {scalars['loss/total']:.6f} | lr {lr:.3e} | grad norm "
+                   f"{grad_norm:.3g} | {scalars['train/scenes_per_second']:.2f} scenes/s | data wait "
+                   f"{scalars['time/data_wait_seconds'] * 1000:.0f} ms{near_far}{' | ' + eta if eta else ''} | "
+                   f"scenes {scenes[:4]}")
 
 
 def validate(fabric: Fabric, module, val_source, writer: RankZeroWriter | None, step: int, num_batches: int,
@@ -516,8 +519,9 @@ class StepMeter:
     clock; on CUDA the logging synchronisation settles queued work into the interval), the last step's
     gradient norm and clip flag (device tensors, read with the logging all-reduce), and peak memory."""
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, clock: StepClock | None = None) -> None:
         self.device = device
+        self.clock = clock or StepClock(0, None)  # `step N/total` and the ETA of the log lines
         self.total_scenes, self.total_seconds = 0, 0.0
         self.grad_norm = self.clipped = torch.zeros((), device=device)
         self._reset(time.perf_counter())

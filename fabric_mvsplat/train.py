@@ -6,6 +6,7 @@ builds Fabric, data, model, optimizer and scheduler (`build`) and hands them to 
 Fabric reads the rank layout from torchrun's environment and every rank runs this same file.
 """
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -27,6 +28,7 @@ from .evaluation.test_mode import run_test
 from .loop import EXIT_STOPPED_BY_SIGNAL, TrainingDiverged, TrainingSummary, fit
 from .model.decoder.gsplat_build import prepare_gsplat
 from .output_folder import open_output_folder, refuse_to_mix_runs, resolve_latest, write_config
+from .progress import advise_if_busy
 from .report import report_end
 
 # The Hydra configs ship inside the package, so a plain `pip install .` finds them from any directory.
@@ -71,6 +73,9 @@ def run_from_hydra(dict_config: DictConfig) -> None:
 def run(cfg: RootCfg, output_dir: Path, config_yaml: str | None = None) -> TrainingSummary | dict | None:
     """Everything after the config: the same code for one process and for every torchrun rank. Returns the
     training summary (mode=train) or test mode's averaged scores (rank 0; None elsewhere)."""
+    advice = advise_if_busy()
+    if advice is not None and os.environ.get("LOCAL_RANK", "0") == "0":  # once per machine under torchrun
+        print(f"fabric_mvsplat: {advice}", file=sys.stderr, flush=True)
     resolve_latest(cfg, output_dir)
     refuse_to_mix_runs(cfg, output_dir)
     make_deterministic(cfg.trainer.deterministic)  # before anything creates the CUDA context
