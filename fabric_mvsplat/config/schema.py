@@ -8,6 +8,7 @@ chosen by their `name` field, other unions by the first member that accepts the 
 """
 
 import dataclasses
+import time
 import types
 import typing
 import warnings
@@ -250,6 +251,8 @@ def load_config(dict_config: DictConfig | dict) -> RootCfg:
     if isinstance(dict_config, DictConfig):
         dict_config = OmegaConf.to_container(dict_config, resolve=True)
     cfg = from_dict(RootCfg, dict_config)
+    if cfg.output_dir is None:  # the original's output_dir: null, i.e. Hydra's time-stamped folder (main.yaml's)
+        cfg.output_dir = time.strftime("outputs/%Y-%m-%d/%H-%M-%S")
     warn_about_keys_without_effect(cfg)
     return cfg
 
@@ -262,8 +265,6 @@ def check_before_work(cfg: RootCfg) -> None:
     """What would otherwise fail after output is written: cross-group combinations and the files the config
     names (ConfigError, or MissingWeightsError for LPIPS files)."""
     training = cfg.mode in ("train", "inspect")
-    if cfg.output_dir is None:
-        raise ConfigError("output_dir", None, "a folder for the run's files (the default is outputs/<date>/<time>)")
     num_context_views = getattr(cfg.dataset.view_sampler, "num_context_views", None)
     if num_context_views is not None and num_context_views < 2:
         raise ConfigError("dataset.view_sampler.num_context_views", num_context_views,
