@@ -116,7 +116,8 @@ def test_help_shows_the_projects_usage(tmp_path):
 
 
 @pytest.mark.parametrize("args, named", [
-    (["+experiment=re10k", "output_dir=null"], "output_dir"),  # a config error
+    (["+experiment=re10k", "dataset/view_sampler=arbitrary", "dataset.view_sampler.num_context_views=1"],
+     "dataset.view_sampler.num_context_views"),  # a config error, checked before the files
     ([*RE10K_WITHOUT_WEIGHTS, "dataset.roots=[nowhere]", "output_dir=run"], "nowhere"),  # a dataset error
 ])
 def test_a_failing_command_writes_nothing(tmp_path, args, named):
