@@ -122,12 +122,12 @@ def fit(fabric: Fabric, cfg: RootCfg, state: dict, output_dir: Path) -> dict:
                     last = micro_batch == accumulate - 1
                     with fabric.no_backward_sync(model, enabled=not last):  # DDP syncs gradients once per step
                         output = model(batch, step)
+                        replay.after_forward(step, output.loss, list(batch["scene"]))
                         # One CPU collective per micro-batch: ranks agree on stopping and on a graph-less loss
                         # before anyone enters backward (a rank skipping backward alone would hang the others).
                         stop_requested, graphless = agreement.any_rank(stop.requested, not output.loss.requires_grad)
                         if graphless:
                             health.raise_graphless(output.loss, step, list(batch["scene"]))
-                        replay.after_forward(step, output.loss, list(batch["scene"]))
                         fabric.backward(output.loss / accumulate)  # the mean over micro-batches, as one big batch
                     health.record_loss(output.loss, step)
                     for name, value in output.logs.items():
