@@ -17,7 +17,7 @@ import torch
 from lightning_fabric import Fabric
 from omegaconf import DictConfig, OmegaConf
 
-from .config import OptimizerCfg, RootCfg, TrainerCfg, check_before_work, load_config
+from .config import OptimizerCfg, RootCfg, TrainerCfg, check_before_work, load_config, scoring_lpips_weights
 from .errors import ConfigError, EmptyEvaluationError, UserError
 
 # The Hydra configs ship inside the package, so a plain `pip install .` finds them from any directory.
@@ -171,7 +171,27 @@ def report_end(fabric: Fabric, cfg: RootCfg, state: dict, output_dir: Path) -> N
         lines.append("test it with: " + launch_command({"mode": "test", "checkpointing.load": str(last),
                                                         "dataset/view_sampler": "evaluation",
                                                         "test.compute_scores": "true"}))
+        render = render_command(cfg, last, output_dir)
+        if render is not None:
+            lines.append("render it (Gaussians, video, depth; then the viewer): " + render)
     print("\n".join("fabric_mvsplat: " + line for line in lines), flush=True)
+
+
+def render_command(cfg: RootCfg, checkpoint: Path, output_dir: Path) -> str | None:
+    """`fabric_mvsplat.render` of `checkpoint` on the first test scene of dataset.roots[0] (shell-quoted), or None
+    when that root has no test index."""
+    import json
+    import shlex
+
+    root = Path(cfg.dataset.roots[0])
+    try:
+        key = next(iter(json.loads((root / "test" / "index.json").read_text())), None)
+    except (OSError, ValueError):
+        return None
+    if key is None:
+        return None
+    return shlex.join(["python", "-m", "fabric_mvsplat.render", str(checkpoint), "--chunks", str(root),
+                       "--scene", str(key), "--output", str(Path(output_dir) / "render" / str(key))])
 
 
 def refuse_to_mix_runs(cfg: RootCfg, output_dir: Path) -> None:
@@ -294,7 +314,7 @@ def make_model(cfg: RootCfg):
         cfg.model, cfg.loss if training else None,
         num_context_views=getattr(cfg.dataset.view_sampler, "num_context_views", 2),
         background_color=cfg.dataset.background_color, depth_mode=cfg.train.depth_mode,
-        video_frames=cfg.train.video_frames, lpips_weights=cfg.test.lpips_weights,
+        video_frames=cfg.train.video_frames, lpips_weights=scoring_lpips_weights(cfg),
         load_unimatch_backbone=training and cfg.checkpointing.load is None,
     )
 

@@ -142,7 +142,7 @@ def test_near_cull_is_in_scale_invariant_units():
     assert visible.color.max() > 0.5 and culled.color.max() == 0
 
 
-@pytest.mark.parametrize("mode", ["depth", "disparity", "relative_disparity", "log", "expected_depth"])
+@pytest.mark.parametrize("mode", ["depth", "disparity", "relative_disparity", "log", "log_clamped", "expected_depth"])
 def test_depth_modes_accumulate_like_the_original(mode):
     z, near, far, opacity = 4.0, 1.5, 50.0, 0.7
     gaussians = point_gaussians([[0.0, 0.0, z]], opacity=opacity)
@@ -154,7 +154,8 @@ def test_depth_modes_accumulate_like_the_original(mode):
         "depth": opacity * z,  # alpha-weighted, not normalised: the original's visualisation hack
         "disparity": opacity / z,
         "relative_disparity": opacity * (1 - (1 / z - 1 / far) / (1 / near - 1 / far)),
-        "log": opacity * math.log(z),
+        "log": opacity * math.log(far),  # the original's formula gives log(far) for every Gaussian
+        "log_clamped": opacity * math.log(z),
         "expected_depth": z,
     }[mode]
     assert math.isclose(output.depth[0, 0, 4, 4].item(), expected, rel_tol=1e-9)
@@ -165,12 +166,18 @@ def test_depth_modes_accumulate_like_the_original(mode):
     assert no_depth.depth is None and torch.allclose(no_depth.color, output.color)
 
 
-def test_log_depth_is_clamped_to_near_far():
-    gaussians = point_gaussians([[0.0, 0.0, 80.0]], opacity=0.5)
-    extrinsics, intrinsics, near, far = camera(0.5, 0.5)
-    output = render(gaussians, extrinsics, intrinsics, near, torch.full((1, 1), 10.0, dtype=F64), (9, 9), "log",
-                    backend="torch")
-    assert math.isclose(output.depth[0, 0, 4, 4].item(), 0.5 * math.log(10.0), rel_tol=1e-9)
+@pytest.mark.parametrize("z", [0.5, 4.0, 80.0])  # before near, between, beyond far
+def test_log_depth_equals_the_originals_formula(z):
+    """The original's log mode: fake_color = z.minimum(near).maximum(far).log(), splatted with alpha."""
+    gaussians = point_gaussians([[0.0, 0.0, z]], opacity=0.5)
+    extrinsics, intrinsics, _, _ = camera(0.5, 0.5)
+    near, far = torch.full((1, 1), 0.5, dtype=F64), torch.full((1, 1), 10.0, dtype=F64)
+    z_t = torch.tensor(z, dtype=F64)
+    original = z_t.minimum(near[0, 0]).maximum(far[0, 0]).log().item()
+    output = render(gaussians, extrinsics, intrinsics, near, far, (9, 9), "log", backend="torch")
+    assert math.isclose(output.depth[0, 0, 4, 4].item(), 0.5 * original, rel_tol=1e-9)
+    clamped = render(gaussians, extrinsics, intrinsics, near, far, (9, 9), "log_clamped", backend="torch")
+    assert math.isclose(clamped.depth[0, 0, 4, 4].item(), 0.5 * math.log(min(max(z, 0.5), 10.0)), rel_tol=1e-9)
 
 
 def test_backend_resolution():

@@ -132,7 +132,8 @@ class TestCfg:
 
 @dataclass
 class TrainCfg:
-    depth_mode: Literal["depth", "log", "disparity", "relative_disparity"] | None = None
+    # log: the original's formula (log(far) for every Gaussian); log_clamped: log of z clamped to [near, far].
+    depth_mode: Literal["depth", "log", "log_clamped", "disparity", "relative_disparity"] | None = None
     extended_visualization: bool = False
     print_log_every_n_steps: int = 1
     video_frames: int = 30
@@ -225,6 +226,20 @@ class RootCfg:
             raise ConfigError("checkpointing.load", None, "a checkpoint path when mode=test")
 
 
+def scoring_lpips_weights(cfg: RootCfg) -> str | None:
+    """The VGG weights folder for LPIPS scores (test mode, val/lpips): test.lpips_weights, else the training
+    loss's loss.lpips.weights (the experiments' loss block is composed in test mode too), else None."""
+    if cfg.test.lpips_weights is not None:
+        return cfg.test.lpips_weights
+    return cfg.loss.lpips.weights if cfg.loss.lpips is not None else None
+
+
+# Why test scores have no LPIPS when no weights are configured (the console line and scores_all_avg.json).
+LPIPS_NOT_COMPUTED = ("LPIPS not computed: neither test.lpips_weights nor loss.lpips.weights names a folder with "
+                      "the VGG weights vgg16.pth and vgg.pth (docs/training.md, weights); set one of them to score "
+                      "LPIPS as the paper does")
+
+
 def load_config(dict_config: DictConfig | dict) -> RootCfg:
     """Hydra's composed config -> RootCfg, or ConfigError naming the full key path.
 
@@ -266,10 +281,10 @@ def check_before_work(cfg: RootCfg) -> None:
                           "relative to the directory you run from)")
     if training:
         check_losses(cfg.loss)
-        if cfg.loss.depth is not None and cfg.train.depth_mode != "log":
+        if cfg.loss.depth is not None and cfg.train.depth_mode not in ("log", "log_clamped"):
             raise ConfigError("train.depth_mode", cfg.train.depth_mode,
-                              "log while the depth loss is enabled (it smooths the rendered log depth), "
-                              "or no depth loss: add ~loss.depth")
+                              "log (the original's) or log_clamped while the depth loss is enabled (it smooths the "
+                              "rendered log depth), or no depth loss: add ~loss.depth")
         if cfg.loss.lpips is not None:
             find_weight_files(cfg.loss.lpips.weights)
         unimatch = cfg.model.encoder.unimatch_weights_path
@@ -277,7 +292,9 @@ def check_before_work(cfg: RootCfg) -> None:
             raise ConfigError("model.encoder.unimatch_weights_path", unimatch,
                               "an existing file (download gmdepth-scale1-resumeflowthings-scannet-5d9d7964.pth "
                               "from the UniMatch model zoo), or null to start the backbone from random init")
-    if cfg.test.lpips_weights is not None:
+    if cfg.mode == "test" and scoring_lpips_weights(cfg) is not None:
+        find_weight_files(scoring_lpips_weights(cfg))
+    elif cfg.test.lpips_weights is not None:
         find_weight_files(cfg.test.lpips_weights)
     load = cfg.checkpointing.load
     if load is not None and load != LATEST_CHECKPOINT and not Path(load).is_file():
