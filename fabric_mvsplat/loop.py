@@ -332,6 +332,7 @@ class DivergenceWatch:
         never = torch.tensor(-1.0, device=fabric.device)
         self.first_bad_loss, self.first_bad_gradient = never.clone(), never.clone()
         self.first_bad_loss_value = torch.zeros((), device=fabric.device)
+        self.first_bad_gradient_value = torch.zeros((), device=fabric.device)
         self.unchecked: dict[int, list[str]] = {}
 
     def remember(self, step: int, scenes: list[str]) -> None:
@@ -348,6 +349,7 @@ class DivergenceWatch:
             newly_bad = (self.first_bad_gradient < 0) & ~torch.isfinite(grad_norm.float())
             self.first_bad_gradient = torch.where(newly_bad, torch.full_like(self.first_bad_gradient, step),
                                                   self.first_bad_gradient)
+            self.first_bad_gradient_value = torch.where(newly_bad, grad_norm.float(), self.first_bad_gradient_value)
 
     def flags(self) -> torch.Tensor:
         """[world + 1]: this rank's first non-finite-loss step + 1 in its own slot, and the gradients'."""
@@ -385,7 +387,8 @@ class DivergenceWatch:
             mine = f" (this rank's loss: {self.first_bad_loss_value.item()})" if self.fabric.global_rank in ranks else ""
             what = f"non-finite training loss at global step {first} on rank(s) {ranks}{mine}"
         else:
-            what = f"non-finite gradients (norm before clipping) at global step {first}"
+            what = (f"non-finite gradients (norm before clipping: {self.first_bad_gradient_value.item()}) at global "
+                    f"step {first}")
         raise TrainingDiverged(
             f"{what}; the step's scenes: {per_rank}. Noticed at step {step}: no checkpoint holds these weights. "
             "Things to try: a lower optimizer.lr, trainer.gradient_clip_val, trainer.precision=32-true, "
