@@ -108,7 +108,7 @@ def fit(fabric: Fabric, cfg: RootCfg, state: dict, output_dir: Path) -> Training
     debug = cfg.debug
     watchdog = Watchdog(debug.watchdog, output_dir, fabric.global_rank, fabric.world_size,
                         enabled=watchdog_enabled(debug.watchdog, fabric.world_size))
-    histograms = HealthHistograms(debug.health_every_n_steps, module, writer)
+    histograms = HealthHistograms(debug.health_every_n_steps if is_rank_zero else None, module, writer)  # rank 0 writes
     replay = Replay(debug.replay_step, module, is_rank_zero)  # replays no step unless debug.replay_step is set
     validating = validating and not replay.active  # a replay validates and saves nothing
     model.train()
