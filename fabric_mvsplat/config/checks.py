@@ -16,8 +16,6 @@ def check_before_work(cfg: RootCfg) -> None:
     """What would otherwise fail after output is written: cross-group combinations and the files the config
     names (ConfigError, or MissingWeightsError for LPIPS files)."""
     training = cfg.mode in ("train", "inspect")
-    if cfg.output_dir is None:
-        raise ConfigError("output_dir", None, "a folder for the run's files (the default is outputs/<date>/<time>)")
     num_context_views = getattr(cfg.dataset.view_sampler, "num_context_views", None)
     if num_context_views is not None and num_context_views < 2:
         raise ConfigError("dataset.view_sampler.num_context_views", num_context_views,
