@@ -18,8 +18,6 @@ def check_before_work(cfg: RootCfg) -> None:
     """What would otherwise fail after output is written: cross-group combinations and the files the config
     names (ConfigError, or MissingWeightsError for LPIPS files)."""
     training = cfg.mode in ("train", "inspect")
-    if cfg.output_dir is None:
-        raise ConfigError("output_dir", None, "a folder for the run's files (the default is outputs/<date>/<time>)")
     resolve_backend(cfg.model.decoder.backend, run_device_type(cfg.trainer.accelerator))
     if cfg.dataset.view_sampler.name == "evaluation":
         read_evaluation_index(cfg.dataset.view_sampler)

@@ -7,6 +7,7 @@ dataclasses are chosen by their `name` field, other unions by the first member t
 """
 
 import dataclasses
+import time
 import types
 import typing
 from typing import Any, Literal, Union
@@ -28,6 +29,8 @@ def load_config(dict_config: DictConfig | dict) -> RootCfg:
     if isinstance(dict_config, DictConfig):
         dict_config = OmegaConf.to_container(dict_config, resolve=True)
     cfg = from_dict(RootCfg, dict_config)
+    if cfg.output_dir is None:  # the original's output_dir: null, i.e. Hydra's time-stamped folder (main.yaml's)
+        cfg.output_dir = time.strftime("outputs/%Y-%m-%d/%H-%M-%S")
     warn_about_keys_without_effect(cfg)
     return cfg
 
