@@ -108,7 +108,7 @@ def fit(fabric: Fabric, cfg: RootCfg, state: dict, output_dir: Path) -> Training
     debug = cfg.debug
     watchdog = Watchdog(debug.watchdog, output_dir, fabric.global_rank, fabric.world_size,
                         enabled=watchdog_enabled(debug.watchdog, fabric.world_size))
-    histograms = HealthHistograms(debug.health_every_n_steps, module, writer)
+    histograms = HealthHistograms(debug.health_every_n_steps if is_rank_zero else None, module, writer)  # rank 0 writes
     replay = Replay(debug.replay_step, module, is_rank_zero)  # replays no step unless debug.replay_step is set
     validating = validating and not replay.active  # a replay validates and saves nothing
     model.train()
@@ -137,12 +137,12 @@ def fit(fabric: Fabric, cfg: RootCfg, state: dict, output_dir: Path) -> Training
                     last = micro_batch == accumulate - 1
                     with fabric.no_backward_sync(model, enabled=not last):  # DDP syncs gradients once per step
                         output = model(batch, step)
+                        replay.after_forward(step, output.loss, list(batch["scene"]))
                         # One CPU collective per micro-batch: ranks agree on stopping and on a graph-less loss
                         # before anyone enters backward (a rank skipping backward alone would hang the others).
                         stop_requested, graphless = agreement.any_rank(stop.requested, not output.loss.requires_grad)
                         if graphless:
                             health.raise_graphless(output.loss, step, list(batch["scene"]))
-                        replay.after_forward(step, output.loss, list(batch["scene"]))
                         fabric.backward(output.loss / accumulate)  # the mean over micro-batches, as one big batch
                     health.record_loss(output.loss, step)
                     for name, value in output.logs.items():
@@ -362,6 +362,7 @@ class DivergenceWatch:
         never = torch.tensor(-1.0, device=fabric.device)
         self.first_bad_loss, self.first_bad_gradient = never.clone(), never.clone()
         self.first_bad_loss_value = torch.zeros((), device=fabric.device)
+        self.first_bad_gradient_value = torch.zeros((), device=fabric.device)
         self.unchecked: dict[int, list[str]] = {}
 
     def remember(self, step: int, scenes: list[str]) -> None:
@@ -378,6 +379,7 @@ class DivergenceWatch:
             newly_bad = (self.first_bad_gradient < 0) & ~torch.isfinite(grad_norm.float())
             self.first_bad_gradient = torch.where(newly_bad, torch.full_like(self.first_bad_gradient, step),
                                                   self.first_bad_gradient)
+            self.first_bad_gradient_value = torch.where(newly_bad, grad_norm.float(), self.first_bad_gradient_value)
 
     def flags(self) -> torch.Tensor:
         """[world + 1]: this rank's first non-finite-loss step + 1 in its own slot, and the gradients'."""
@@ -415,7 +417,8 @@ class DivergenceWatch:
             mine = f" (this rank's loss: {self.first_bad_loss_value.item()})" if self.fabric.global_rank in ranks else ""
             what = f"non-finite training loss at global step {first} on rank(s) {ranks}{mine}"
         else:
-            what = f"non-finite gradients (norm before clipping) at global step {first}"
+            what = (f"non-finite gradients (norm before clipping: {self.first_bad_gradient_value.item()}) at global "
+                    f"step {first}")
         raise TrainingDiverged(
             f"{what}; the step's scenes: {per_rank}. Noticed at step {step}: no checkpoint holds these weights. "
             "Things to try: a lower optimizer.lr, trainer.gradient_clip_val, trainer.precision=32-true, "

@@ -97,8 +97,10 @@ def run_training(fabric: Fabric, cfg: RootCfg, output_dir: Path, config_yaml: st
 
 def add_replay_note(fabric: Fabric, cfg: RootCfg, error: TrainingDiverged, output_dir: Path) -> None:
     """The command that reruns the diverged step under anomaly detection (printed under the error's message)."""
-    if cfg.debug.replay_step is not None:
-        error.add_note(f"fabric_mvsplat: replay: step {error.step} diverged again: reproduced")
+    replayed = cfg.debug.replay_step
+    if replayed is not None:
+        error.add_note(f"fabric_mvsplat: replay: step {error.step} diverged again: reproduced" if error.step == replayed
+                       else f"fabric_mvsplat: replay: step {error.step} diverged, not the replayed step {replayed}")
         return
     command = replay_command(output_dir, error.step, hydra_overrides(), fabric.world_size, cfg.trainer.num_nodes)
     error.add_note(f"replay step {error.step} under anomaly detection (from the newest checkpoint before it, "

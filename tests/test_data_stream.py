@@ -187,3 +187,17 @@ def test_workers_end_when_the_caller_stops_reading(tmp_path):
     assert len(dataloader_workers() - before) == 2
     batches.close()
     assert dataloader_workers() - before == set()
+
+
+def test_loader_seed_null_derives_the_order_from_the_root_seed(tmp_path):
+    """data_loader.*.seed=null, as the original accepts it: the stream is still deterministic, from `seed` alone."""
+    make_split(tmp_path / "train", 8, scenes_per_chunk=2)
+    cfg = dataset_cfg(tmp_path)
+    loader = DataLoaderStageCfg(batch_size=2, seed=None)
+
+    def first_batches(root_seed: int) -> list[list[str]]:
+        return [batch["scene"] for batch in islice(make_train_stream(cfg, loader, StepTracker(), 0, 1, root_seed), 4)]
+
+    assert first_batches(111123) == first_batches(111123)
+    assert first_batches(111123) != first_batches(5)
+    assert sorted(sum(first_batches(111123), [])) == sorted(json.loads((tmp_path / "train" / "index.json").read_text()))

@@ -309,7 +309,7 @@ def timing_lines(averages: dict, skipped_batches: int) -> str:
         calls, seconds = averages[key]
         return f"{seconds * 1000:.1f} ms" if calls else "n/a"
 
-    after = f"after {skipped_batches} warm-up batch(es), {averages['encoder'][0]} scene(s)"
+    after = f"{averages['encoder'][0]} batch(es) after {skipped_batches} warm-up batch(es)"
     return (f"test timing, the original's method (host clock, not synchronised; {after}): encoder {ms('encoder')}, "
             f"colour render {ms('decoder')} per view\n"
             f"test timing, synchronised: encoder {ms('encoder_synchronised')}, colour render "
