@@ -174,7 +174,9 @@ def fit(fabric: Fabric, cfg: RootCfg, state: dict, output_dir: Path) -> Training
                 finished = step == trainer.max_steps or replay.finished(step)
 
                 if step % cfg.train.print_log_every_n_steps == 0:
-                    log_training(fabric, writer, logs, lr, step, meter, train_stream, scenes, health, summary)
+                    log_training(fabric, writer, meter, health, StepRecord(step, lr, logs, scenes),
+                                 skipped_scenes=getattr(train_stream, "skipped_scenes", 0),
+                                 amp_skipped_steps=summary.amp_skipped_steps)
                 with meter.paused():  # throughput and step time count training only
                     if validating and validation_due(step):
                         health.check(step)  # never render or save diverged weights
@@ -253,13 +255,27 @@ def grad_norm_clipped(grad_norm: torch.Tensor, max_norm: float | None) -> torch.
     return (grad_norm > max_norm).float()
 
 
-def log_training(fabric: Fabric, writer: RankZeroWriter, logs: dict, lr: float, step: int, meter: "StepMeter",
-                 train_stream, scenes: list[str], health: "DivergenceWatch", summary: TrainingSummary) -> None:
+@dataclass
+class StepRecord:
+    """What one optimizer step leaves for its log line."""
+
+    step: int  # optimizer steps done
+    lr: float  # the learning rate the step used
+    logs: dict[str, torch.Tensor]  # the step's scalars, means over its micro-batches (device tensors)
+    scenes: list[str]  # this rank's scenes of the step
+
+
+def log_training(fabric: Fabric, writer: RankZeroWriter, meter: "StepMeter", health: "DivergenceWatch",
+                 record: StepRecord, *, skipped_scenes: int, amp_skipped_steps: int) -> None:
     """Average the step's scalars over ranks and write them on rank 0: one all_reduce, which also carries
-    the divergence flags (so checking them costs no synchronisation of its own)."""
+    the divergence flags (so checking them costs no synchronisation of its own).
+
+    skipped_scenes: corrupt scenes this rank's stream skipped so far; amp_skipped_steps: updates the 16-mixed
+    GradScaler skipped so far."""
+    step, lr, logs, scenes = record.step, record.lr, record.logs, record.scenes
     names = sorted(logs)
     interval = meter.end_interval()  # per-rank sums over the steps since the last log
-    extra = {"scenes": float(interval.scenes), "skipped": float(getattr(train_stream, "skipped_scenes", 0)),
+    extra = {"scenes": float(interval.scenes), "skipped": float(skipped_scenes),
              "data": interval.data_seconds, "compute": interval.compute_seconds, "steps": float(interval.steps),
              "memory_allocated": interval.memory_allocated_gib, "memory_reserved": interval.memory_reserved_gib}
     local = torch.stack([logs[n] for n in names]
@@ -290,7 +306,7 @@ def log_training(fabric: Fabric, writer: RankZeroWriter, logs: dict, lr: float, 
     else:
         scalars["memory/peak_rss_gib"] = reduced["memory_allocated"] / world
     if not health.check_gradients:  # 16-mixed: updates the GradScaler skipped so far
-        scalars["train/amp_skipped_steps"] = summary.amp_skipped_steps
+        scalars["train/amp_skipped_steps"] = amp_skipped_steps
     writer.scalars(scalars, step)
     if fabric.global_rank == 0:
         near_far = "".join(f" | {k.split('/')[1]} {scalars[k]:.2f}" for k in ("info/near", "info/far") if k in scalars)

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from .build import make_fabric, make_model, prepare_data, prepare_training
 from .checkpoint import load_weights
 from .config import RootCfg, check_before_work, load_config
-from .data import StepTracker, ValidationSource, make_test_loader, make_train_stream
+from .data import StepTracker, TestLoader, TrainStream, ValidationSource
 from .debug.determinism import make_deterministic
 from .debug.inspect import run_inspect
 from .debug.replay import hydra_overrides, replay_command
@@ -82,7 +82,7 @@ def run(cfg: RootCfg, output_dir: Path, config_yaml: str | None = None) -> Train
 def run_training(fabric: Fabric, cfg: RootCfg, output_dir: Path, config_yaml: str | None = None) -> TrainingSummary:
     model = make_model(cfg)
     step_tracker = StepTracker()
-    train_stream = make_train_stream(cfg.dataset, cfg.data_loader.train, step_tracker, fabric.global_rank,
+    train_stream = TrainStream(cfg.dataset, cfg.data_loader.train, step_tracker, fabric.global_rank,
                                      fabric.world_size, cfg.seed, cfg.trainer.accumulate_grad_batches)
     validating = cfg.trainer.val_check_interval is not None and fabric.global_rank == 0
     val_source = ValidationSource(cfg.dataset, cfg.data_loader.val, step_tracker, cfg.seed) if validating else None
@@ -112,7 +112,7 @@ def run_test_mode(fabric: Fabric, cfg: RootCfg, output_dir: Path, config_yaml: s
     load_weights(model, cfg.checkpointing.load, cfg.checkpointing.allow_unsafe_load)
     write_config(fabric, cfg, output_dir, config_yaml, 0)
     model = fabric.to_device(model).eval()
-    test_loader = make_test_loader(cfg.dataset, cfg.data_loader.test, fabric.global_rank, fabric.world_size)
+    test_loader = TestLoader(cfg.dataset, cfg.data_loader.test, fabric.global_rank, fabric.world_size)
     return run_test(fabric, cfg, model, test_loader)
 
 

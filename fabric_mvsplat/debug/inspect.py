@@ -182,10 +182,10 @@ class Inspection:
 
     # ---- the data ----------------------------------------------------------------------------------------
     def read_batches(self) -> tuple[list[dict], object]:
-        from ..data import StepTracker, make_train_stream
+        from ..data import StepTracker, TrainStream
 
         cfg = self.cfg
-        stream = make_train_stream(cfg.dataset, cfg.data_loader.train, StepTracker(), 0, 1, cfg.seed)
+        stream = TrainStream(cfg.dataset, cfg.data_loader.train, StepTracker(), 0, 1, cfg.seed)
         iterator = iter(stream)
         batches = [next(iterator) for _ in range(cfg.debug.inspect_batches)]
         return batches, stream
