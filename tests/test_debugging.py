@@ -72,6 +72,16 @@ def test_watchdog_is_on_by_default_only_for_several_processes():
     assert watchdog.limit() == 600
 
 
+@pytest.mark.parametrize("stall, named", [("{rank:-1,step:2,seconds:5}", "'debug.stall.rank' = -1"),
+                                           ("{rank:0,step:-2,seconds:5}", "'debug.stall.step' = -2"),
+                                           ("{rank:0,step:2,seconds:0}", "'debug.stall.seconds' = 0")])
+def test_a_wrong_stall_names_its_key_and_value(stall, named):
+    from fabric_mvsplat.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(named)):
+        compose_cfg([f"debug.stall={stall}"])
+
+
 # -------------------------------------------------------------------------------------------------- replay
 def test_replay_command_reproduces_a_graphless_step_of_the_real_model(synthetic_root, tmp_path):
     """An exploding learning rate on the real model: the Gaussians leave every view (a loss without a graph);
