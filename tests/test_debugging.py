@@ -66,7 +66,7 @@ def test_watchdog_is_on_by_default_only_for_several_processes():
     cfg = tiny_cfg().debug.watchdog
     assert cfg.enabled is None and not watchdog_enabled(cfg, 1) and watchdog_enabled(cfg, 2)
     # The automatic limit: 3 x min_timeout until 3 steps are measured, then max(min_timeout, 20 x median step).
-    watchdog = Watchdog(cfg, Path("."), 0, 1, enabled=False)
+    watchdog = Watchdog(cfg, Path("."), 0, 1)
     assert watchdog.limit() == 900
     watchdog.step_seconds = [1.0, 30.0, 31.0]
     assert watchdog.limit() == 600
