@@ -51,5 +51,11 @@ class MissingWeightsError(WeightsError, FileNotFoundError):
     """A pretrained-weights file the config points at does not exist."""
 
 
+class InputError(UserError, ValueError):
+    """An input of `fabric_mvsplat.render` / the inference API is unusable: too few images, an image without a
+    camera, an unreadable or non-RGB image, a camera with NaN or a non-rotation, a checkpoint that does not fit
+    its config, an output folder that already holds results."""
+
+
 class EmptyEvaluationError(RuntimeError):
     """Test mode rendered or scored no scene: averages over nothing must not pass for a result."""

@@ -2,7 +2,7 @@
 
 Hydra composes `fabric_mvsplat/configs/main.yaml`; `load_config` checks every key before any work; then Fabric, data,
 model, optimizer and scheduler are built here and handed to `loop.fit` (mode=train) or to
-`evaluation.test.run_test` (mode=test). Under `torchrun`, Fabric reads the rank layout from torchrun's
+`evaluation.test_mode.run_test` (mode=test). Under `torchrun`, Fabric reads the rank layout from torchrun's
 environment and every rank runs this same file.
 """
 
@@ -17,7 +17,7 @@ import torch
 from lightning_fabric import Fabric
 from omegaconf import DictConfig, OmegaConf
 
-from .config import OptimizerCfg, RootCfg, TrainerCfg, check_before_work, load_config
+from .config import OptimizerCfg, RootCfg, TrainerCfg, check_before_work, load_config, scoring_lpips_weights
 from .errors import ConfigError, EmptyEvaluationError, UserError
 
 # The Hydra configs ship inside the package, so a plain `pip install .` finds them from any directory.
@@ -42,8 +42,11 @@ def main(dict_config: DictConfig) -> None:
 
 def run(cfg: RootCfg, output_dir: Path, config_yaml: str | None = None):
     """Everything after the config: the same code for one process and for every torchrun rank."""
+    from .debug.determinism import make_deterministic
+
     resolve_latest(cfg, output_dir)
     refuse_to_mix_runs(cfg, output_dir)
+    make_deterministic(cfg.trainer.deterministic)  # before anything creates the CUDA context
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")  # TF32 matmuls, as the original
     fabric = make_fabric(cfg.trainer)
@@ -66,6 +69,10 @@ def run(cfg: RootCfg, output_dir: Path, config_yaml: str | None = None):
                 fabric.print(f"removed {stray} (a checkpoint write interrupted by an earlier kill)")
     if cfg.mode == "test":
         result = run_test_mode(fabric, cfg, output_dir, config_yaml)
+    elif cfg.mode == "inspect":
+        from .debug.inspect import run_inspect
+
+        result = run_inspect(fabric, cfg, make_model(cfg), output_dir, config_yaml)
     else:
         result = run_training(fabric, cfg, output_dir, config_yaml)
         report_end(fabric, cfg, result, output_dir)
@@ -149,7 +156,7 @@ def report_end(fabric: Fabric, cfg: RootCfg, state: dict, output_dir: Path) -> N
         abs_rel, delta = summary["val"].get("val/depth_abs_rel"), summary["val"].get("val/depth_delta_1_25")
         if abs_rel is not None:  # datasets with ground-truth depth (the synthetic demo's)
             lines.append(f"validation depth: AbsRel {abs_rel:.3f}, delta<1.25 {delta:.3f}" + (
-                " (every Gaussian at the far plane? see README, Demo)" if abs_rel > 1 else ""))
+                " (every Gaussian at the far plane? see docs/demo.md)" if abs_rel > 1 else ""))
     elif summary["val"]:
         lines.append("last validation: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(summary["val"].items())))
     lines.append(f"checkpoints: {output_dir / 'checkpoints'}" + (
@@ -164,7 +171,27 @@ def report_end(fabric: Fabric, cfg: RootCfg, state: dict, output_dir: Path) -> N
         lines.append("test it with: " + launch_command({"mode": "test", "checkpointing.load": str(last),
                                                         "dataset/view_sampler": "evaluation",
                                                         "test.compute_scores": "true"}))
+        render = render_command(cfg, last, output_dir)
+        if render is not None:
+            lines.append("render it (Gaussians, video, depth; then the viewer): " + render)
     print("\n".join("fabric_mvsplat: " + line for line in lines), flush=True)
+
+
+def render_command(cfg: RootCfg, checkpoint: Path, output_dir: Path) -> str | None:
+    """`fabric_mvsplat.render` of `checkpoint` on the first test scene of dataset.roots[0] (shell-quoted), or None
+    when that root has no test index."""
+    import json
+    import shlex
+
+    root = Path(cfg.dataset.roots[0])
+    try:
+        key = next(iter(json.loads((root / "test" / "index.json").read_text())), None)
+    except (OSError, ValueError):
+        return None
+    if key is None:
+        return None
+    return shlex.join(["python", "-m", "fabric_mvsplat.render", str(checkpoint), "--chunks", str(root),
+                       "--scene", str(key), "--output", str(Path(output_dir) / "render" / str(key))])
 
 
 def refuse_to_mix_runs(cfg: RootCfg, output_dir: Path) -> None:
@@ -193,7 +220,7 @@ def shut_down(fabric: Fabric) -> None:
 
 def run_training(fabric: Fabric, cfg: RootCfg, output_dir: Path, config_yaml: str | None = None) -> dict:
     from .data import StepTracker, ValidationSource, make_train_stream
-    from .loop import fit
+    from .loop import TrainingDiverged, fit
     model = make_model(cfg)
     step_tracker = StepTracker()
     train_stream = make_train_stream(cfg.dataset, cfg.data_loader.train, step_tracker, fabric.global_rank,
@@ -202,7 +229,23 @@ def run_training(fabric: Fabric, cfg: RootCfg, output_dir: Path, config_yaml: st
     val_source = ValidationSource(cfg.dataset, cfg.data_loader.val, step_tracker, cfg.seed) if validating else None
     state = prepare_training(fabric, cfg, model, train_stream, val_source, step_tracker)
     write_config(fabric, cfg, output_dir, config_yaml, state["step"])
-    return fit(fabric, cfg, state, output_dir)
+    try:
+        return fit(fabric, cfg, state, output_dir)
+    except TrainingDiverged as error:
+        add_replay_note(fabric, cfg, error, output_dir)
+        raise
+
+
+def add_replay_note(fabric: Fabric, cfg: RootCfg, error: Exception, output_dir: Path) -> None:
+    """The command that reruns the diverged step under anomaly detection (printed under the error's message)."""
+    from .debug.replay import hydra_overrides, replay_command
+
+    if cfg.debug.replay_step is not None:
+        error.add_note(f"fabric_mvsplat: replay: step {error.step} diverged again: reproduced")
+        return
+    command = replay_command(output_dir, error.step, hydra_overrides(), fabric.world_size, cfg.trainer.num_nodes)
+    error.add_note(f"replay step {error.step} under anomaly detection (from the newest checkpoint before it, "
+                   f"into its own folder):\n    {command}")
 
 
 def prepare_training(fabric: Fabric, cfg: RootCfg, model: torch.nn.Module, train_stream, val_source,
@@ -252,7 +295,7 @@ def fit_schedule_to_max_steps(fabric: Fabric, cfg: RootCfg, state: dict, load) -
 def run_test_mode(fabric: Fabric, cfg: RootCfg, output_dir: Path, config_yaml: str | None = None):
     from .checkpoint import load_weights
     from .data import make_test_loader
-    from .evaluation.test import run_test
+    from .evaluation.test_mode import run_test
     model = make_model(cfg)
     load_weights(model, cfg.checkpointing.load, cfg.checkpointing.allow_unsafe_load)
     write_config(fabric, cfg, output_dir, config_yaml, 0)
@@ -264,14 +307,14 @@ def run_test_mode(fabric: Fabric, cfg: RootCfg, output_dir: Path, config_yaml: s
 def make_model(cfg: RootCfg):
     """The model for `cfg.mode`, from its config slices: losses only when training, the UniMatch
     backbone only when training from scratch."""
-    from .model.wrapper import build_model
+    from .model.mvsplat import build_model
 
-    training = cfg.mode == "train"
+    training = cfg.mode in ("train", "inspect")  # inspect runs one training forward and backward
     return build_model(
         cfg.model, cfg.loss if training else None,
         num_context_views=getattr(cfg.dataset.view_sampler, "num_context_views", 2),
         background_color=cfg.dataset.background_color, depth_mode=cfg.train.depth_mode,
-        video_frames=cfg.train.video_frames, lpips_weights=cfg.test.lpips_weights,
+        video_frames=cfg.train.video_frames, lpips_weights=scoring_lpips_weights(cfg),
         load_unimatch_backbone=training and cfg.checkpointing.load is None,
     )
 

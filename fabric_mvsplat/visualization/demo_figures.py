@@ -1,4 +1,4 @@
-"""Pictures of a finished run, from its own outputs: the README's demo figures.
+"""Pictures of a finished run, from its own outputs: the demo figures of README.md and docs/demo.md.
 
     python -m fabric_mvsplat.visualization.demo_figures outputs/demo --test-dir outputs/test/demo --out docs
 
@@ -171,7 +171,7 @@ def scene_figure(scene_dir: Path, near: float, far: float, caption: list[str] | 
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="The README's demo figures from a finished run's outputs.")
+    parser = argparse.ArgumentParser(description="The demo figures (README.md, docs/demo.md) from a finished run's outputs.")
     parser.add_argument("run_dir", type=Path, help="the training run's output_dir (holds tensorboard/, config.yaml)")
     parser.add_argument("--test-dir", type=Path, default=Path("outputs/test/demo"),
                         help="test mode's output folder for the run (test.output_path/<wandb.name>)")
