@@ -3,6 +3,9 @@
     OMP_NUM_THREADS=2 python -m benchmarks.profile_step --steps 6 --save benchmarks/results/profile-demo-64.json
     OMP_NUM_THREADS=2 python -m benchmarks.profile_step --model re10k --size 256 --steps 1 \
         --save benchmarks/results/profile-re10k-256.json
+    # an earlier version: its package first on the path (the JSON records which package ran)
+    git archive edaf52b fabric_mvsplat | tar -x -C /tmp/base && OMP_NUM_THREADS=2 PYTHONPATH=/tmp/base:$PWD \
+        python -m benchmarks.profile_step --steps 3 --save benchmarks/results/profile-demo-64-edaf52b.json
 
 --model demo (default): the `+experiment=demo` model at --size (default 64, the data's resolution), trained
 on real batches of a small synthetic dataset generated into a temporary folder, so the data wait is the
@@ -197,7 +200,10 @@ def main(argv: list[str] | None = None) -> None:
     top = [{"name": event.key, "self_s_per_step": event.self_cpu_time_total / 1e6 / args.steps,
             "calls_per_step": event.count / args.steps} for event in operators]
     command = "python -m benchmarks.profile_step " + " ".join(sys.argv[1:] if argv is None else argv)
-    result = {"command": command, "datetime": datetime.datetime.now().isoformat(), "model": args.model,
+    import fabric_mvsplat
+
+    result = {"command": command, "package": str(Path(fabric_mvsplat.__file__).parent),  # PYTHONPATH may pick another
+              "datetime": datetime.datetime.now().isoformat(), "model": args.model,
               "image_size": size, "steps": args.steps, "machine": env,
               "load_average_before_after": [load_before, load_after],
               "wall_seconds_per_step": wall, "parts_seconds_per_step": parts,

@@ -260,7 +260,9 @@ def prepare_training(fabric: Fabric, cfg: RootCfg, model: torch.nn.Module, train
         fabric.print(f"loaded weights from {load} (checkpointing.resume=false: optimizer and step start fresh)")
     if cfg.trainer.compile:
         model.encoder.compile()  # in place: state_dict keys stay `encoder.*`
-    optimizer = make_optimizer(cfg.optimizer, model, fused=fabric.device.type == "cpu")
+    # Fused Adam on CPU, except under 16-mixed: a fused optimizer unscales by itself, and Fabric then cannot clip.
+    scaler = getattr(fabric.strategy.precision, "scaler", None)
+    optimizer = make_optimizer(cfg.optimizer, model, fused=fabric.device.type == "cpu" and scaler is None)
     scheduler = make_scheduler(cfg.optimizer, cfg.trainer.max_steps, optimizer)
 
     wrapped, optimizer = fabric.setup(model, optimizer)
