@@ -1,11 +1,12 @@
 """Where a training step's time goes: torch.profiler over a few steps, split by model part.
 
-    OMP_NUM_THREADS=2 python -m benchmarks.profile_step --steps 6 --save benchmarks/results/profile-demo-64.json
-    OMP_NUM_THREADS=2 python -m benchmarks.profile_step --model re10k --size 256 --steps 1 \
+    OMP_NUM_THREADS=1 python -m benchmarks.profile_step --steps 3 --save benchmarks/results/profile-demo-64.json
+    OMP_NUM_THREADS=1 python -m benchmarks.profile_step --model re10k --size 256 --steps 1 \
         --save benchmarks/results/profile-re10k-256.json
-    # an earlier version: its package first on the path (the JSON records which package ran)
-    git archive edaf52b fabric_mvsplat | tar -x -C /tmp/base && OMP_NUM_THREADS=2 PYTHONPATH=/tmp/base:$PWD \
-        python -m benchmarks.profile_step --steps 3 --save benchmarks/results/profile-demo-64-edaf52b.json
+    # an earlier version: run from its extracted folder (`-m` puts the working directory first on the path),
+    # with this checkout behind it for benchmarks/; the JSON records which package ran
+    git archive edaf52b fabric_mvsplat | tar -x -C /tmp/base && (cd /tmp/base && OMP_NUM_THREADS=1 \
+        PYTHONPATH=/tmp/base:$OLDPWD python -m benchmarks.profile_step --steps 3 --save $OLDPWD/profile-old.json)
 
 --model demo (default): the `+experiment=demo` model at --size (default 64, the data's resolution), trained
 on real batches of a small synthetic dataset generated into a temporary folder, so the data wait is the
