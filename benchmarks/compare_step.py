@@ -10,7 +10,8 @@ path (a small synthetic dataset generated into a temporary folder); each round f
 runs one full training step (forward, backward, clip at 0.5, Adam, scheduler) on the baseline and then
 on the current model, or the other way round on odd rounds, so that the machine's load moves both alike.
 The ratio of medians and of minima are the figures; the first round warms up and is not counted. The
-first step's losses are compared too (same weights, same batch).
+first step's losses are compared too (same weights, same batch). --option changes the current model's config
+(a proposed demo config): layers whose shape changes keep their own initialisation, so losses then differ.
 """
 
 import argparse
@@ -89,7 +90,14 @@ def main(argv: list[str] | None = None) -> None:
                                          tmp / "synthetic", []),
                   "current": demo_model(fabric_mvsplat, Path(fabric_mvsplat.__file__).parent / "configs", args.size,
                                         tmp / "synthetic", args.option)}
-        models["current"][0].load_state_dict(models["baseline"][0].state_dict())
+        # Same initial weights; with --option changing a layer's shape (a proposed config), that layer keeps its own.
+        current_state = models["current"][0].state_dict()
+        shared = {key: value for key, value in models["baseline"][0].state_dict().items()
+                  if key in current_state and current_state[key].shape == value.shape}
+        models["current"][0].load_state_dict(shared, strict=not args.option)
+        not_shared = sorted(set(current_state) - set(shared))
+        if not_shared:
+            print(f"--option: {len(not_shared)} tensors keep their own initialisation ({not_shared[:4]} ...)")
         steps = {name: make_step(*parts) for name, parts in models.items()}
         cfg = models["current"][1]
         stream = iter(make_train_stream(cfg.dataset, cfg.data_loader.train, StepTracker(), 0, 1, cfg.seed))

@@ -36,9 +36,16 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from benchmarks.conftest import CONFIG_DIR, environment_info, load_average, make_batch
+from benchmarks.conftest import environment_info, load_average, make_batch
 
 PART_PREFIX = "part/"
+
+
+def config_dir() -> Path:
+    """The config tree of the fabric_mvsplat package that runs (an earlier version's has other keys)."""
+    import fabric_mvsplat
+
+    return Path(fabric_mvsplat.__file__).parent / "configs"
 
 
 def labelled(module: torch.nn.Module, name: str) -> list:
@@ -64,7 +71,7 @@ def demo_config(size: int, dataset_root: Path | None):
     overrides = ["+experiment=demo", f"dataset.image_shape=[{size},{size}]"]
     if dataset_root is not None:
         overrides += [f"dataset.roots=[{dataset_root}]", "dataset.synthetic_if_missing=null"]
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+    with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
         return load_config(compose("main", overrides=overrides))
 
 
@@ -75,7 +82,7 @@ def re10k_config(size: int, lpips_dir: Path):
 
     overrides = ["+experiment=re10k", "model.encoder.unimatch_weights_path=null", f"loss.lpips.weights={lpips_dir}",
                  f"dataset.image_shape=[{size},{size}]"]
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+    with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
         return load_config(compose("main", overrides=overrides))
 
 
