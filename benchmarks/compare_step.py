@@ -32,12 +32,20 @@ from benchmarks.compare_encoder import import_package_at
 from benchmarks.conftest import environment_info, load_average
 
 
+def builders(package):
+    """The module holding make_model/make_optimizer/make_scheduler: `build` now, `train` in older versions."""
+    try:
+        return importlib.import_module(f"{package.__name__}.build")
+    except ModuleNotFoundError:
+        return importlib.import_module(f"{package.__name__}.train")
+
+
 def demo_model(package, config_dir: Path, size: int, dataset_root: Path, extra: list[str]):
     """(model, cfg, make_optimizer, make_scheduler) of `package` (the current one or the baseline's)."""
     from hydra import compose, initialize_config_dir
 
     config = importlib.import_module(f"{package.__name__}.config")
-    train = importlib.import_module(f"{package.__name__}.train")
+    train = builders(package)
     overrides = ["+experiment=demo", f"dataset.image_shape=[{size},{size}]", f"dataset.roots=[{dataset_root}]",
                  "dataset.synthetic_if_missing=null", *extra]
     with initialize_config_dir(config_dir=str(config_dir), version_base=None):
@@ -78,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     env = {**environment_info(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
            "torch_threads": torch.get_num_threads()}
     import fabric_mvsplat
-    from fabric_mvsplat.data import StepTracker, make_train_stream
+    from fabric_mvsplat.data import StepTracker, TrainStream
     from fabric_mvsplat.data.synthetic import generate_synthetic_dataset
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -100,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"--option: {len(not_shared)} tensors keep their own initialisation ({not_shared[:4]} ...)")
         steps = {name: make_step(*parts) for name, parts in models.items()}
         cfg = models["current"][1]
-        stream = iter(make_train_stream(cfg.dataset, cfg.data_loader.train, StepTracker(), 0, 1, cfg.seed))
+        stream = iter(TrainStream(cfg.dataset, cfg.data_loader.train, StepTracker(), 0, 1, cfg.seed))
 
         times = {name: [] for name in steps}
         losses = {name: [] for name in steps}

@@ -235,10 +235,10 @@ def synthetic_root(out_dir: Path) -> Path:
 
 
 def phase_synthetic_data(out_dir: Path, backend: str) -> dict:
-    from fabric_mvsplat.data.synthetic import generate_synthetic_dataset
+    from fabric_mvsplat.data.synthetic import SyntheticSpec, generate_synthetic_dataset
 
-    generate_synthetic_dataset(synthetic_root(out_dir), train_scenes=4, test_scenes=3, frames=24, height=64,
-                               width=64, seed=0, progress=False)
+    generate_synthetic_dataset(synthetic_root(out_dir), SyntheticSpec(train_scenes=4, test_scenes=3, frames=24,
+                                                                         height=64, width=64, seed=0), progress=False)
     return {"root": str(synthetic_root(out_dir))}
 
 
@@ -294,7 +294,7 @@ def re10k_model(out_dir: Path, backend: str, views: int = 2):
 
     from fabric_mvsplat.config import load_config
     from tests.lpips_test_weights import write_lpips_test_weights
-    from fabric_mvsplat.train import make_model
+    from fabric_mvsplat.build import make_model
 
     lpips_dir = out_dir / "lpips_random_weights"
     if not (lpips_dir / "vgg.pth").is_file():

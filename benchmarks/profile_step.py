@@ -93,9 +93,10 @@ def batches_from(cfg, random_batch: bool):
                            cfg.dataset.view_sampler.num_target_views, cfg.dataset.image_shape[0], "cpu")
         while True:
             yield batch
-    from fabric_mvsplat.data import StepTracker, make_train_stream
+    from fabric_mvsplat.data import StepTracker
+    from fabric_mvsplat.data.stream import TrainStream
 
-    stream = make_train_stream(cfg.dataset, cfg.data_loader.train, StepTracker(), 0, 1, cfg.seed)
+    stream = TrainStream(cfg.dataset, cfg.data_loader.train, StepTracker(), 0, 1, cfg.seed)
     yield from stream
 
 
@@ -113,7 +114,10 @@ def main(argv: list[str] | None = None) -> None:
            "torch_threads": torch.get_num_threads()}
 
     import fabric_mvsplat.model.decoder.rendering as rendering
-    from fabric_mvsplat.train import make_model
+    try:  # fabric_mvsplat.build now; fabric_mvsplat.train in older versions (profiling an earlier one)
+        from fabric_mvsplat.build import make_model, make_optimizer, make_scheduler
+    except ModuleNotFoundError:
+        from fabric_mvsplat.train import make_model, make_optimizer, make_scheduler
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -159,8 +163,6 @@ def main(argv: list[str] | None = None) -> None:
                 setattr(rendering, name, rasterizer(name))
         for name, loss in model.losses.items():
             hooks += labelled(loss, "loss." + name)
-
-        from fabric_mvsplat.train import make_optimizer, make_scheduler
 
         fused = "fused" in inspect.signature(make_optimizer).parameters  # absent before the fused CPU Adam
         optimizer = make_optimizer(cfg.optimizer, model, **({"fused": True} if fused else {}))

@@ -18,7 +18,7 @@ import signal
 import sys
 import time
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -46,8 +46,25 @@ class TrainingDiverged(RuntimeError):
         self.step = step
 
 
-def fit(fabric: Fabric, cfg: RootCfg, state: dict, output_dir: Path) -> dict:
-    """Train from `state["step"]` to `cfg.trainer.max_steps`, or until a stop signal; returns the state.
+@dataclass
+class TrainingSummary:
+    """What `fit` reports for the end-of-run lines (see report.report_end)."""
+
+    start_step: int
+    tensorboard: Path
+    end_step: int = 0
+    scenes: int = 0  # trained on this rank
+    train_seconds: float = 0.0  # training only: validation and checkpoints excluded
+    val: dict[str, float] = field(default_factory=dict)  # the last validation's scalars
+    best_val_psnr: float | None = None
+    last_checkpoint: Path | None = None
+    stopped_by: str | None = None  # the stop signal's name, e.g. "SIGTERM"
+    amp_skipped_steps: int = 0  # 16-mixed: updates the GradScaler skipped
+
+
+def fit(fabric: Fabric, cfg: RootCfg, state: dict, output_dir: Path) -> TrainingSummary:
+    """Train from `state["step"]` to `cfg.trainer.max_steps`, or until a stop signal; `state` is updated in
+    place and the summary of the run is returned.
 
     state, one plain dict (as litgpt keeps it):
         model         fabric-wrapped; `model(batch, step) -> StepOutput(loss, logs)`, and
@@ -59,7 +76,6 @@ def fit(fabric: Fabric, cfg: RootCfg, state: dict, output_dir: Path) -> dict:
         val_source    endless iterator of validation batches on rank 0; None elsewhere or without validation
         step_tracker  tells the view sampler the step the next batch trains at
         step          optimizer steps done
-    On return, state["summary"] holds what the end-of-run report needs (see train.report_end).
     """
     trainer, output_dir = cfg.trainer, Path(output_dir)
     model, optimizer, scheduler, scaler = state["model"], state["optimizer"], state["scheduler"], state.get("scaler")
@@ -72,8 +88,7 @@ def fit(fabric: Fabric, cfg: RootCfg, state: dict, output_dir: Path) -> dict:
     writer = RankZeroWriter(output_dir / "tensorboard", is_rank_zero, video_fps=30,
                             purge_step=start_step + 1 if start_step > 0 else None)
     checkpoints = output_dir / "checkpoints"
-    summary = {"start_step": start_step, "scenes": 0, "train_seconds": 0.0, "val": {}, "best_val_psnr": None,
-               "last_checkpoint": None, "stopped_by": None, "amp_skipped_steps": 0, "tensorboard": writer.log_dir}
+    summary = TrainingSummary(start_step=start_step, tensorboard=writer.log_dir)
     # Decided from the config alone: every rank must reach the same barriers (only rank 0 has a source).
     validating = trainer.val_check_interval is not None
     if validating and is_rank_zero and val_source is None:
@@ -93,7 +108,7 @@ def fit(fabric: Fabric, cfg: RootCfg, state: dict, output_dir: Path) -> dict:
     debug = cfg.debug
     watchdog = Watchdog(debug.watchdog, output_dir, fabric.global_rank, fabric.world_size,
                         enabled=watchdog_enabled(debug.watchdog, fabric.world_size))
-    histograms = HealthHistograms(debug.health_every_n_steps, module, writer)
+    histograms = HealthHistograms(debug.health_every_n_steps if is_rank_zero else None, module, writer)  # rank 0 writes
     replay = Replay(debug.replay_step, module, is_rank_zero)  # replays no step unless debug.replay_step is set
     validating = validating and not replay.active  # a replay validates and saves nothing
     model.train()
@@ -122,12 +137,12 @@ def fit(fabric: Fabric, cfg: RootCfg, state: dict, output_dir: Path) -> dict:
                     last = micro_batch == accumulate - 1
                     with fabric.no_backward_sync(model, enabled=not last):  # DDP syncs gradients once per step
                         output = model(batch, step)
+                        replay.after_forward(step, output.loss, list(batch["scene"]))
                         # One CPU collective per micro-batch: ranks agree on stopping and on a graph-less loss
                         # before anyone enters backward (a rank skipping backward alone would hang the others).
                         stop_requested, graphless = agreement.any_rank(stop.requested, not output.loss.requires_grad)
                         if graphless:
                             health.raise_graphless(output.loss, step, list(batch["scene"]))
-                        replay.after_forward(step, output.loss, list(batch["scene"]))
                         fabric.backward(output.loss / accumulate)  # the mean over micro-batches, as one big batch
                     health.record_loss(output.loss, step)
                     for name, value in output.logs.items():
@@ -146,7 +161,7 @@ def fit(fabric: Fabric, cfg: RootCfg, state: dict, output_dir: Path) -> dict:
                 # the schedule must not move either, or it would run ahead of the updates actually made.
                 skipped = scaler is not None and not torch.isfinite(grad_norm).item()
                 if skipped:
-                    summary["amp_skipped_steps"] += 1
+                    summary.amp_skipped_steps += 1
                 else:
                     scheduler.step()  # one scheduler step per optimizer update (Lightning's interval="step")
                 health.record_gradients(grad_norm, step)
@@ -159,7 +174,9 @@ def fit(fabric: Fabric, cfg: RootCfg, state: dict, output_dir: Path) -> dict:
                 finished = step == trainer.max_steps or replay.finished(step)
 
                 if step % cfg.train.print_log_every_n_steps == 0:
-                    log_training(fabric, writer, logs, lr, step, meter, train_stream, scenes, health, summary)
+                    log_training(fabric, writer, meter, health, StepRecord(step, lr, logs, scenes),
+                                 skipped_scenes=getattr(train_stream, "skipped_scenes", 0),
+                                 amp_skipped_steps=summary.amp_skipped_steps)
                 with meter.paused():  # throughput and step time count training only
                     if validating and validation_due(step):
                         health.check(step)  # never render or save diverged weights
@@ -169,9 +186,9 @@ def fit(fabric: Fabric, cfg: RootCfg, state: dict, output_dir: Path) -> dict:
                     if saving and not replay.active:
                         health.check(step)
                         watchdog.beat(f"checkpoint save after step {step}")
-                        summary["last_checkpoint"] = save(fabric, cfg, state, checkpoints)
+                        summary.last_checkpoint = save(fabric, cfg, state, checkpoints)
                 if stop_requested:
-                    summary["stopped_by"] = stop.name
+                    summary.stopped_by = stop.name
                     break
                 if finished:  # max_steps, or the replayed step
                     break
@@ -183,12 +200,11 @@ def fit(fabric: Fabric, cfg: RootCfg, state: dict, output_dir: Path) -> dict:
         writer.close()
     health.check(step)
     meter.end_interval()  # the steps since the last log count in the totals too
-    summary["scenes"] += meter.total_scenes
-    summary["train_seconds"] += meter.total_seconds
-    summary["end_step"] = step
+    summary.scenes += meter.total_scenes
+    summary.train_seconds += meter.total_seconds
+    summary.end_step = step
     fabric.barrier()
-    state["summary"] = summary
-    return state
+    return summary
 
 
 class ValidationSchedule:
@@ -239,13 +255,27 @@ def grad_norm_clipped(grad_norm: torch.Tensor, max_norm: float | None) -> torch.
     return (grad_norm > max_norm).float()
 
 
-def log_training(fabric: Fabric, writer: RankZeroWriter, logs: dict, lr: float, step: int, meter: "StepMeter",
-                 train_stream, scenes: list[str], health: "DivergenceWatch", summary: dict) -> None:
+@dataclass
+class StepRecord:
+    """What one optimizer step leaves for its log line."""
+
+    step: int  # optimizer steps done
+    lr: float  # the learning rate the step used
+    logs: dict[str, torch.Tensor]  # the step's scalars, means over its micro-batches (device tensors)
+    scenes: list[str]  # this rank's scenes of the step
+
+
+def log_training(fabric: Fabric, writer: RankZeroWriter, meter: "StepMeter", health: "DivergenceWatch",
+                 record: StepRecord, *, skipped_scenes: int, amp_skipped_steps: int) -> None:
     """Average the step's scalars over ranks and write them on rank 0: one all_reduce, which also carries
-    the divergence flags (so checking them costs no synchronisation of its own)."""
+    the divergence flags (so checking them costs no synchronisation of its own).
+
+    skipped_scenes: corrupt scenes this rank's stream skipped so far; amp_skipped_steps: updates the 16-mixed
+    GradScaler skipped so far."""
+    step, lr, logs, scenes = record.step, record.lr, record.logs, record.scenes
     names = sorted(logs)
     interval = meter.end_interval()  # per-rank sums over the steps since the last log
-    extra = {"scenes": float(interval.scenes), "skipped": float(getattr(train_stream, "skipped_scenes", 0)),
+    extra = {"scenes": float(interval.scenes), "skipped": float(skipped_scenes),
              "data": interval.data_seconds, "compute": interval.compute_seconds, "steps": float(interval.steps),
              "memory_allocated": interval.memory_allocated_gib, "memory_reserved": interval.memory_reserved_gib}
     local = torch.stack([logs[n] for n in names]
@@ -276,7 +306,7 @@ def log_training(fabric: Fabric, writer: RankZeroWriter, logs: dict, lr: float, 
     else:
         scalars["memory/peak_rss_gib"] = reduced["memory_allocated"] / world
     if not health.check_gradients:  # 16-mixed: updates the GradScaler skipped so far
-        scalars["train/amp_skipped_steps"] = summary["amp_skipped_steps"]
+        scalars["train/amp_skipped_steps"] = amp_skipped_steps
     writer.scalars(scalars, step)
     if fabric.global_rank == 0:
         near_far = "".join(f" | {k.split('/')[1]} {scalars[k]:.2f}" for k in ("info/near", "info/far") if k in scalars)
@@ -286,7 +316,7 @@ def log_training(fabric: Fabric, writer: RankZeroWriter, logs: dict, lr: float, 
 
 
 def validate(fabric: Fabric, module, val_source, writer: RankZeroWriter | None, step: int, num_batches: int,
-             summary: dict) -> None:
+             summary: TrainingSummary) -> None:
     """Render `num_batches` validation batches on rank 0 while the other ranks wait at the barrier.
 
     Validation is a visual check of one scene per interval (as in the original), so it is not sharded.
@@ -306,10 +336,10 @@ def validate(fabric: Fabric, module, val_source, writer: RankZeroWriter | None, 
                     writer.image(name, image, step)
                 for name, video in result.videos.items():
                     writer.video(name, video, step)
-                summary["val"] = dict(result.scalars)
+                summary.val = dict(result.scalars)
                 if "val/psnr" in result.scalars:
-                    best = summary["best_val_psnr"]
-                    summary["best_val_psnr"] = max(result.scalars["val/psnr"], best if best is not None else -math.inf)
+                    best = summary.best_val_psnr
+                    summary.best_val_psnr = max(result.scalars["val/psnr"], best if best is not None else -math.inf)
                 shown = " | ".join(f"{name} {value:.4f}" for name, value in sorted(result.scalars.items()))
                 tqdm.write(f"step {step}: validation ({batch['scene'][0]}): {shown}")
         if writer is not None:
@@ -332,6 +362,7 @@ class DivergenceWatch:
         never = torch.tensor(-1.0, device=fabric.device)
         self.first_bad_loss, self.first_bad_gradient = never.clone(), never.clone()
         self.first_bad_loss_value = torch.zeros((), device=fabric.device)
+        self.first_bad_gradient_value = torch.zeros((), device=fabric.device)
         self.unchecked: dict[int, list[str]] = {}
 
     def remember(self, step: int, scenes: list[str]) -> None:
@@ -348,6 +379,7 @@ class DivergenceWatch:
             newly_bad = (self.first_bad_gradient < 0) & ~torch.isfinite(grad_norm.float())
             self.first_bad_gradient = torch.where(newly_bad, torch.full_like(self.first_bad_gradient, step),
                                                   self.first_bad_gradient)
+            self.first_bad_gradient_value = torch.where(newly_bad, grad_norm.float(), self.first_bad_gradient_value)
 
     def flags(self) -> torch.Tensor:
         """[world + 1]: this rank's first non-finite-loss step + 1 in its own slot, and the gradients'."""
@@ -385,7 +417,8 @@ class DivergenceWatch:
             mine = f" (this rank's loss: {self.first_bad_loss_value.item()})" if self.fabric.global_rank in ranks else ""
             what = f"non-finite training loss at global step {first} on rank(s) {ranks}{mine}"
         else:
-            what = f"non-finite gradients (norm before clipping) at global step {first}"
+            what = (f"non-finite gradients (norm before clipping: {self.first_bad_gradient_value.item()}) at global "
+                    f"step {first}")
         raise TrainingDiverged(
             f"{what}; the step's scenes: {per_rank}. Noticed at step {step}: no checkpoint holds these weights. "
             "Things to try: a lower optimizer.lr, trainer.gradient_clip_val, trainer.precision=32-true, "

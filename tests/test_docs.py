@@ -485,3 +485,19 @@ def test_errors_page_names_every_error_type():
               if issubclass(cls, Exception) and cls.__module__ == errors.__name__ and name != "UserError"}
     assert raised - rows == set(), "docs/errors.md has no row for these errors"
     assert "UserError" in page
+
+
+def test_ci_runs_the_readme_install_and_test_commands():
+    """.ci/run installs and tests exactly as README.md tells a newcomer to."""
+    readme = README.read_text()
+    ci_lines = {" ".join(line.split()) for line in (REPO / ".ci" / "run").read_text().splitlines()}
+
+    def commands(section: str) -> list[str]:
+        start = readme.index(section)
+        block = fenced_blocks(readme[start:])[0][1]
+        return [" ".join(line.split()) for line in shell_lines(block) if line.strip()]
+
+    installs = [c for c in commands("## Install") if c.startswith("pip install")]
+    tests = commands("## Tests")
+    assert len(installs) == 2 and len(tests) == 1
+    assert [c for c in installs + tests if c not in ci_lines] == []

@@ -26,9 +26,10 @@ class DecoderOutput:
     alpha: Tensor | None = None  # [B, V, H, W] accumulated opacity (1 - final transmittance)
 
 
-def resolve_backend(backend: str, device: torch.device) -> Literal["torch", "gsplat", "cpu"]:
-    """'auto' -> gsplat on CUDA tensors, the compiled CPU rasterizer on CPU tensors, torch elsewhere (MPS);
-    'gsplat' without CUDA and 'cpu' on another device are config errors."""
+def resolve_backend(backend: str, device: torch.device | str) -> Literal["torch", "gsplat", "cpu"]:
+    """'auto' -> gsplat on CUDA, the compiled CPU rasterizer on CPU, torch elsewhere (MPS); 'gsplat' without CUDA
+    and 'cpu' on another device are config errors. The one place of this rule: the start-up check
+    (config.checks, with the run's device), the decoder and every render call use it."""
     device = torch.device(device)
     if backend not in BACKENDS:
         raise ConfigError("model.decoder.backend", backend, "one of 'auto', 'gsplat', 'cpu', 'torch'")
@@ -40,7 +41,7 @@ def resolve_backend(backend: str, device: torch.device) -> Literal["torch", "gsp
                           f"'{device}'; set model.decoder.backend=auto")
     if backend == "gsplat" and device.type != "cuda":
         raise ConfigError("model.decoder.backend", backend,
-                          f"'torch' or 'auto' here: gsplat renders only on CUDA and the tensors are on "
+                          f"'torch' or 'auto' here: gsplat renders only on CUDA and this runs on "
                           f"'{device}' (cuda available: {torch.cuda.is_available()}); "
                           "set model.decoder.backend=auto or model.decoder.backend=torch")
     return backend  # type: ignore[return-value]
