@@ -21,10 +21,10 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=48)
     args = parser.parse_args()
 
-    from fabric_mvsplat.data import StepTracker, make_train_stream
+    from fabric_mvsplat.data import StepTracker, TrainStream
     from fabric_mvsplat.data.synthetic import generate_synthetic_dataset
     from fabric_mvsplat.debug.determinism import make_deterministic
-    from fabric_mvsplat.train import make_model
+    from fabric_mvsplat.build import make_model
     from hydra import compose, initialize_config_dir
 
     from fabric_mvsplat.config import load_config
@@ -39,7 +39,7 @@ def main() -> None:
         with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "fabric_mvsplat" / "configs"),
                                    version_base=None):
             cfg = load_config(compose("main", overrides=overrides))
-        batch = next(iter(make_train_stream(cfg.dataset, cfg.data_loader.train, StepTracker(), 0, 1, cfg.seed)))
+        batch = next(iter(TrainStream(cfg.dataset, cfg.data_loader.train, StepTracker(), 0, 1, cfg.seed)))
     model = make_model(cfg).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-5)
     batch = {key: ({k: v.to(device) for k, v in value.items()} if isinstance(value, dict) else value)

@@ -196,7 +196,7 @@ def test_loader_seed_null_derives_the_order_from_the_root_seed(tmp_path):
     loader = DataLoaderStageCfg(batch_size=2, seed=None)
 
     def first_batches(root_seed: int) -> list[list[str]]:
-        return [batch["scene"] for batch in islice(make_train_stream(cfg, loader, StepTracker(), 0, 1, root_seed), 4)]
+        return [batch["scene"] for batch in islice(TrainStream(cfg, loader, StepTracker(), 0, 1, root_seed), 4)]
 
     assert first_batches(111123) == first_batches(111123)
     assert first_batches(111123) != first_batches(5)

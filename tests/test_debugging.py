@@ -66,10 +66,20 @@ def test_watchdog_is_on_by_default_only_for_several_processes():
     cfg = tiny_cfg().debug.watchdog
     assert cfg.enabled is None and not watchdog_enabled(cfg, 1) and watchdog_enabled(cfg, 2)
     # The automatic limit: 3 x min_timeout until 3 steps are measured, then max(min_timeout, 20 x median step).
-    watchdog = Watchdog(cfg, Path("."), 0, 1, enabled=False)
+    watchdog = Watchdog(cfg, Path("."), 0, 1)
     assert watchdog.limit() == 900
     watchdog.step_seconds = [1.0, 30.0, 31.0]
     assert watchdog.limit() == 600
+
+
+@pytest.mark.parametrize("stall, named", [("{rank:-1,step:2,seconds:5}", "'debug.stall.rank' = -1"),
+                                           ("{rank:0,step:-2,seconds:5}", "'debug.stall.step' = -2"),
+                                           ("{rank:0,step:2,seconds:0}", "'debug.stall.seconds' = 0")])
+def test_a_wrong_stall_names_its_key_and_value(stall, named):
+    from fabric_mvsplat.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(named)):
+        compose_cfg([f"debug.stall={stall}"])
 
 
 # -------------------------------------------------------------------------------------------------- replay
