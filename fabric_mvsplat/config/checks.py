@@ -8,8 +8,10 @@ from pathlib import Path
 import torch
 
 from ..data.chunks import check_dataset_roots, data_stage
+from ..data.view_sampler import read_evaluation_index
 from ..errors import ConfigError, DatasetError, MissingFilesError, UserError
 from ..metrics.lpips import find_weight_files
+from ..model.decoder.rendering import resolve_backend
 from ..model.loss_config import NO_LPIPS_ADVICE, check_losses
 from .schema import LATEST_CHECKPOINT, RootCfg, scoring_lpips_weights
 
@@ -19,16 +21,7 @@ def check_before_work(cfg: RootCfg) -> None:
     then every file and folder the config names (all that are missing at once: MissingFilesError listing each
     with its fix, or the one error when only one is missing)."""
     training = cfg.mode in ("train", "inspect")
-    num_context_views = getattr(cfg.dataset.view_sampler, "num_context_views", None)
-    if num_context_views is not None and num_context_views < 2:
-        raise ConfigError("dataset.view_sampler.num_context_views", num_context_views,
-                          "at least 2: the cost-volume encoder matches every context view against another")
-    if cfg.model.decoder.backend == "gsplat" and (cfg.trainer.accelerator in ("cpu", "mps")
-                                                  or not torch.cuda.is_available()):
-        raise ConfigError("model.decoder.backend", "gsplat",
-                          f"'auto' or 'torch' here: gsplat renders only on CUDA (trainer.accelerator="
-                          f"{cfg.trainer.accelerator}, cuda available: {torch.cuda.is_available()}); "
-                          "set model.decoder.backend=auto")
+    resolve_backend(cfg.model.decoder.backend, run_device_type(cfg.trainer.accelerator))
     if training:
         if cfg.loss.mse is None and cfg.loss.lpips is None and cfg.loss.depth is None:
             check_losses(cfg.loss)  # no loss at all; LPIPS weights are checked with the other files below
@@ -55,11 +48,8 @@ def missing_files(cfg: RootCfg) -> list[UserError]:
         except UserError as error:
             missing.append(error)
 
-    view_sampler = cfg.dataset.view_sampler
-    if view_sampler.name == "evaluation" and not Path(view_sampler.index_path).is_file():
-        missing.append(ConfigError("dataset.view_sampler.index_path", view_sampler.index_path,
-                                   "an existing evaluation index JSON (e.g. assets/evaluation_index_re10k.json, "
-                                   "relative to the directory you run from)"))
+    if cfg.dataset.view_sampler.name == "evaluation":
+        check(read_evaluation_index, cfg.dataset.view_sampler)  # missing, or not a valid index
     if training and cfg.loss.lpips is not None:
         if cfg.loss.lpips.weights is None:
             missing.append(ConfigError("loss.lpips.weights", None, NO_LPIPS_ADVICE))
@@ -104,3 +94,10 @@ def checkpoints_beside(path: Path) -> str:
     names = [p.name for p in found]
     listed = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
     return f"; {folder} holds {listed}"
+
+
+def run_device_type(accelerator: str) -> str:
+    """The device type Fabric picks for trainer.accelerator on this machine."""
+    if accelerator in ("cpu", "mps"):
+        return accelerator
+    return "cuda" if torch.cuda.is_available() else "cpu"

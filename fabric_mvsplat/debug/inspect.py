@@ -132,8 +132,8 @@ class Inspection:
             hook.remove()
         with torch.no_grad():  # the targets once more with depth, for the picture (training renders colour only)
             shimmed = model.data_shim(batch)["target"]
-            captured["rendered"] = model.render_views(captured["gaussians"], shimmed, tuple(shimmed["image"].shape[-2:]),
-                                                      depth_mode="depth")
+            image_shape = tuple(shimmed["image"].shape[-2:])
+            captured["rendered"] = model.render_views(captured["gaussians"], shimmed, image_shape, depth_mode="depth")
         self.say(f"  loss {output.loss.item():.6f}  " + "  ".join(
             f"{name} {float(value):.4g}" for name, value in sorted(output.logs.items()) if name != "loss/total"))
         memory = "GPU" if self.fabric.device.type == "cuda" else "CPU"
@@ -182,10 +182,10 @@ class Inspection:
 
     # ---- the data ----------------------------------------------------------------------------------------
     def read_batches(self) -> tuple[list[dict], object]:
-        from ..data import StepTracker, make_train_stream
+        from ..data import StepTracker, TrainStream
 
         cfg = self.cfg
-        stream = make_train_stream(cfg.dataset, cfg.data_loader.train, StepTracker(), 0, 1, cfg.seed)
+        stream = TrainStream(cfg.dataset, cfg.data_loader.train, StepTracker(), 0, 1, cfg.seed)
         iterator = iter(stream)
         batches = [next(iterator) for _ in range(cfg.debug.inspect_batches)]
         return batches, stream
@@ -228,13 +228,13 @@ class Inspection:
                         "context cameras): the model interpolates between its context views")
 
     def check_rotations(self, number: int, side: str, extrinsics: Tensor, scenes: list[str]) -> None:
-        rotation = extrinsics[..., :3, :3].double()
-        determinant = torch.linalg.det(rotation)
-        off = (rotation.transpose(-1, -2) @ rotation - torch.eye(3, dtype=torch.float64)).abs().amax((-1, -2))
+        from ..data.chunk_io import rotation_defects
+
+        determinant, off = rotation_defects(extrinsics[..., :3, :3])
         bad = (off > ROTATION_TOLERANCE) | ((determinant - 1).abs() > ROTATION_TOLERANCE)
         for example, view in bad.nonzero().tolist():
             self.problems.append(f"batch {number} scene {scenes[example]} {side} view {view}: the camera-to-world "
-                                 f"rotation is not a rotation (det {determinant[example, view]:.3g}, max |R^T R - I| "
+                                 f"rotation is not a rotation (det {determinant[example, view]:.3g}, max |R R^T - I| "
                                  f"{off[example, view]:.3g}{'; mirrored' if determinant[example, view] < 0 else ''})")
 
     def report_scene_cameras(self) -> None:
@@ -516,7 +516,8 @@ def images_and_depth(batch: dict, gaussians: Gaussians, rendered) -> Tensor:
         rows += [hcat(list(context_images)), hcat(list(depth))]
         labels += ["context", "predicted depth"]
     if rendered is not None:
-        rows += [hcat(list(target["image"][0].float())), hcat(list(rendered.color[0].detach().float().cpu().clamp(0, 1))),
-                 hcat(list(colorize_depth(rendered.depth[0].detach().float().cpu().clamp_min(1e-6), near, far)))]
+        color = rendered.color[0].detach().float().cpu().clamp(0, 1)
+        depth = colorize_depth(rendered.depth[0].detach().float().cpu().clamp_min(1e-6), near, far)
+        rows += [hcat(list(target["image"][0].float())), hcat(list(color)), hcat(list(depth))]
         labels += ["target", "rendered", "rendered depth"]
     return vcat(label_rows(rows, labels))
