@@ -60,10 +60,10 @@ def missing_files(cfg: RootCfg) -> list[UserError]:
         missing.append(ConfigError("model.encoder.unimatch_weights_path", unimatch,
                                    "an existing file (download gmdepth-scale1-resumeflowthings-scannet-5d9d7964.pth "
                                    "from the UniMatch model zoo), or null to start the backbone from random init"))
-    if cfg.mode == "test" and scoring_lpips_weights(cfg) is not None:
-        check(find_weight_files, scoring_lpips_weights(cfg))
-    elif cfg.test.lpips_weights is not None:
-        check(find_weight_files, cfg.test.lpips_weights)
+    scoring_weights = scoring_lpips_weights(cfg)  # the folder make_model loads LPIPS scores from, in any mode
+    loss_weights = cfg.loss.lpips.weights if training and cfg.loss.lpips is not None else None
+    if scoring_weights is not None and scoring_weights != loss_weights:  # the loss's folder is listed once
+        check(find_weight_files, scoring_weights)
     load = cfg.checkpointing.load
     if load is not None and load != LATEST_CHECKPOINT and not Path(load).is_file():
         missing.append(ConfigError("checkpointing.load", load,
