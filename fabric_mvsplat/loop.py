@@ -120,7 +120,7 @@ def fit(fabric: Fabric, cfg: RootCfg, state: dict, output_dir: Path) -> Training
             # it finds a broken validation path before hours of training, not after.
             if validating and trainer.num_sanity_val_steps > 0:
                 watchdog.beat("sanity validation")
-                validate(fabric, module, val_source, None, start_step, 1, summary)
+                validate(fabric, module, val_source, None, start_step, summary)
             batches = iter(train_stream)
             while trainer.max_steps == -1 or step < trainer.max_steps:
                 watchdog.beat(TRAINING_STEP, step)
@@ -180,7 +180,7 @@ def fit(fabric: Fabric, cfg: RootCfg, state: dict, output_dir: Path) -> Training
                     if validating and validation_due(step):
                         health.check(step)  # never render or save diverged weights
                         watchdog.beat("validation after step", step)
-                        validate(fabric, module, val_source, writer, step, 1, summary)
+                        validate(fabric, module, val_source, writer, step, summary)
                     saving = step % cfg.checkpointing.every_n_train_steps == 0 or finished or stop_requested
                     if saving and not replay.active:
                         health.check(step)
@@ -314,9 +314,9 @@ def log_training(fabric: Fabric, writer: RankZeroWriter, meter: "StepMeter", hea
                    f"{scalars['time/data_wait_seconds'] * 1000:.0f} ms{near_far} | scenes {scenes[:4]}")
 
 
-def validate(fabric: Fabric, module, val_source, writer: RankZeroWriter | None, step: int, num_batches: int,
+def validate(fabric: Fabric, module, val_source, writer: RankZeroWriter | None, step: int,
              summary: TrainingSummary) -> None:
-    """Render `num_batches` validation batches on rank 0 while the other ranks wait at the barrier.
+    """Render one validation batch on rank 0 while the other ranks wait at the barrier.
 
     Validation is a visual check of one scene per interval (as in the original), so it is not sharded.
     It runs on the unwrapped module (no DDP collectives) with the training RNG states saved and
@@ -325,24 +325,21 @@ def validate(fabric: Fabric, module, val_source, writer: RankZeroWriter | None, 
     if fabric.global_rank == 0:
         module.eval()
         with torch.no_grad(), fabric.autocast(), preserved_rng():
-            for _ in range(num_batches):
-                batch = fabric.to_device(next(val_source))
-                result = module.validation_step(batch, step)
-                if writer is None:
-                    continue
-                writer.scalars(result.scalars, step)
-                for name, image in result.images.items():
-                    writer.image(name, image, step)
-                for name, video in result.videos.items():
-                    writer.video(name, video, step)
-                summary.val = dict(result.scalars)
-                if "val/psnr" in result.scalars:
-                    best = summary.best_val_psnr
-                    summary.best_val_psnr = max(result.scalars["val/psnr"], best if best is not None else -math.inf)
-                shown = " | ".join(f"{name} {value:.4f}" for name, value in sorted(result.scalars.items()))
-                tqdm.write(f"step {step}: validation ({batch['scene'][0]}): {shown}")
+            batch = fabric.to_device(next(val_source))
+            result = module.validation_step(batch, step)
         if writer is not None:
+            writer.scalars(result.scalars, step)
+            for name, image in result.images.items():
+                writer.image(name, image, step)
+            for name, video in result.videos.items():
+                writer.video(name, video, step)
             writer.flush()
+            summary.val = dict(result.scalars)
+            if "val/psnr" in result.scalars:
+                best = summary.best_val_psnr
+                summary.best_val_psnr = max(result.scalars["val/psnr"], best if best is not None else -math.inf)
+            shown = " | ".join(f"{name} {value:.4f}" for name, value in sorted(result.scalars.items()))
+            tqdm.write(f"step {step}: validation ({batch['scene'][0]}): {shown}")
         module.train()
     fabric.barrier()
 

@@ -66,8 +66,11 @@ class Inspection:
         self.section("config: differences from the defaults (python -m fabric_mvsplat.train with no arguments)")
         for line in config_differences(config_yaml, cfg):
             self.say("  " + line)
+        # The global step the forward runs at (the opacity schedule depends on it): the checkpoint's, else 0.
+        step = 0
         if cfg.checkpointing.load is not None:
-            load_weights(self.model, cfg.checkpointing.load, cfg.checkpointing.allow_unsafe_load)
+            checkpoint = load_weights(self.model, cfg.checkpointing.load, cfg.checkpointing.allow_unsafe_load)
+            step = int(checkpoint.get("global_step", 0))
             self.say(f"  weights from {cfg.checkpointing.load}")
         self.report_parameters()
         self.report_scene_cameras()
@@ -75,7 +78,6 @@ class Inspection:
         for number, batch in enumerate(batches):
             self.report_batch(number, batch)
         self.report_skips(stream)
-        step = self.checkpoint_step()
         gaussians, context, rendered = self.report_forward_backward(batches[0], step)
         self.report_gaussians(gaussians, context)
         self.report_ground_truth_depth()
@@ -103,15 +105,6 @@ class Inspection:
             frozen = f" ({count - trainable:,} frozen)" if trainable != count else ""
             self.say(f"  {name:<45} {count:>12,}{frozen}")
         self.say(f"  {'total':<45} {total:>12,}")
-
-    def checkpoint_step(self) -> int:
-        """The global step the forward runs at (the opacity schedule depends on it): the checkpoint's, else 0."""
-        load = self.cfg.checkpointing.load
-        if load is None:
-            return 0
-        from ..checkpoint import load_file
-
-        return int(load_file(load, self.cfg.checkpointing.allow_unsafe_load).get("global_step", 0))
 
     def report_forward_backward(self, batch: dict, step: int) -> tuple[Gaussians, dict, object]:
         self.section(f"one forward and backward at global step {step} (first batch)")
