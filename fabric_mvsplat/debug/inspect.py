@@ -16,7 +16,6 @@ import math
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import yaml
 from PIL import Image, ImageDraw
@@ -25,7 +24,7 @@ from torch import Tensor, nn
 from ..config import RootCfg
 from ..evaluation.media import save_image
 from ..types import Gaussians
-from ..visualization.layout import colorize_depth, hcat, label_rows, vcat
+from ..visualization.layout import colorize_depth, hcat, image_tensor, label_rows, vcat
 from .health import gaussian_statistics, gradient_norms, model_parts, plane_fractions
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -489,7 +488,7 @@ def camera_panel(cameras: list[tuple[Tensor, tuple[int, int, int]]], axes: tuple
             draw.ellipse([x - 4, y - 4, x + 4, y + 4], fill=colour)
     draw.text((4, 4), title, fill=(0, 0, 0))
     draw.text((4, size - 14), "blue: context  orange: target", fill=(0, 0, 0))
-    return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).float() / 255
+    return image_tensor(image)
 
 
 def images_and_depth(batch: dict, gaussians: Gaussians, rendered) -> Tensor:
