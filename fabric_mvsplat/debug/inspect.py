@@ -21,7 +21,12 @@ import yaml
 from PIL import Image, ImageDraw
 from torch import Tensor, nn
 
+from ..checkpoint import load_weights
 from ..config import RootCfg
+from ..data import StepTracker, TrainStream, ValidationSource
+from ..data.chunk_io import camera_problem, rotation_defects
+from ..data.chunks import ChunkCache, SceneRejected, list_scenes
+from ..errors import DatasetError
 from ..evaluation.media import save_image
 from ..types import Gaussians
 from ..visualization.layout import colorize_depth, hcat, image_tensor, label_rows, vcat
@@ -59,8 +64,6 @@ class Inspection:
         self.say(f"== {title} ==")
 
     def run(self, config_yaml: str | None) -> dict:
-        from ..checkpoint import load_weights
-
         cfg = self.cfg
         self.section("config: differences from the defaults (python -m fabric_mvsplat.train with no arguments)")
         for line in config_differences(config_yaml, cfg):
@@ -174,8 +177,6 @@ class Inspection:
 
     # ---- the data ----------------------------------------------------------------------------------------
     def read_batches(self) -> tuple[list[dict], object]:
-        from ..data import StepTracker, TrainStream
-
         cfg = self.cfg
         stream = TrainStream(cfg.dataset, cfg.data_loader.train, StepTracker(), 0, 1, cfg.seed)
         iterator = iter(stream)
@@ -220,8 +221,6 @@ class Inspection:
                         "context cameras): the model interpolates between its context views")
 
     def check_rotations(self, number: int, side: str, extrinsics: Tensor, scenes: list[str]) -> None:
-        from ..data.chunk_io import rotation_defects
-
         determinant, off = rotation_defects(extrinsics[..., :3, :3])
         bad = (off > ROTATION_TOLERANCE) | ((determinant - 1).abs() > ROTATION_TOLERANCE)
         for example, view in bad.nonzero().tolist():
@@ -232,9 +231,6 @@ class Inspection:
     def report_scene_cameras(self) -> None:
         """The cameras of the first training scenes, as stored: the data loader skips a scene whose cameras are
         not rotations (counted, with a warning), so its batches alone would never show them."""
-        from ..data.chunk_io import camera_problem
-        from ..data.chunks import ChunkCache, SceneRejected, list_scenes
-
         scenes = list_scenes(self.cfg.dataset, "train")[:SCENES_TO_SCAN]
         cache, bad = ChunkCache(), []
         for ref in scenes:
@@ -260,9 +256,6 @@ class Inspection:
     def report_ground_truth_depth(self) -> None:
         """Datasets with ground-truth depth (the synthetic one) carry it in validation batches: how much of it
         lies inside [near, far]."""
-        from ..data import StepTracker, ValidationSource
-        from ..errors import DatasetError
-
         try:
             batch = next(ValidationSource(self.cfg.dataset, self.cfg.data_loader.val, StepTracker(), self.cfg.seed))
         except DatasetError:
