@@ -42,10 +42,12 @@ def busy_machine_advice(load_average: float, cores: int, threads: int) -> str | 
     """One line when the 1-minute load average already exceeds the cores, else None."""
     if load_average <= cores:
         return None
-    return (f"the machine is busy: load average {load_average:.1f} on {cores} cores before this run starts, so it "
-            f"will run several times slower than on an idle machine. With {threads} torch thread(s) per process, "
-            "threads wait on each other under contention: OMP_NUM_THREADS=1 uses less CPU per step and loses less "
-            "(docs/performance.md, 'A busy machine'); or run when the machine is idle")
+    line = (f"the machine is busy: load average {load_average:.1f} on {cores} cores before this run starts, so it "
+            "will run several times slower than on an idle machine")
+    if threads > 1:  # torch's threads wait for each other at every operation; other processes hold the cores
+        return (line + f"; with {threads} torch threads it can be an order of magnitude slower: start it with "
+                "OMP_NUM_THREADS=1 (docs/performance.md, 'A busy machine'), or when the machine is idle")
+    return line + "; run it when the machine is idle for the figures in docs/performance.md"
 
 
 def usable_cores() -> int:

@@ -38,8 +38,12 @@ def test_advice_only_when_the_load_exceeds_the_cores(monkeypatch, load, cores, a
     advice = progress.advise_if_busy()
     assert (advice is not None) == advised
     if advised:
-        assert f"load average {load:.1f} on {cores} cores" in advice and "OMP_NUM_THREADS=1" in advice
-        assert "\n" not in advice
+        assert f"load average {load:.1f} on {cores} cores" in advice and "\n" not in advice
+
+
+def test_advice_names_one_thread_only_to_runs_with_several():
+    assert "OMP_NUM_THREADS=1" in progress.busy_machine_advice(8.0, 2, threads=2)
+    assert "OMP_NUM_THREADS=1" not in progress.busy_machine_advice(8.0, 2, threads=1)
 
 
 def test_no_load_average_no_advice(monkeypatch):
