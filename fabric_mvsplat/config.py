@@ -222,6 +222,10 @@ def check_before_work(cfg: RootCfg) -> None:
                               "from the UniMatch model zoo), or null to start the backbone from random init")
     if cfg.test.lpips_weights is not None:
         find_weight_files(cfg.test.lpips_weights)
+    name = cfg.wandb.get("name") if isinstance(cfg.wandb, dict) else None
+    if cfg.mode == "test" and name is not None and (Path(str(name)).is_absolute() or ".." in Path(str(name)).parts):
+        raise ConfigError("wandb.name", name, "a name for the folder under test.output_path (no absolute path, "
+                          "no '..'): test mode writes into test.output_path/<wandb.name>")
     load = cfg.checkpointing.load
     if load is not None and load != LATEST_CHECKPOINT and not Path(load).is_file():
         raise ConfigError("checkpointing.load", load,

@@ -7,9 +7,14 @@ environment and every rank runs this same file.
 """
 
 import logging
+import math
 import os
+import re
+import shlex
 import sys
 import time
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
@@ -18,114 +23,200 @@ from lightning_fabric import Fabric
 from omegaconf import DictConfig, OmegaConf
 
 from .config import OptimizerCfg, RootCfg, TrainerCfg, check_before_work, load_config
-from .errors import ConfigError, EmptyEvaluationError, UserError
+from .errors import ConfigError, DiskFullError, EmptyEvaluationError, OutputFolderError, UserError, is_disk_full
+from .evaluation.test import test_results_dir
+from .output_folder import FolderLock, RunLog, check_writable
 
 # The Hydra configs ship inside the package, so a plain `pip install .` finds them from any directory.
 CONFIG_DIR = str(Path(__file__).resolve().parent / "configs")
 log = logging.getLogger(__name__)
 
 
+EXIT_USER_ERROR = 2  # a mistake found before any work: nothing was written
+EXIT_EMPTY_EVALUATION = 3  # test mode rendered or scored no scene (its counts were written)
+EXIT_DISK_FULL = 74  # sysexits' EX_IOERR: no space left while writing; what was written before is intact
+EXIT_INTERRUPTED = 130  # 128 + SIGINT: a second Ctrl-C
+
+
 @hydra.main(version_base=None, config_path=CONFIG_DIR, config_name="main")
 def main(dict_config: DictConfig) -> None:
-    """The one place user errors end: one line naming the key or file, the value and the fix; exit code 2."""
+    """The one place errors become exit codes (docs/errors.md): user errors one line and 2, an empty evaluation 3,
+    a full disk 74, a stop signal after saving 75, a second Ctrl-C 130."""
+    run_log = RunLog().install()  # log records wait in memory until the run has started
     try:
         cfg = load_config(dict_config)
         check_before_work(cfg)
-        run(cfg, Path(cfg.output_dir), config_yaml=OmegaConf.to_yaml(dict_config, resolve=True))
+        result = run(cfg, Path(cfg.output_dir), config_yaml=OmegaConf.to_yaml(dict_config, resolve=True),
+                     run_log=run_log)
     except UserError as error:
         print(f"fabric_mvsplat: {error}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(EXIT_USER_ERROR)
     except EmptyEvaluationError as error:  # every rank raises it together, after the results are written
         print(f"fabric_mvsplat: {error}", file=sys.stderr)
-        sys.exit(3)
-
-
-def run(cfg: RootCfg, output_dir: Path, config_yaml: str | None = None):
-    """Everything after the config: the same code for one process and for every torchrun rank."""
-    resolve_latest(cfg, output_dir)
-    refuse_to_mix_runs(cfg, output_dir)
-    if torch.cuda.is_available():
-        torch.set_float32_matmul_precision("high")  # TF32 matmuls, as the original
-    fabric = make_fabric(cfg.trainer)
-    fabric.launch()
-    from .model.decoder.gsplat_build import prepare_gsplat
-
-    prepare_gsplat(fabric, cfg.model.decoder.backend)  # local rank 0 builds gsplat's kernels first, if used
-    prepare_data(fabric, cfg)
-    # Each rank may have composed its own time-stamped Hydra directory; rank 0's wins.
-    output_dir = Path(fabric.broadcast(str(output_dir), src=0))
-    fabric.seed_everything(cfg.seed + fabric.global_rank)  # per-rank seeds, as the original
-    if fabric.global_rank == 0:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        # Through logging, so that under Hydra the line also lands in output_dir/train.log.
-        log.info(f"output directory: {output_dir}")
-        if cfg.mode == "train":  # only the run that writes checkpoints here may delete half-written ones
-            from .checkpoint import remove_stray_temporaries
-
-            for stray in remove_stray_temporaries(output_dir / "checkpoints"):
-                fabric.print(f"removed {stray} (a checkpoint write interrupted by an earlier kill)")
-    if cfg.mode == "test":
-        result = run_test_mode(fabric, cfg, output_dir, config_yaml)
-    else:
-        result = run_training(fabric, cfg, output_dir, config_yaml)
-        report_end(fabric, cfg, result, output_dir)
-    shut_down(fabric)
+        sys.exit(EXIT_EMPTY_EVALUATION)
+    except KeyboardInterrupt:
+        print("fabric_mvsplat: interrupted by a second Ctrl-C; every checkpoint on disk is complete (none is left "
+              "half-written)", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
+    except Exception as error:
+        if not is_disk_full(error):
+            raise
+        message = str(error) if isinstance(error, DiskFullError) else f"no space left on the device: {error}"
+        print(f"fabric_mvsplat: {message}", file=sys.stderr)
+        sys.exit(EXIT_DISK_FULL)
+    finally:
+        run_log.close()
     if cfg.mode == "train" and result["summary"]["stopped_by"] is not None:
         from .loop import EXIT_STOPPED_BY_SIGNAL
 
         sys.exit(EXIT_STOPPED_BY_SIGNAL)
+
+
+def run(cfg: RootCfg, output_dir: Path, config_yaml: str | None = None, run_log: RunLog | None = None):
+    """Everything after the config: the same code for one process and for every torchrun rank."""
+    if torch.cuda.is_available():
+        torch.set_float32_matmul_precision("high")  # TF32 matmuls, as the original
+    fabric = make_fabric(cfg.trainer)
+    fabric.launch()
+    # Each rank may have composed its own time-stamped Hydra directory; rank 0's wins.
+    output_dir = Path(fabric.broadcast(str(output_dir), src=0))
+    with claim_output_folders(fabric, cfg, output_dir):
+        resolve_latest(cfg, output_dir)
+        refuse_to_mix_runs(cfg, output_dir)
+        from .model.decoder.gsplat_build import prepare_gsplat
+
+        prepare_gsplat(fabric, cfg.model.decoder.backend)  # local rank 0 builds gsplat's kernels first, if used
+        prepare_data(fabric, cfg)
+        fabric.seed_everything(cfg.seed + fabric.global_rank)  # per-rank seeds, as the original
+        if fabric.global_rank == 0:
+            log.info(f"output directory: {output_dir}")  # through logging: it lands in output_dir/train.log too
+        started = RunStart(config_yaml, run_log)
+        if cfg.mode == "test":
+            result = run_test_mode(fabric, cfg, output_dir, started)
+        else:
+            result = run_training(fabric, cfg, output_dir, started)
+            report_end(fabric, cfg, result, output_dir)
+        stopped = cfg.mode == "train" and result["summary"]["stopped_by"] is not None
+        shut_down(fabric, stopped_by_signal=stopped)
     return result
 
 
-def write_config(fabric: Fabric, cfg: RootCfg, output_dir: Path, config_yaml: str | None, step: int) -> None:
-    """Written only once the checkpoint (if any) has loaded, so a failed start changes nothing in output_dir.
-    A resumed run keeps the earlier run's config.yaml and writes its own beside it; a test run into a
-    training run's folder writes config_test.yaml."""
-    if fabric.global_rank != 0 or config_yaml is None:
+@contextmanager
+def claim_output_folders(fabric: Fabric, cfg: RootCfg, output_dir: Path):
+    """Before any work, on rank 0: hold the folder this run writes its results into (training: output_dir; test
+    mode: test.output_path/<wandb.name>), so a second run on it stops with a line naming this one, and check that
+    every folder it writes is writable. Every rank raises the same error when rank 0 could not. A training run
+    then removes the temporary files an earlier, killed run left (only the folder's holder may)."""
+    lock, problem = None, None
+    if fabric.global_rank == 0:
+        try:
+            if cfg.mode == "train":
+                lock = FolderLock(output_dir, "output_dir").acquire()
+                check_writable(output_dir, "output_dir")
+            else:
+                lock = FolderLock(test_results_dir(cfg), "test.output_path").acquire()
+                check_writable(test_results_dir(cfg), "test.output_path")
+                check_writable(output_dir, "output_dir")  # config_test.yaml and the log
+        except OutputFolderError as error:
+            problem = str(error)
+            if lock is not None:
+                lock.release()
+    problem = fabric.broadcast(problem, src=0)
+    if problem is not None:
+        raise UserError(problem)
+    try:
+        if lock is not None and cfg.mode == "train":
+            from .checkpoint import remove_stray_temporaries
+
+            for stray in remove_stray_temporaries(output_dir / "checkpoints"):
+                fabric.print(f"removed {stray} (a checkpoint write interrupted by an earlier kill)")
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+@dataclass
+class RunStart:
+    """What a run writes once it has started (its checkpoint loaded): the resolved config and the log file."""
+
+    config_yaml: str | None
+    run_log: RunLog | None
+
+
+def record_start(fabric: Fabric, cfg: RootCfg, output_dir: Path, started: RunStart, step: int) -> None:
+    """Once the checkpoint (if any) has loaded, so that a failed start changes nothing in output_dir: the resolved
+    config and the log file. A resumed run keeps the earlier run's config.yaml and writes its own beside it; a
+    test run into a training run's folder writes config_test.yaml."""
+    if fabric.global_rank != 0:
         return
     output_dir.mkdir(parents=True, exist_ok=True)
+    if started.run_log is not None:
+        started.run_log.open(output_dir / "train.log")
+    if started.config_yaml is None:
+        return
     if cfg.mode == "test":
         name = "config_test.yaml"
     elif (output_dir / "config.yaml").exists() and step > 0:
         name = f"config_resumed_at_step_{step}.yaml"
     else:
         name = "config.yaml"
-    (output_dir / name).write_text(config_yaml)
+    (output_dir / name).write_text(started.config_yaml)
 
 
 def resolve_latest(cfg: RootCfg, output_dir: Path) -> None:
-    """checkpointing.load=latest: the newest checkpoint in output_dir/checkpoints, or a fresh start when
-    there is none (training), so a requeued job runs the same command line."""
-    from .checkpoint import list_checkpoints
+    """checkpointing.load=latest: the newest checkpoint of the run history that last wrote to
+    output_dir/checkpoints (checkpoint.latest_checkpoint), or a fresh start when there is none (training), so a
+    requeued job runs the same command line."""
+    from .checkpoint import latest_checkpoint
 
     if cfg.checkpointing.load != "latest":
         return
-    found = list_checkpoints(Path(output_dir) / "checkpoints")
-    if found:
-        cfg.checkpointing.load = str(found[-1][1])
-        print(f"fabric_mvsplat: checkpointing.load=latest -> {found[-1][1]}", file=sys.stderr)
+    folder = Path(output_dir) / "checkpoints"
+    found = latest_checkpoint(folder)
+    if found is not None:
+        cfg.checkpointing.load = str(found)
+        print(f"fabric_mvsplat: checkpointing.load=latest -> {found}", file=sys.stderr)
     elif cfg.mode == "test":
-        print(f"fabric_mvsplat: checkpointing.load=latest found no checkpoint in {Path(output_dir) / 'checkpoints'}; "
-              "point checkpointing.load at a checkpoint file", file=sys.stderr)
-        sys.exit(2)
+        raise ConfigError("checkpointing.load", "latest", f"a checkpoint file: there is no checkpoint in {folder}")
     else:
         cfg.checkpointing.load = None
-        print(f"fabric_mvsplat: checkpointing.load=latest: no checkpoint in {Path(output_dir) / 'checkpoints'}, "
-              "starting fresh", file=sys.stderr)
+        print(f"fabric_mvsplat: checkpointing.load=latest: no checkpoint in {folder}, starting fresh", file=sys.stderr)
 
 
 def launch_command(settings: dict[str, str]) -> str:
-    """The command line of this run (Hydra's overrides) with `settings` replacing or adding keys."""
+    """The command line of this run (Hydra's overrides) with `settings` replacing or adding keys, safe to paste into
+    a POSIX shell: every word shell-quoted, every added value quoted for Hydra's parser where it needs it."""
     overrides: list[str] = []
     try:
         from hydra.core.hydra_config import HydraConfig
 
-        overrides = list(HydraConfig.get().overrides.task)
+        overrides = list(HydraConfig.get().overrides.task)  # as the shell passed them: already Hydra syntax
     except (ImportError, ValueError):  # not started by Hydra (tests, notebooks)
         pass
     kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in settings]
-    launcher = "torchrun ... -m" if "LOCAL_WORLD_SIZE" in os.environ else "python -m"
-    return " ".join([launcher, "fabric_mvsplat.train", *kept, *(f"{k}={v}" for k, v in settings.items())])
+    if "LOCAL_WORLD_SIZE" not in os.environ:
+        launcher = ["python", "-m"]
+    elif os.environ.get("WORLD_SIZE") == os.environ["LOCAL_WORLD_SIZE"]:  # one node
+        launcher = ["torchrun", "--standalone", f"--nproc_per_node={os.environ['LOCAL_WORLD_SIZE']}", "-m"]
+    else:  # several nodes: the rendezvous options are the job script's, not ours to guess
+        launcher = ["torchrun", "...", "-m"]
+    added = [f"{key}={hydra_quote(value)}" for key, value in settings.items()]
+    return shlex.join([*launcher, "fabric_mvsplat.train", *kept, *added])
+
+
+# Values Hydra's override parser reads back unchanged without quotes (paths, names, numbers, true/false).
+HYDRA_PLAIN_VALUE = re.compile(r"[A-Za-z0-9_./:+-]+")
+
+
+def hydra_quote(value: str) -> str:
+    """`value` as Hydra's override grammar reads it back literally: plain values as they are, anything else in
+    single quotes, with quotes (and the backslashes before them) escaped and `${` kept from interpolating."""
+    if HYDRA_PLAIN_VALUE.fullmatch(value):
+        return value
+    # A backslash is special to Hydra only in a run before a quote (or the closing quote): double those runs.
+    escaped = re.sub(r"(\\*)(?='|$)", lambda run: run.group(1) * 2, value).replace("'", "\\'")
+    return "'" + escaped.replace("${", "\\${") + "'"
 
 
 def report_end(fabric: Fabric, cfg: RootCfg, state: dict, output_dir: Path) -> None:
@@ -154,7 +245,7 @@ def report_end(fabric: Fabric, cfg: RootCfg, state: dict, output_dir: Path) -> N
         lines.append("last validation: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(summary["val"].items())))
     lines.append(f"checkpoints: {output_dir / 'checkpoints'}" + (
         f" (last: {summary['last_checkpoint'].name})" if summary["last_checkpoint"] is not None else ""))
-    lines.append(f"TensorBoard: tensorboard --logdir {summary['tensorboard']}")
+    lines.append(f"TensorBoard: {shlex.join(['tensorboard', '--logdir', str(summary['tensorboard'])])}")
     last = summary["last_checkpoint"]
     if summary["stopped_by"] is not None:
         lines.insert(0, f"stopped by {summary['stopped_by']} after step {summary['end_step']}: checkpoint {last}")
@@ -179,8 +270,17 @@ def refuse_to_mix_runs(cfg: RootCfg, output_dir: Path) -> None:
                           f"{existing[-1]}, or start a new run in another output_dir=..., or delete that folder")
 
 
-def shut_down(fabric: Fabric) -> None:
-    """Leave the process group together: exiting with it alive can abort a rank during teardown."""
+def shut_down(fabric: Fabric, stopped_by_signal: bool = False) -> None:
+    """Leave the process group together: exiting with it alive can abort a rank during teardown.
+
+    After a stop signal every rank exits with the same code (75). torchrun stops the other ranks with SIGTERM as
+    soon as one rank has exited non-zero; a rank still tearing down then would die of it with another code, so
+    from here on further stop signals are ignored (the checkpoint is saved; the process is about to exit).
+    """
+    if stopped_by_signal:
+        from .loop import STOP_SIGNALS, ignore_signals
+
+        ignore_signals(STOP_SIGNALS)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         fabric.barrier()
         # gloo's worker thread drops the last collectives' tensors after they complete, and that needs the GIL.
@@ -191,7 +291,7 @@ def shut_down(fabric: Fabric) -> None:
         torch.distributed.destroy_process_group()
 
 
-def run_training(fabric: Fabric, cfg: RootCfg, output_dir: Path, config_yaml: str | None = None) -> dict:
+def run_training(fabric: Fabric, cfg: RootCfg, output_dir: Path, started: RunStart | None = None) -> dict:
     from .data import StepTracker, ValidationSource, make_train_stream
     from .loop import fit
     model = make_model(cfg)
@@ -201,7 +301,7 @@ def run_training(fabric: Fabric, cfg: RootCfg, output_dir: Path, config_yaml: st
     validating = cfg.trainer.val_check_interval is not None and fabric.global_rank == 0
     val_source = ValidationSource(cfg.dataset, cfg.data_loader.val, step_tracker, cfg.seed) if validating else None
     state = prepare_training(fabric, cfg, model, train_stream, val_source, step_tracker)
-    write_config(fabric, cfg, output_dir, config_yaml, state["step"])
+    record_start(fabric, cfg, output_dir, started or RunStart(None, None), state["step"])
     return fit(fabric, cfg, state, output_dir)
 
 
@@ -223,15 +323,39 @@ def prepare_training(fabric: Fabric, cfg: RootCfg, model: torch.nn.Module, train
     wrapped, optimizer = fabric.setup(model, optimizer)
     state = {"model": wrapped, "optimizer": optimizer, "scheduler": scheduler,
              "scaler": getattr(fabric.strategy.precision, "scaler", None),  # the 16-mixed GradScaler
-             "train_stream": train_stream, "val_source": val_source, "step_tracker": step_tracker, "step": 0}
+             "train_stream": train_stream, "val_source": val_source, "step_tracker": step_tracker, "step": 0,
+             "scenes_per_step": {"world_size": fabric.world_size, "batch_size": cfg.data_loader.train.batch_size,
+                                 "accumulate_grad_batches": cfg.trainer.accumulate_grad_batches}}
     if load is not None and resume:  # full resume: weights, optimizer, schedule, scaler, step, data, RNG
         # After setup, so that the optimizer state lands on the parameters' device.
         restore_checkpoint(load_file(load, cfg.checkpointing.allow_unsafe_load), load, state,
                            fabric.global_rank, fabric.world_size)
         state["scheduler"] = fit_schedule_to_max_steps(fabric, cfg, state, load)
         fabric.print(f"resumed from {load} at global step {state['step']}")
+        changed = step_meaning_change(state["resumed_from"]["scenes_per_step"], state["scenes_per_step"])
+        if changed:
+            fabric.print(changed)
     step_tracker.set_step(state["step"])
     return state
+
+
+def step_meaning_change(before: dict | None, now: dict) -> str | None:
+    """One line when a resume changes how many scenes one global step trains on (ranks x batch x accumulation):
+    the step count, the schedule and the view-sampler curriculum go on counting steps, which now mean more or
+    fewer scenes. None when nothing changed or the checkpoint did not record it."""
+    if not before:
+        return None
+    names = ("world_size", "batch_size", "accumulate_grad_batches")
+    keys = {"world_size": "ranks", "batch_size": "data_loader.train.batch_size",
+            "accumulate_grad_batches": "trainer.accumulate_grad_batches"}
+    changes = [f"{keys[name]} {before.get(name)} -> {now[name]}" for name in names if before.get(name) != now[name]]
+    if not changes:
+        return None
+    scenes_before = math.prod(int(before.get(name, 1)) for name in names)
+    scenes_now = math.prod(now[name] for name in names)
+    return (f"resuming with {', '.join(changes)}: one step now trains on {scenes_now} scenes instead of "
+            f"{scenes_before}; the step count, learning-rate schedule and view-sampler curriculum continue from the "
+            "checkpoint's step")
 
 
 def fit_schedule_to_max_steps(fabric: Fabric, cfg: RootCfg, state: dict, load) -> torch.optim.lr_scheduler.LRScheduler:
@@ -249,13 +373,13 @@ def fit_schedule_to_max_steps(fabric: Fabric, cfg: RootCfg, state: dict, load) -
     return make_scheduler(cfg.optimizer, max_steps, state["optimizer"], done=scheduler.last_epoch)
 
 
-def run_test_mode(fabric: Fabric, cfg: RootCfg, output_dir: Path, config_yaml: str | None = None):
+def run_test_mode(fabric: Fabric, cfg: RootCfg, output_dir: Path, started: RunStart | None = None):
     from .checkpoint import load_weights
     from .data import make_test_loader
     from .evaluation.test import run_test
     model = make_model(cfg)
     load_weights(model, cfg.checkpointing.load, cfg.checkpointing.allow_unsafe_load)
-    write_config(fabric, cfg, output_dir, config_yaml, 0)
+    record_start(fabric, cfg, output_dir, started or RunStart(None, None), 0)
     model = fabric.to_device(model).eval()
     test_loader = make_test_loader(cfg.dataset, cfg.data_loader.test, fabric.global_rank, fabric.world_size)
     return run_test(fabric, cfg, model, test_loader)

@@ -10,6 +10,7 @@ synthetic data), the expected depth's AbsRel and delta<1.25.
 
 import json
 import math
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -108,6 +109,12 @@ def skip_summary(skip_reasons: dict[str, int]) -> dict[str, int]:
     return dict(kinds)
 
 
+def test_results_dir(cfg: "RootCfg") -> Path:
+    """Where test mode writes: test.output_path/<wandb.name> (the original's place)."""
+    name = str(cfg.wandb.get("name", "default")) if isinstance(cfg.wandb, dict) else "default"
+    return Path(cfg.test.output_path) / name
+
+
 @torch.no_grad()
 def run_test(fabric: "Fabric", cfg: "RootCfg", model: "MVSplat", test_loader: Iterable[BatchedExample]) -> dict | None:
     """Evaluate `model` over `test_loader`, writing under `test.output_path/<wandb.name>/` (the original's
@@ -119,8 +126,7 @@ def run_test(fabric: "Fabric", cfg: "RootCfg", model: "MVSplat", test_loader: It
     from .media import save_video
 
     test_cfg = cfg.test
-    name = str(cfg.wandb.get("name", "default")) if isinstance(cfg.wandb, dict) else "default"
-    out_dir = Path(test_cfg.output_path) / name
+    out_dir = test_results_dir(cfg)
     module = model.module if hasattr(model, "module") else model
     device = fabric.device
     module.eval()
@@ -131,6 +137,7 @@ def run_test(fabric: "Fabric", cfg: "RootCfg", model: "MVSplat", test_loader: It
         torch.cuda.reset_peak_memory_stats(device)
 
     scores: list[SceneScores] = []
+    file_names: dict[str, str] = {}  # scene key -> the name of its files (the key itself when it is a safe name)
     rendered_scenes = 0
     timings = Timings(skip=test_cfg.eval_time_skip_steps)
     progress = tqdm(desc="test scenes", unit="scene", disable=not (fabric.global_rank == 0 and show_progress_bar()))
@@ -157,20 +164,21 @@ def run_test(fabric: "Fabric", cfg: "RootCfg", model: "MVSplat", test_loader: It
         timings.record("decoder", time.perf_counter() - start, calls=num_views)
         timings.batches_seen += 1
 
-        for b, scene in enumerate(batch["scene"]):
+        for b, (scene, file_name) in enumerate(zip(batch["scene"], batch["file_name"])):
             rendered = output.color[b].float()  # [V, 3, H, W], unclamped (the original's SSIM/LPIPS input)
             ground_truth = target["image"][b].float()
+            file_names[scene] = file_name
             if test_cfg.save_image:
-                save_scene_images(out_dir / scene, context["image"][b], context["index"][b], ground_truth,
-                                  rendered, target["index"][b], output.depth[b], target["near"][b, 0],
-                                  target["far"][b, 0], target["depth"][b] if has_depth else None)
+                save_scene_images(inside(out_dir, file_name), context["image"][b], context["index"][b],
+                                  ground_truth, rendered, target["index"][b], output.depth[b],
+                                  target["near"][b, 0], target["far"][b, 0], target["depth"][b] if has_depth else None)
             if test_cfg.save_video:
                 first, last = context["index"][b, 0].item(), context["index"][b, -1].item()
-                save_video(rendered, out_dir / "video" / f"{scene}_frame_{first}_{last}.mp4")
+                save_video(rendered, inside(out_dir / "video", f"{file_name}_frame_{first}_{last}.mp4"))
             if test_cfg.save_gaussians:
                 from ..model.ply_export import export_ply
 
-                export_ply(gaussians, out_dir / "gaussians" / f"{scene}.ply", batch_index=b)
+                export_ply(gaussians, inside(out_dir / "gaussians", f"{file_name}.ply"), batch_index=b)
             rendered_scenes += 1
             if test_cfg.compute_scores:
                 scores.append(score_scene(
@@ -185,7 +193,7 @@ def run_test(fabric: "Fabric", cfg: "RootCfg", model: "MVSplat", test_loader: It
     peak_memory = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
     load_skips = dict(getattr(test_loader, "skip_counts", {}))
     per_rank = gather_objects(fabric, ([vars(s) for s in scores], timings.encoder, timings.decoder, peak_memory,
-                                       rendered_scenes, load_skips))
+                                       rendered_scenes, load_skips, file_names))
     skip_reasons = Counter(getattr(test_loader, "index_skip_counts", {}))  # the same on every rank: once
     for rank in per_rank:
         skip_reasons.update(rank[5])
@@ -200,6 +208,7 @@ def run_test(fabric: "Fabric", cfg: "RootCfg", model: "MVSplat", test_loader: It
         peak_memory = max(rank[3] for rank in per_rank)
         averages = write_test_results(out_dir, all_scores, all_encoder, all_decoder, peak_memory,
                                       test_cfg.compute_scores, counts)
+        write_file_names(out_dir, {key: name for rank in per_rank for key, name in rank[6].items()})
         summary = ", ".join(f"{k} {v:.4f}" for k, v in averages.items() if isinstance(v, float))
         skipped = ", ".join(f"{kind} {n}" for kind, n in counts["skipped"].items())
         fabric.print(f"test: rendered {counts['rendered']} scenes, scored {counts['scored']}, skipped {skipped} "
@@ -212,6 +221,27 @@ def run_test(fabric: "Fabric", cfg: "RootCfg", model: "MVSplat", test_loader: It
             "names their keys; under dataset.test_times_per_scene=T > 1 its keys must be <scene>_00 .. "
             "<scene>_<T-1> (the DTU index layout).")
     return averages
+
+
+def inside(folder: Path, name: str) -> Path:
+    """folder / name, where name must be one plain path component (data.scene_names makes scene keys so): a
+    last guard that no file of test mode is ever written outside its folder."""
+    path = folder / name
+    if name in ("", ".", "..") or "\0" in name or path.parent != folder or Path(name).is_absolute():
+        raise ValueError(f"refusing to write {name!r} outside {folder}: not a plain file name")
+    return path
+
+
+def write_file_names(out_dir: Path, file_names: dict[str, str]) -> None:
+    """scene_file_names.json: {scene key: the name of its files}, and one line for keys that were renamed
+    (not plain file names: a path, '..', a reserved or overlong name)."""
+    renamed = {key: name for key, name in file_names.items() if key != name}
+    (out_dir / "scene_file_names.json").write_text(json.dumps(dict(sorted(file_names.items())), indent=1))
+    if renamed:
+        examples = ", ".join(f"{key!r} -> {name}" for key, name in list(renamed.items())[:3])
+        print(f"fabric_mvsplat: {len(renamed)} scene key(s) are not plain file names and were renamed ({examples}"
+              f"{' ...' if len(renamed) > 3 else ''}); every key's name is in {out_dir / 'scene_file_names.json'}",
+              file=sys.stderr)
 
 
 def save_scene_images(scene_dir: Path, context_images: torch.Tensor, context_indices: torch.Tensor,
