@@ -40,36 +40,51 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT: a second Ctrl-C
 
 @hydra.main(version_base=None, config_path=CONFIG_DIR, config_name="main")
 def main(dict_config: DictConfig) -> None:
-    """The one place errors become exit codes (docs/errors.md): user errors one line and 2, an empty evaluation 3,
-    a full disk 74, a stop signal after saving 75, a second Ctrl-C 130."""
+    """The one place errors become exit codes (docs/errors.md): one line each, no traceback for what the user
+    fixes; a bug keeps its traceback."""
     run_log = RunLog().install()  # log records wait in memory until the run has started
     try:
         cfg = load_config(dict_config)
         check_before_work(cfg)
         result = run(cfg, Path(cfg.output_dir), config_yaml=OmegaConf.to_yaml(dict_config, resolve=True),
                      run_log=run_log)
-    except UserError as error:
-        print(f"fabric_mvsplat: {error}", file=sys.stderr)
-        sys.exit(EXIT_USER_ERROR)
-    except EmptyEvaluationError as error:  # every rank raises it together, after the results are written
-        print(f"fabric_mvsplat: {error}", file=sys.stderr)
-        sys.exit(EXIT_EMPTY_EVALUATION)
-    except KeyboardInterrupt:
-        print("fabric_mvsplat: interrupted by a second Ctrl-C; every checkpoint on disk is complete (none is left "
-              "half-written)", file=sys.stderr)
-        sys.exit(EXIT_INTERRUPTED)
-    except Exception as error:
-        if not is_disk_full(error):
+    except (Exception, KeyboardInterrupt) as error:
+        ending = error_ending(error)
+        if ending is None:
             raise
-        message = str(error) if isinstance(error, DiskFullError) else f"no space left on the device: {error}"
+        code, message = ending
         print(f"fabric_mvsplat: {message}", file=sys.stderr)
-        sys.exit(EXIT_DISK_FULL)
+        sys.exit(code)
     finally:
         run_log.close()
-    if cfg.mode == "train" and result["summary"]["stopped_by"] is not None:
-        from .loop import EXIT_STOPPED_BY_SIGNAL
+    code = result_exit_code(cfg, result)
+    if code:
+        sys.exit(code)
 
-        sys.exit(EXIT_STOPPED_BY_SIGNAL)
+
+def error_ending(error: BaseException) -> tuple[int, str] | None:
+    """(exit code, the line to print) for an error that ends a run the user can act on; None for a bug."""
+    if isinstance(error, UserError):
+        return EXIT_USER_ERROR, str(error)
+    if isinstance(error, EmptyEvaluationError):  # every rank raises it together, after the results are written
+        return EXIT_EMPTY_EVALUATION, str(error)
+    if isinstance(error, KeyboardInterrupt):
+        return EXIT_INTERRUPTED, ("interrupted by a second Ctrl-C; every checkpoint on disk is complete (a write "
+                                  "in progress was finished first)")
+    if isinstance(error, DiskFullError):
+        return EXIT_DISK_FULL, str(error)
+    if is_disk_full(error):
+        return EXIT_DISK_FULL, (f"no space left on the device ({error}); the files written before are intact. "
+                                "Free space, or set output_dir (test mode: test.output_path) on a larger disk")
+    return None
+
+
+def result_exit_code(cfg: RootCfg, result) -> int:
+    """0, or 75 after a stop signal (the checkpoint is saved: run the same command to resume)."""
+    from .loop import EXIT_STOPPED_BY_SIGNAL
+
+    stopped = cfg.mode == "train" and result["summary"]["stopped_by"] is not None
+    return EXIT_STOPPED_BY_SIGNAL if stopped else 0
 
 
 def run(cfg: RootCfg, output_dir: Path, config_yaml: str | None = None, run_log: RunLog | None = None):
