@@ -40,7 +40,7 @@ from torch import nn
 from . import safe_load
 from .distributed import gather_objects
 from .errors import CheckpointError, DiskFullError, is_disk_full  # noqa: F401 (callers import them from here)
-from .weights import load_weights_strict
+from .strict_load import load_weights_strict
 
 CHECKPOINT_NAME = re.compile(r"^epoch_(\d+)-step_(\d+)\.ckpt$")
 LIGHTNING_VERSION = "2.2.4"  # the original's pin; Lightning's loader reads this key

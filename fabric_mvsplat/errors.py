@@ -52,6 +52,12 @@ class MissingWeightsError(WeightsError, FileNotFoundError):
     """A pretrained-weights file the config points at does not exist."""
 
 
+class InputError(UserError, ValueError):
+    """An input of `fabric_mvsplat.render` / the inference API is unusable: too few images, an image without a
+    camera, an unreadable or non-RGB image, a camera with NaN or a non-rotation, a checkpoint that does not fit
+    its config, an output folder that already holds results."""
+
+
 class OutputFolderError(UserError, OSError):
     """An output folder cannot be created or written, or another live run holds it."""
 

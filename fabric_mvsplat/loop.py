@@ -18,6 +18,7 @@ import signal
 import sys
 import time
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -26,6 +27,9 @@ from tqdm import tqdm
 
 from .checkpoint import Lineage, capture_rng, restore_rng, save_checkpoint
 from .config import ProfileCfg, RootCfg
+from .debug.health import HealthHistograms
+from .debug.replay import Replay
+from .debug.watchdog import Watchdog, stall_if_asked, watchdog_enabled
 from .distributed import gather_objects, show_progress_bar
 from .tb_logging import RankZeroWriter
 
@@ -34,7 +38,12 @@ EXIT_STOPPED_BY_SIGNAL = 75  # sysexits' EX_TEMPFAIL: a checkpoint was saved, ru
 
 
 class TrainingDiverged(RuntimeError):
-    """A non-finite loss or gradient, or a loss without a graph: names the step, rank(s) and scenes."""
+    """A non-finite loss or gradient, or a loss without a graph: names the step, rank(s) and scenes.
+    `step` is the global step that diverged (the entry point adds the command that replays it)."""
+
+    def __init__(self, message: str, step: int) -> None:
+        super().__init__(message)
+        self.step = step
 
 
 def fit(fabric: Fabric, cfg: RootCfg, state: dict, output_dir: Path) -> dict:
@@ -73,6 +82,7 @@ def fit(fabric: Fabric, cfg: RootCfg, state: dict, output_dir: Path) -> dict:
     validating = trainer.val_check_interval is not None
     if validating and is_rank_zero and val_source is None:
         raise ValueError("trainer.val_check_interval is set but rank 0 got no validation source")
+    validation_due = ValidationSchedule.from_config(cfg, getattr(train_stream, "num_scenes", None), fabric.world_size)
     accumulate = trainer.accumulate_grad_batches
     max_norm = trainer.gradient_clip_val if trainer.gradient_clip_val is not None else math.inf
 
@@ -81,27 +91,35 @@ def fit(fabric: Fabric, cfg: RootCfg, state: dict, output_dir: Path) -> dict:
                     disable=not (is_rank_zero and show_progress_bar()), dynamic_ncols=True, unit="step")
     profiler = StepProfiler(trainer.profile, output_dir / "profile", enabled=is_rank_zero)
     meter = StepMeter(fabric.device)
-    health = Health(fabric, check_gradients=scaler is None)
-    agreement = Agreement(fabric)
+    health = DivergenceWatch(fabric, check_gradients=scaler is None)
+    agreement = RankAgreement(fabric)
     stop = StopSignals()
+    debug = cfg.debug
+    watchdog = Watchdog(debug.watchdog, output_dir, fabric.global_rank, fabric.world_size,
+                        enabled=watchdog_enabled(debug.watchdog, fabric.world_size))
+    histograms = HealthHistograms(debug.health_every_n_steps, module, writer)
+    replay = Replay(debug.replay_step, module, is_rank_zero)  # replays no step unless debug.replay_step is set
+    validating = validating and not replay.active  # a replay validates and saves nothing
     model.train()
 
     # Stop signals are handled from here to the end of training (DataLoader workers ignore them, see
     # data.stream); the writer and profiler are closed whatever happens.
     try:
         with stop.installed(), torch.autograd.set_detect_anomaly(trainer.detect_anomaly):
-            # Sanity validation: find a broken validation path before hours of training, not after. A resumed run
-            # checks too, but does not log: the earlier run logged validation at this step.
-            # On resume the validation source is put back where the checkpoint left it, so that the validations that
-            # follow render what an uninterrupted run renders.
+            # Sanity validation as the original: one batch (its validation loader holds one), nothing logged;
+            # it finds a broken validation path before hours of training, not after. On resume the validation source
+            # is put back where the checkpoint left it, so the validations that follow render what an uninterrupted
+            # run renders.
             if validating and trainer.num_sanity_val_steps > 0:
+                watchdog.beat("sanity validation")
                 position = val_source.state_dict() if val_source is not None and start_step > 0 else None
-                validate(fabric, module, val_source, writer if start_step == 0 else None, start_step,
-                         trainer.num_sanity_val_steps, summary)
+                validate(fabric, module, val_source, None, start_step, 1, summary)
                 if position is not None:
                     val_source.load_state_dict(position)
             batches = iter(train_stream)
             while trainer.max_steps == -1 or step < trainer.max_steps:
+                watchdog.beat(f"training step {step}")
+                replay.before_step(step)
                 profiler.before_step(step)
                 step_tracker.set_step(step)  # the view-sampler curriculum reads the step when it samples
                 logs, scenes = {}, []
@@ -109,6 +127,7 @@ def fit(fabric: Fabric, cfg: RootCfg, state: dict, output_dir: Path) -> dict:
                     with meter.waiting_for_data():
                         batch = fabric.to_device(next(batches))
                     scenes.extend(batch["scene"])
+                    stall_if_asked(debug.stall, step, fabric.global_rank)
                     last = micro_batch == accumulate - 1
                     with fabric.no_backward_sync(model, enabled=not last):  # DDP syncs gradients once per step
                         output = model(batch, step)
@@ -118,12 +137,14 @@ def fit(fabric: Fabric, cfg: RootCfg, state: dict, output_dir: Path) -> dict:
                         stop_requested = any(signalled)
                         if graphless:
                             health.raise_graphless(output.loss, step, list(batch["scene"]))
+                        replay.after_forward(step, output.loss, list(batch["scene"]))
                         fabric.backward(output.loss / accumulate)  # the mean over micro-batches, as one big batch
                     health.record_loss(output.loss, step)
                     for name, value in output.logs.items():
                         logs[name] = logs.get(name, 0) + value.detach().float().reshape(()) / accumulate
                     logs.setdefault("loss/total", output.loss.detach().float() / accumulate)
                 health.remember(step, scenes)
+                histograms.write(step)  # every debug.health_every_n_steps steps: needs the gradients
 
                 # The norm before clipping; inf = measure only. Never raises: a non-finite norm is ours to report
                 # (32-true, bf16) or the GradScaler's to skip (16-mixed).
@@ -145,33 +166,74 @@ def fit(fabric: Fabric, cfg: RootCfg, state: dict, output_dir: Path) -> dict:
                 progress.update(1)
                 step += 1
                 state["step"] = step
-                finished = step == trainer.max_steps
+                finished = step == trainer.max_steps or replay.finished(step)
 
                 if step % cfg.train.print_log_every_n_steps == 0:
                     log_training(fabric, writer, logs, lr, step, meter, train_stream, scenes, health, summary)
                 with meter.paused():  # throughput and step time count training only
-                    if validating and step % trainer.val_check_interval == 0:
+                    if validating and validation_due(step):
                         health.check(step)  # never render or save diverged weights
+                        watchdog.beat(f"validation after step {step}")
                         validate(fabric, module, val_source, writer, step, 1, summary)
-                    if step % cfg.checkpointing.every_n_train_steps == 0 or finished or stop_requested:
+                    saving = step % cfg.checkpointing.every_n_train_steps == 0 or finished or stop_requested
+                    if saving and not replay.active:
                         health.check(step)
+                        watchdog.beat(f"checkpoint save after step {step}")
                         with stop.deferring_exit():  # a second Ctrl-C never leaves a half-written file
                             summary["last_checkpoint"] = save(fabric, cfg, state, checkpoints)
                 if stop_requested:  # the same on every rank, whichever rank(s) got the signal
                     summary["stopped_by"] = describe_stop(signalled, fabric.global_rank)
                     break
+                if finished:  # max_steps, or the replayed step
+                    break
     finally:  # also on an error: the events so far reach the disk, the profiler trace is written
+        watchdog.close()
+        histograms.close()
         profiler.close()
         progress.close()
         writer.close()
     health.check(step)
-    meter.take()  # the steps since the last log count in the totals too
+    meter.end_interval()  # the steps since the last log count in the totals too
     summary["scenes"] += meter.total_scenes
     summary["train_seconds"] += meter.total_seconds
     summary["end_step"] = step
     fabric.barrier()
     state["summary"] = summary
     return state
+
+
+class ValidationSchedule:
+    """Which optimizer steps end with a validation.
+
+    An integer trainer.val_check_interval n: every step divisible by n. A float f in (0, 1], Lightning's
+    meaning: a pass is the optimizer steps one rank takes to read its share of the training scenes once
+    (ceil(scenes / (ranks x batch_size x accumulate_grad_batches)); on one rank len(train loader) as in the
+    original), validation runs every max(1, int(f x pass)) steps counted from the start of each pass, as
+    Lightning counts batches from the start of each epoch (a pass of 5 steps at f=0.5 validates at steps
+    2, 4, 7, 9, ...).
+    """
+
+    def __init__(self, every: int, steps_per_pass: int | None = None) -> None:
+        self.every, self.steps_per_pass = every, steps_per_pass
+
+    @classmethod
+    def from_config(cls, cfg: RootCfg, num_scenes: int | None, world_size: int) -> "ValidationSchedule | None":
+        interval = cfg.trainer.val_check_interval
+        if interval is None:
+            return None
+        if not isinstance(interval, float):
+            return cls(interval)
+        if num_scenes is None:
+            raise ValueError("a fractional trainer.val_check_interval needs the train stream's num_scenes")
+        scenes_per_step = world_size * cfg.data_loader.train.batch_size * cfg.trainer.accumulate_grad_batches
+        steps_per_pass = max(1, math.ceil(num_scenes / scenes_per_step))
+        return cls(max(1, int(interval * steps_per_pass)), steps_per_pass)
+
+    def __call__(self, step: int) -> bool:
+        """step: optimizer steps done (>= 1)."""
+        if self.steps_per_pass is None:
+            return step % self.every == 0
+        return ((step - 1) % self.steps_per_pass + 1) % self.every == 0
 
 
 def save(fabric: Fabric, cfg: RootCfg, state: dict, directory: Path) -> Path:
@@ -208,17 +270,17 @@ def grad_norm_clipped(grad_norm: torch.Tensor, max_norm: float | None) -> torch.
 
 
 def log_training(fabric: Fabric, writer: RankZeroWriter, logs: dict, lr: float, step: int, meter: "StepMeter",
-                 train_stream, scenes: list[str], health: "Health", summary: dict) -> None:
+                 train_stream, scenes: list[str], health: "DivergenceWatch", summary: dict) -> None:
     """Average the step's scalars over ranks and write them on rank 0: one all_reduce, which also carries
     the divergence flags (so checking them costs no synchronisation of its own)."""
     names = sorted(logs)
-    timing = meter.take()  # per-rank sums over the steps since the last log
-    extra = {"scenes": float(timing["scenes"]), "skipped": float(getattr(train_stream, "skipped_scenes", 0)),
-             "data": timing["data_seconds"], "compute": timing["compute_seconds"], "steps": float(timing["steps"]),
-             "memory_allocated": timing["memory_allocated"], "memory_reserved": timing["memory_reserved"]}
+    interval = meter.end_interval()  # per-rank sums over the steps since the last log
+    extra = {"scenes": float(interval.scenes), "skipped": float(getattr(train_stream, "skipped_scenes", 0)),
+             "data": interval.data_seconds, "compute": interval.compute_seconds, "steps": float(interval.steps),
+             "memory_allocated": interval.memory_allocated_gib, "memory_reserved": interval.memory_reserved_gib}
     local = torch.stack([logs[n] for n in names]
                         + [torch.tensor(v, device=fabric.device, dtype=torch.float32) for v in extra.values()]
-                        + [timing["grad_norm"], timing["clipped"]])
+                        + [interval.grad_norm, interval.clipped])
     values, flags = health.reduce_with(local)
     values = values.tolist()
     world = fabric.world_size
@@ -286,7 +348,7 @@ def validate(fabric: Fabric, module, val_source, writer: RankZeroWriter | None, 
     fabric.barrier()
 
 
-class Health:
+class DivergenceWatch:
     """Divergence checks that cost no synchronisation per step.
 
     Non-finite losses and gradient norms are recorded on the device as the first step they occurred; the
@@ -357,12 +419,12 @@ class Health:
         raise TrainingDiverged(
             f"{what}; the step's scenes: {per_rank}. Noticed at step {step}: no checkpoint holds these weights. "
             "Things to try: a lower optimizer.lr, trainer.gradient_clip_val, trainer.precision=32-true, "
-            "trainer.detect_anomaly=true to find the operation that produced it, and checking those scenes' "
-            "cameras and near/far."
+            "the replay command below to find the operation that produced it, and checking those scenes' "
+            "cameras and near/far.", step=first,
         )
 
     def raise_graphless(self, loss: torch.Tensor, step: int, scenes: list[str]) -> None:
-        """Every rank is here (agreed through Agreement.signals_and): name the ranks whose loss has no graph."""
+        """Every rank is here (agreed through RankAgreement.signals_and): name the ranks whose loss has no graph."""
         reports = gather_objects(self.fabric, (not loss.requires_grad, scenes))
         ranks = [rank for rank, (graphless, _) in enumerate(reports) if graphless]
         named = "; ".join(f"rank {rank}: {names}" for rank, (graphless, names) in enumerate(reports) if graphless)
@@ -370,11 +432,11 @@ class Health:
             f"the training loss at global step {step} does not require grad on rank(s) {ranks} (scenes: {named}): "
             "nothing in it depends on the parameters, e.g. every Gaussian was culled or every loss is disabled. "
             "Things to try: check those scenes' cameras and near/far, the loss config (loss=[mse,lpips]), "
-            "and a lower optimizer.lr if earlier steps moved the Gaussians out of view."
+            "and a lower optimizer.lr if earlier steps moved the Gaussians out of view.", step=step,
         )
 
 
-class Agreement:
+class RankAgreement:
     """Ranks agree on host-side flags with one tiny all-reduce of CPU values (gloo: no device synchronisation);
     one process needs none."""
 
@@ -479,8 +541,22 @@ def preserved_rng():
         restore_rng(state)
 
 
+@dataclass
+class MeterInterval:
+    """One rank's sums over the steps since the previous `StepMeter.end_interval()`."""
+
+    scenes: int
+    steps: int
+    data_seconds: float
+    compute_seconds: float
+    grad_norm: torch.Tensor  # the last step's norm before clipping (device tensor)
+    clipped: torch.Tensor  # 1.0 if the last step's gradients were clipped (device tensor)
+    memory_allocated_gib: float  # peak; on CPU the peak resident set size
+    memory_reserved_gib: float
+
+
 class StepMeter:
-    """Per-rank sums since the last `take()`: scenes, steps, seconds waiting for data vs computing (host
+    """Per-rank sums since the last `end_interval()`: scenes, steps, seconds waiting for data vs computing (host
     clock; on CUDA the logging synchronisation settles queued work into the interval), the last step's
     gradient norm and clip flag (device tensors, read with the logging all-reduce), and peak memory."""
 
@@ -514,7 +590,7 @@ class StepMeter:
         self.steps += 1
         self.grad_norm, self.clipped = grad_norm.detach().float().reshape(()), clipped
 
-    def take(self) -> dict:
+    def end_interval(self) -> MeterInterval:
         now = time.perf_counter()
         seconds = now - self.start - self.excluded
         if self.device.type == "cuda":
@@ -522,9 +598,9 @@ class StepMeter:
             reserved = torch.cuda.max_memory_reserved(self.device) / 2**30
         else:  # peak resident set size of this process (Linux reports KiB)
             allocated = reserved = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-        result = {"scenes": self.scenes, "steps": self.steps, "data_seconds": self.data_seconds,
-                  "compute_seconds": max(seconds - self.data_seconds, 0.0), "grad_norm": self.grad_norm,
-                  "clipped": self.clipped, "memory_allocated": allocated, "memory_reserved": reserved}
+        result = MeterInterval(scenes=self.scenes, steps=self.steps, data_seconds=self.data_seconds,
+                               compute_seconds=max(seconds - self.data_seconds, 0.0), grad_norm=self.grad_norm,
+                               clipped=self.clipped, memory_allocated_gib=allocated, memory_reserved_gib=reserved)
         self.total_scenes += self.scenes
         self.total_seconds += seconds
         self._reset(now)

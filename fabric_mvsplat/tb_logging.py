@@ -31,6 +31,14 @@ class RankZeroWriter:
         for name, value in values.items():
             self.writer.add_scalar(name, float(value), global_step=step)
 
+    def histogram(self, name: str, values: Tensor, step: int) -> None:
+        """values: any shape; non-finite values are left out (TensorBoard's histogram cannot hold them)."""
+        if self.writer is not None:
+            values = values.detach().float().flatten().cpu()
+            values = values[torch.isfinite(values)]
+            if values.numel():
+                self.writer.add_histogram(name, values.numpy(), global_step=step)
+
     def image(self, name: str, image: Tensor, step: int) -> None:
         """image: [3, H, W] float in [0, 1]."""
         if self.writer is not None:

@@ -2,14 +2,13 @@
 
 Hydra composes `fabric_mvsplat/configs/main.yaml`; `load_config` checks every key before any work; then Fabric, data,
 model, optimizer and scheduler are built here and handed to `loop.fit` (mode=train) or to
-`evaluation.test.run_test` (mode=test). Under `torchrun`, Fabric reads the rank layout from torchrun's
+`evaluation.test_mode.run_test` (mode=test). Under `torchrun`, Fabric reads the rank layout from torchrun's
 environment and every rank runs this same file.
 """
 
 import logging
 import math
 import os
-import re
 import shlex
 import sys
 import time
@@ -22,10 +21,11 @@ import torch
 from lightning_fabric import Fabric
 from omegaconf import DictConfig, OmegaConf
 
-from .config import OptimizerCfg, RootCfg, TrainerCfg, check_before_work, load_config
+from .config import OptimizerCfg, RootCfg, TrainerCfg, check_before_work, load_config, scoring_lpips_weights
 from .errors import ConfigError, DiskFullError, EmptyEvaluationError, OutputFolderError, UserError, is_disk_full
-from .evaluation.test import test_results_dir
+from .evaluation.test_mode import test_results_dir
 from .output_folder import FolderLock, RunLog, check_writable
+from .shell_command import hydra_overrides, override_key, train_command
 
 # The Hydra configs ship inside the package, so a plain `pip install .` finds them from any directory.
 CONFIG_DIR = str(Path(__file__).resolve().parent / "configs")
@@ -89,6 +89,9 @@ def result_exit_code(cfg: RootCfg, result) -> int:
 
 def run(cfg: RootCfg, output_dir: Path, config_yaml: str | None = None, run_log: RunLog | None = None):
     """Everything after the config: the same code for one process and for every torchrun rank."""
+    from .debug.determinism import make_deterministic
+
+    make_deterministic(cfg.trainer.deterministic)  # before anything creates the CUDA context
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")  # TF32 matmuls, as the original
     fabric = make_fabric(cfg.trainer)
@@ -108,6 +111,11 @@ def run(cfg: RootCfg, output_dir: Path, config_yaml: str | None = None, run_log:
         started = RunStart(config_yaml, run_log)
         if cfg.mode == "test":
             result = run_test_mode(fabric, cfg, output_dir, started)
+        elif cfg.mode == "inspect":
+            from .debug.inspect import run_inspect
+
+            record_start(fabric, cfg, output_dir, RunStart(None, run_log), 0)  # the log; inspect writes its own
+            result = run_inspect(fabric, cfg, make_model(cfg), output_dir, config_yaml)
         else:
             result = run_training(fabric, cfg, output_dir, started)
             report_end(fabric, cfg, result, output_dir)
@@ -118,14 +126,14 @@ def run(cfg: RootCfg, output_dir: Path, config_yaml: str | None = None, run_log:
 
 @contextmanager
 def claim_output_folders(fabric: Fabric, cfg: RootCfg, output_dir: Path):
-    """Before any work, on rank 0: hold the folder this run writes its results into (training: output_dir; test
-    mode: test.output_path/<wandb.name>), so a second run on it stops with a line naming this one, and check that
+    """Before any work, on rank 0: hold the folder this run writes its results into (training and inspect:
+    output_dir; test mode: test.output_path/<wandb.name>), so a second run on it stops with a line naming this one, and check that
     every folder it writes is writable. Every rank raises the same error when rank 0 could not. A training run
     then removes the temporary files an earlier, killed run left (only the folder's holder may)."""
     lock, problem = None, None
     if fabric.global_rank == 0:
         try:
-            if cfg.mode == "train":
+            if cfg.mode != "test":
                 lock = FolderLock(output_dir, "output_dir").acquire()
                 check_writable(output_dir, "output_dir")
             else:
@@ -199,39 +207,11 @@ def resolve_latest(cfg: RootCfg, output_dir: Path) -> None:
         print(f"fabric_mvsplat: checkpointing.load=latest: no checkpoint in {folder}, starting fresh", file=sys.stderr)
 
 
-def launch_command(settings: dict[str, str]) -> str:
-    """The command line of this run (Hydra's overrides) with `settings` replacing or adding keys, safe to paste into
-    a POSIX shell: every word shell-quoted, every added value quoted for Hydra's parser where it needs it."""
-    overrides: list[str] = []
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        overrides = list(HydraConfig.get().overrides.task)  # as the shell passed them: already Hydra syntax
-    except (ImportError, ValueError):  # not started by Hydra (tests, notebooks)
-        pass
-    kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in settings]
-    if "LOCAL_WORLD_SIZE" not in os.environ:
-        launcher = ["python", "-m"]
-    elif os.environ.get("WORLD_SIZE") == os.environ["LOCAL_WORLD_SIZE"]:  # one node
-        launcher = ["torchrun", "--standalone", f"--nproc_per_node={os.environ['LOCAL_WORLD_SIZE']}", "-m"]
-    else:  # several nodes: the rendezvous options are the job script's, not ours to guess
-        launcher = ["torchrun", "...", "-m"]
-    added = [f"{key}={hydra_quote(value)}" for key, value in settings.items()]
-    return shlex.join([*launcher, "fabric_mvsplat.train", *kept, *added])
-
-
-# Values Hydra's override parser reads back unchanged without quotes (paths, names, numbers, true/false).
-HYDRA_PLAIN_VALUE = re.compile(r"[A-Za-z0-9_./:+-]+")
-
-
-def hydra_quote(value: str) -> str:
-    """`value` as Hydra's override grammar reads it back literally: plain values as they are, anything else in
-    single quotes, with quotes (and the backslashes before them) escaped and `${` kept from interpolating."""
-    if HYDRA_PLAIN_VALUE.fullmatch(value):
-        return value
-    # A backslash is special to Hydra only in a run before a quote (or the closing quote): double those runs.
-    escaped = re.sub(r"(\\*)(?='|$)", lambda run: run.group(1) * 2, value).replace("'", "\\'")
-    return "'" + escaped.replace("${", "\\${") + "'"
+def launch_command(settings: dict[str, str], world_size: int = 1, num_nodes: int = 1) -> str:
+    """The command line of this run (Hydra's overrides) with `settings` replacing or adding keys, safe to paste
+    (shell_command)."""
+    kept = [o for o in hydra_overrides() if override_key(o) not in settings]
+    return train_command(kept, settings, world_size, num_nodes)
 
 
 def report_end(fabric: Fabric, cfg: RootCfg, state: dict, output_dir: Path) -> None:
@@ -255,7 +235,7 @@ def report_end(fabric: Fabric, cfg: RootCfg, state: dict, output_dir: Path) -> N
         abs_rel, delta = summary["val"].get("val/depth_abs_rel"), summary["val"].get("val/depth_delta_1_25")
         if abs_rel is not None:  # datasets with ground-truth depth (the synthetic demo's)
             lines.append(f"validation depth: AbsRel {abs_rel:.3f}, delta<1.25 {delta:.3f}" + (
-                " (every Gaussian at the far plane? see README, Demo)" if abs_rel > 1 else ""))
+                " (every Gaussian at the far plane? see docs/demo.md)" if abs_rel > 1 else ""))
     elif summary["val"]:
         lines.append("last validation: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(summary["val"].items())))
     lines.append(f"checkpoints: {output_dir / 'checkpoints'}" + (
@@ -264,13 +244,36 @@ def report_end(fabric: Fabric, cfg: RootCfg, state: dict, output_dir: Path) -> N
     last = summary["last_checkpoint"]
     if summary["stopped_by"] is not None:
         lines.insert(0, f"stopped by {summary['stopped_by']} after step {summary['end_step']}: checkpoint {last}")
-        lines.append("resume with: " + launch_command({"output_dir": str(output_dir), "checkpointing.load": "latest"}))
+        lines.append("resume with: " + launch_command({"output_dir": str(output_dir), "checkpointing.load": "latest"},
+                                                      fabric.world_size, cfg.trainer.num_nodes))
         lines.append(f"exit code {EXIT_STOPPED_BY_SIGNAL} (stopped by a signal after saving; run the same command to resume)")
     elif last is not None:
         lines.append("test it with: " + launch_command({"mode": "test", "checkpointing.load": str(last),
                                                         "dataset/view_sampler": "evaluation",
-                                                        "test.compute_scores": "true"}))
+                                                        "test.compute_scores": "true"},
+                                                       fabric.world_size, cfg.trainer.num_nodes))
+        render = render_command(cfg, last, output_dir)
+        if render is not None:
+            lines.append("render it (Gaussians, video, depth; then the viewer): " + render)
     print("\n".join("fabric_mvsplat: " + line for line in lines), flush=True)
+
+
+def render_command(cfg: RootCfg, checkpoint: Path, output_dir: Path) -> str | None:
+    """`fabric_mvsplat.render` of `checkpoint` on the first test scene of dataset.roots[0] (shell-quoted), or None
+    when that root has no test index."""
+    import json
+
+    from .data.scene_names import scene_file_name
+
+    root = Path(cfg.dataset.roots[0])
+    try:
+        key = next(iter(json.loads((root / "test" / "index.json").read_text())), None)
+    except (OSError, ValueError):
+        return None
+    if key is None:
+        return None
+    return shlex.join(["python", "-m", "fabric_mvsplat.render", str(checkpoint), "--chunks", str(root),
+                       "--scene", str(key), "--output", str(Path(output_dir) / "render" / scene_file_name(str(key)))])
 
 
 def refuse_to_mix_runs(cfg: RootCfg, output_dir: Path) -> None:
@@ -308,7 +311,7 @@ def shut_down(fabric: Fabric, stopped_by_signal: bool = False) -> None:
 
 def run_training(fabric: Fabric, cfg: RootCfg, output_dir: Path, started: RunStart | None = None) -> dict:
     from .data import StepTracker, ValidationSource, make_train_stream
-    from .loop import fit
+    from .loop import TrainingDiverged, fit
     model = make_model(cfg)
     step_tracker = StepTracker()
     train_stream = make_train_stream(cfg.dataset, cfg.data_loader.train, step_tracker, fabric.global_rank,
@@ -317,7 +320,23 @@ def run_training(fabric: Fabric, cfg: RootCfg, output_dir: Path, started: RunSta
     val_source = ValidationSource(cfg.dataset, cfg.data_loader.val, step_tracker, cfg.seed) if validating else None
     state = prepare_training(fabric, cfg, model, train_stream, val_source, step_tracker)
     record_start(fabric, cfg, output_dir, started or RunStart(None, None), state["step"])
-    return fit(fabric, cfg, state, output_dir)
+    try:
+        return fit(fabric, cfg, state, output_dir)
+    except TrainingDiverged as error:
+        add_replay_note(fabric, cfg, error, output_dir)
+        raise
+
+
+def add_replay_note(fabric: Fabric, cfg: RootCfg, error: Exception, output_dir: Path) -> None:
+    """The command that reruns the diverged step under anomaly detection (printed under the error's message)."""
+    from .debug.replay import replay_command
+
+    if cfg.debug.replay_step is not None:
+        error.add_note(f"fabric_mvsplat: replay: step {error.step} diverged again: reproduced")
+        return
+    command = replay_command(output_dir, error.step, hydra_overrides(), fabric.world_size, cfg.trainer.num_nodes)
+    error.add_note(f"replay step {error.step} under anomaly detection (from the newest checkpoint before it, "
+                   f"into its own folder):\n    {command}")
 
 
 def prepare_training(fabric: Fabric, cfg: RootCfg, model: torch.nn.Module, train_stream, val_source,
@@ -391,7 +410,7 @@ def fit_schedule_to_max_steps(fabric: Fabric, cfg: RootCfg, state: dict, load) -
 def run_test_mode(fabric: Fabric, cfg: RootCfg, output_dir: Path, started: RunStart | None = None):
     from .checkpoint import load_weights
     from .data import make_test_loader
-    from .evaluation.test import run_test
+    from .evaluation.test_mode import run_test
     model = make_model(cfg)
     load_weights(model, cfg.checkpointing.load, cfg.checkpointing.allow_unsafe_load)
     record_start(fabric, cfg, output_dir, started or RunStart(None, None), 0)
@@ -403,14 +422,14 @@ def run_test_mode(fabric: Fabric, cfg: RootCfg, output_dir: Path, started: RunSt
 def make_model(cfg: RootCfg):
     """The model for `cfg.mode`, from its config slices: losses only when training, the UniMatch
     backbone only when training from scratch."""
-    from .model.wrapper import build_model
+    from .model.mvsplat import build_model
 
-    training = cfg.mode == "train"
+    training = cfg.mode in ("train", "inspect")  # inspect runs one training forward and backward
     return build_model(
         cfg.model, cfg.loss if training else None,
         num_context_views=getattr(cfg.dataset.view_sampler, "num_context_views", 2),
         background_color=cfg.dataset.background_color, depth_mode=cfg.train.depth_mode,
-        video_frames=cfg.train.video_frames, lpips_weights=cfg.test.lpips_weights,
+        video_frames=cfg.train.video_frames, lpips_weights=scoring_lpips_weights(cfg),
         load_unimatch_backbone=training and cfg.checkpointing.load is None,
     )
 

@@ -59,7 +59,7 @@ def composite_rows(pixels: Tensor, means2d: Tensor, conics: Tensor, opacities: T
 
 def render_dense(gaussians: Gaussians, extrinsics: Tensor, intrinsics: Tensor, near: Tensor, far: Tensor,
                  image_shape: tuple[int, int], depth_mode: DepthMode | None = None, *,
-                 use_principal_point: bool = True, background_color: Sequence[float] = (0.0, 0.0, 0.0),
+                 use_principal_point: bool = False, background_color: Sequence[float] = (0.0, 0.0, 0.0),
                  pairs_per_chunk: int = 1 << 20) -> DecoderOutput:
     """Same contract as `render`, one image and one chunk of pixels at a time."""
     height, width = image_shape

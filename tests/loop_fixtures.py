@@ -114,6 +114,8 @@ def make_batch(seed: int, rank: int, position: int, batch_size: int) -> dict:
 class TinyTrainStream:
     """Endless, per-rank, resumable stream of synthetic batches (stands in for data.TrainStream)."""
 
+    num_scenes = 20  # what a fractional trainer.val_check_interval counts a pass in
+
     def __init__(self, rank: int = 0, batch_size: int = 2, seed: int = 0) -> None:
         self.rank, self.batch_size, self.seed = rank, batch_size, seed
         self.position = 0
@@ -289,14 +291,19 @@ class RealSceneFeatures:
         return self.stream.skipped_scenes
 
     @property
+    def num_scenes(self) -> int:
+        return self.stream.num_scenes
+
+    @property
     def epoch(self) -> int:
         return self.stream.epoch
 
 
-def ddp_worker(data_root: Path, output_dir: Path, results_dir: Path) -> None:
+def ddp_worker(data_root: Path, output_dir: Path, results_dir: Path, val_check_interval: str = "2",
+               max_steps: str = "6") -> None:
     """One torchrun rank of tests/test_ddp.py: train the tiny model on the real sharded train stream of
     `data_root`, and write what this rank did and wrote to `results_dir/rank<r>.json` (never stdout: the
-    ranks' prints interleave)."""
+    ranks' prints interleave). val_check_interval and max_steps: the config values, as on a command line."""
     import builtins
     import hashlib
     import io
@@ -307,7 +314,7 @@ def ddp_worker(data_root: Path, output_dir: Path, results_dir: Path) -> None:
     from fabric_mvsplat.data.config import DataLoaderStageCfg
     from fabric_mvsplat.loop import fit
     from fabric_mvsplat.train import make_fabric, prepare_training, shut_down
-    from test_data_fixtures import dataset_cfg
+    from data_fixtures import dataset_cfg
 
     rank = int(os.environ["RANK"])
     writes: list[str] = []
@@ -327,7 +334,8 @@ def ddp_worker(data_root: Path, output_dir: Path, results_dir: Path) -> None:
         builtins.open = io.open = recording_open
         os.mkdir = recording_mkdir
 
-    cfg = tiny_cfg(**{"trainer.devices": "auto", "trainer.max_steps": 6, "trainer.val_check_interval": 2,
+    cfg = tiny_cfg(**{"trainer.devices": "auto", "trainer.max_steps": max_steps,
+                      "trainer.val_check_interval": val_check_interval,
                       "checkpointing.every_n_train_steps": 3, "checkpointing.save_top_k": 1})
     fabric = make_fabric(cfg.trainer)
     fabric.launch()
@@ -347,7 +355,8 @@ def ddp_worker(data_root: Path, output_dir: Path, results_dir: Path) -> None:
     result = {"rank": rank, "world": fabric.world_size, "strategy": type(fabric.strategy).__name__,
               "step": state["step"], "equal": all(torch.equal(g, params) for g in gathered),
               "sha": hashlib.sha256(params.numpy().tobytes()).hexdigest(),
-              "validations": len(model.validation_steps), "writes": writes, "scenes": seen}
+              "validations": len(model.validation_steps), "validation_steps": model.validation_steps,
+              "writes": writes, "scenes": seen}
     Path(results_dir).mkdir(parents=True, exist_ok=True)
     (Path(results_dir) / f"rank{rank}.json").write_text(json.dumps(result))
     shut_down(fabric)
@@ -362,7 +371,7 @@ def worker_stream_run(data_root: Path, output_dir: Path) -> None:
     from fabric_mvsplat.data.config import DataLoaderStageCfg
     from fabric_mvsplat.loop import EXIT_STOPPED_BY_SIGNAL, fit
     from fabric_mvsplat.train import make_fabric, prepare_training, report_end
-    from test_data_fixtures import dataset_cfg
+    from data_fixtures import dataset_cfg
 
     cfg = tiny_cfg(**{"trainer.max_steps": 40, "trainer.val_check_interval": None})
     fabric = make_fabric(cfg.trainer)
@@ -401,4 +410,4 @@ if __name__ == "__main__":
     elif sys.argv[1] == "workers":  # loop_fixtures.py workers DATA_ROOT OUTPUT_DIR
         worker_stream_run(Path(sys.argv[2]), Path(sys.argv[3]))
     else:
-        ddp_worker(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]))
+        ddp_worker(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), *sys.argv[4:])

@@ -70,17 +70,28 @@ def test_bad_values_name_the_full_key(override, key):
     assert f"'{key}'" in str(error.value) and "expected" in str(error.value)
 
 
-def test_float_val_check_interval_is_rejected_with_a_reason():
-    with pytest.raises(ConfigError, match="float") as error:
-        compose_cfg(["+experiment=re10k", "trainer.val_check_interval=0.5"])
-    assert error.value.key == "trainer.val_check_interval" and error.value.value == 0.5
+def test_val_check_interval_takes_the_originals_fraction_steps_or_null():
+    assert compose_cfg(["+experiment=re10k"]).trainer.val_check_interval == 0.5  # main.yaml, as the original
+    assert compose_cfg(["+experiment=re10k", "trainer.val_check_interval=1.0"]).trainer.val_check_interval == 1.0
+    assert compose_cfg(["+experiment=re10k", "trainer.val_check_interval=250"]).trainer.val_check_interval == 250
     assert compose_cfg(["+experiment=re10k", "trainer.val_check_interval=null"]).trainer.val_check_interval is None
+    for bad in ("1.5", "0.0", "0", "-0.5"):
+        with pytest.raises(ConfigError, match="fraction") as error:
+            compose_cfg(["+experiment=re10k", f"trainer.val_check_interval={bad}"])
+        assert error.value.key == "trainer.val_check_interval"
+
+
+def test_loader_seed_null_is_accepted_as_in_the_original():
+    cfg = compose_cfg(["+experiment=re10k", "data_loader.train.seed=null", "data_loader.val.seed=null",
+                       "data_loader.test.seed=null"])
+    assert (cfg.data_loader.train.seed, cfg.data_loader.val.seed, cfg.data_loader.test.seed) == (None, None, None)
 
 
 def test_cross_key_checks():
-    with pytest.raises(ConfigError) as error:  # one-cycle needs a step count
+    with pytest.raises(ConfigError) as error:  # one-cycle needs a step count: both keys and both fixes named
         compose_cfg([])
     assert error.value.key == "trainer.max_steps"
+    assert "optimizer.cosine_lr=true" in str(error.value) and "optimizer.cosine_lr=false" in str(error.value)
     with pytest.raises(ConfigError) as error:
         compose_cfg(["+experiment=re10k", "mode=test"])
     assert error.value.key == "checkpointing.load"

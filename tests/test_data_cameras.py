@@ -12,7 +12,7 @@ import torch
 from fabric_mvsplat.data import StepTracker, make_train_stream
 from fabric_mvsplat.data.chunk_io import camera_problem, vector_to_cameras
 from fabric_mvsplat.data.config import DataLoaderStageCfg
-from test_data_fixtures import dataset_cfg, make_scene, make_split
+from data_fixtures import dataset_cfg, make_scene, make_split
 
 
 def edited(key: str, seed: int, view: int, edit) -> dict:

@@ -11,7 +11,7 @@ from fabric_mvsplat.data.chunk_io import cameras_to_vector, decode_image, encode
 from fabric_mvsplat.data.config import DataLoaderStageCfg
 from fabric_mvsplat.camera import crop_intrinsics, field_of_view
 from fabric_mvsplat.data.shims import scaled_shape
-from test_data_fixtures import POINT, dataset_cfg, make_scene, make_split, project, scene_cameras
+from data_fixtures import POINT, dataset_cfg, make_scene, make_split, project, scene_cameras
 
 
 def test_chunk_round_trip_keeps_format_and_index(tmp_path):

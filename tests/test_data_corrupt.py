@@ -12,7 +12,7 @@ import torch
 from fabric_mvsplat.data import StepTracker, make_train_stream, read_chunk
 from fabric_mvsplat.data.chunk_io import ChunkReadError
 from fabric_mvsplat.data.config import DataLoaderStageCfg
-from test_data_fixtures import dataset_cfg, make_scene, make_split
+from data_fixtures import dataset_cfg, make_scene, make_split
 
 class Payload:
     """Unpickling this would create the file `marker`: weights_only must refuse it (a marker per test: tests may

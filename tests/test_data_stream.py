@@ -10,7 +10,7 @@ import torch
 
 from fabric_mvsplat.data import StepTracker, ValidationSource, make_test_loader, make_train_stream
 from fabric_mvsplat.data.config import DataLoaderStageCfg, ViewSamplerBoundedCfg, ViewSamplerEvaluationCfg
-from test_data_fixtures import dataset_cfg, make_split
+from data_fixtures import dataset_cfg, make_split
 
 
 def take_with_positions(stream, count: int) -> list[tuple[list[str], list[int]]]:

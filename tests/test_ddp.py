@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from test_data_fixtures import make_split
+from data_fixtures import make_split
 
 TESTS = Path(__file__).resolve().parent
 
@@ -47,3 +47,31 @@ def test_torchrun_two_ranks(tmp_path):
     assert [state["layout"]["rank"] for state in checkpoint["train_stream"]] == [0, 1]
     assert len(checkpoint["rng_states"]) == 2
     assert not torch.equal(checkpoint["rng_states"][0]["torch"], checkpoint["rng_states"][1]["torch"])  # seed + rank
+
+
+def run_ranks(tmp_path: Path, nproc: int, *worker_args: str) -> dict:
+    """loop_fixtures.ddp_worker on `nproc` torchrun ranks over 24 scenes -> {rank: its JSON report}."""
+    data_root = tmp_path / "data"
+    make_split(data_root / "train", num_scenes=24)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS.parent), str(TESTS), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
+    results = tmp_path / "results"
+    completed = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+         str(TESTS / "loop_fixtures.py"), str(data_root), str(tmp_path / "run"), str(results), *worker_args],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    return {rank: json.loads((results / f"rank{rank}.json").read_text()) for rank in range(nproc)}
+
+
+def test_fractional_val_check_interval_validates_at_the_documented_steps(tmp_path):
+    """trainer.val_check_interval=0.7 over 24 scenes at batch 2 (docs/configuration.md): a pass is the steps
+    one rank takes to read its share once, validation every int(0.7 x pass) steps counted from each pass's
+    start. 1 rank: pass 12 steps, every 8 -> 8, 20. 2 ranks: pass 6, every 4 -> 4, 10 (not 4, 8, 12: the count
+    restarts with each pass, as Lightning's batch index restarts with each epoch). Step 0 is the sanity batch."""
+    one = run_ranks(tmp_path / "one", 1, "0.7", "20")
+    assert one[0]["validation_steps"] == [0, 8, 20]
+    two = run_ranks(tmp_path / "two", 2, "0.7", "12")
+    assert two[0]["validation_steps"] == [0, 4, 10] and two[1]["validation_steps"] == []
+    assert two[0]["step"] == two[1]["step"] == 12

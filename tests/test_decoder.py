@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fabric_mvsplat.errors import ConfigError
-from fabric_mvsplat.model.decoder import DecoderSplatting, DecoderSplattingCudaCfg, render, resolve_backend
+from fabric_mvsplat.model.decoder import DecoderSplatting, DecoderSplattingCfg, render, resolve_backend
 from fabric_mvsplat.model.decoder.projection import pixel_intrinsics
 from fabric_mvsplat.model.decoder.sh import SH_C0, SH_C1, SH_C2, SH_C3, sh_to_color
 from fabric_mvsplat.types import Gaussians
@@ -96,6 +96,32 @@ def test_gaussian_on_the_optical_axis_lands_on_the_principal_point(use_principal
     assert brightest_pixel(output.color[0, 0, 0]) == expected
 
 
+def test_by_default_an_off_centre_principal_point_renders_as_the_original():
+    """The shipped config, the decoder module and render() all default to the original renderer, which builds
+    its projection from tan(fov / 2) alone: u = W/2 + (x/z) W / (2 tan(fov_x / 2)), likewise v (Inria's
+    projection matrix and ndc-to-pixel mapping, pixel centres at i + 0.5)."""
+    from loop_fixtures import compose_cfg
+
+    for overrides in ([], ["+experiment=re10k"], ["+experiment=dtu"]):
+        assert compose_cfg(overrides + ["optimizer.cosine_lr=false"]).model.decoder.use_principal_point is False
+    h, w, cx, cy, f = 40, 60, 0.31, 0.64, 0.9
+    point = (0.35, -0.2, 2.5)
+    decoder = DecoderSplatting(DecoderSplattingCfg(), background_color=[0.0, 0.0, 0.0]).double()
+    output = decoder(point_gaussians([list(point)]), *camera(cx, cy, f), (h, w))
+    # The original's field of view: angle between the rays through the edge midpoints (0, .5) and (1, .5).
+    fov_x = math.atan(cx / f) + math.atan((1 - cx) / f)
+    ray_top = torch.tensor([(0.5 - cx) / f, -cy / f, 1.0], dtype=F64)
+    ray_bottom = torch.tensor([(0.5 - cx) / f, (1 - cy) / f, 1.0], dtype=F64)
+    fov_y = torch.arccos(ray_top @ ray_bottom / (ray_top.norm() * ray_bottom.norm())).item()
+    u = w / 2 + point[0] / point[2] * w / (2 * math.tan(fov_x / 2))
+    v = h / 2 + point[1] / point[2] * h / (2 * math.tan(fov_y / 2))
+    assert brightest_pixel(output.color[0, 0, 0]) == (math.floor(v), math.floor(u))
+    with_cx = render(point_gaussians([list(point)]), *camera(cx, cy, f), (h, w), backend="torch",
+                     use_principal_point=True)
+    assert brightest_pixel(with_cx.color[0, 0, 0]) == (math.floor(cy * h + f * h * point[1] / point[2]),
+                                                      math.floor(cx * w + f * w * point[0] / point[2]))
+
+
 def test_without_principal_point_the_focal_comes_from_the_edge_fov():
     """cx = 0.5: both settings agree. Off-centre: the original's focal is W / (2 tan(fov_x / 2))."""
     k = torch.tensor([[1.1, 0, 0.5], [0, 0.9, 0.5], [0, 0, 1]], dtype=F64)
@@ -116,7 +142,7 @@ def test_near_cull_is_in_scale_invariant_units():
     assert visible.color.max() > 0.5 and culled.color.max() == 0
 
 
-@pytest.mark.parametrize("mode", ["depth", "disparity", "relative_disparity", "log", "expected_depth"])
+@pytest.mark.parametrize("mode", ["depth", "disparity", "relative_disparity", "log", "log_clamped", "expected_depth"])
 def test_depth_modes_accumulate_like_the_original(mode):
     z, near, far, opacity = 4.0, 1.5, 50.0, 0.7
     gaussians = point_gaussians([[0.0, 0.0, z]], opacity=opacity)
@@ -128,7 +154,8 @@ def test_depth_modes_accumulate_like_the_original(mode):
         "depth": opacity * z,  # alpha-weighted, not normalised: the original's visualisation hack
         "disparity": opacity / z,
         "relative_disparity": opacity * (1 - (1 / z - 1 / far) / (1 / near - 1 / far)),
-        "log": opacity * math.log(z),
+        "log": opacity * math.log(far),  # the original's formula gives log(far) for every Gaussian
+        "log_clamped": opacity * math.log(z),
         "expected_depth": z,
     }[mode]
     assert math.isclose(output.depth[0, 0, 4, 4].item(), expected, rel_tol=1e-9)
@@ -139,12 +166,18 @@ def test_depth_modes_accumulate_like_the_original(mode):
     assert no_depth.depth is None and torch.allclose(no_depth.color, output.color)
 
 
-def test_log_depth_is_clamped_to_near_far():
-    gaussians = point_gaussians([[0.0, 0.0, 80.0]], opacity=0.5)
-    extrinsics, intrinsics, near, far = camera(0.5, 0.5)
-    output = render(gaussians, extrinsics, intrinsics, near, torch.full((1, 1), 10.0, dtype=F64), (9, 9), "log",
-                    backend="torch")
-    assert math.isclose(output.depth[0, 0, 4, 4].item(), 0.5 * math.log(10.0), rel_tol=1e-9)
+@pytest.mark.parametrize("z", [0.5, 4.0, 80.0])  # before near, between, beyond far
+def test_log_depth_equals_the_originals_formula(z):
+    """The original's log mode: fake_color = z.minimum(near).maximum(far).log(), splatted with alpha."""
+    gaussians = point_gaussians([[0.0, 0.0, z]], opacity=0.5)
+    extrinsics, intrinsics, _, _ = camera(0.5, 0.5)
+    near, far = torch.full((1, 1), 0.5, dtype=F64), torch.full((1, 1), 10.0, dtype=F64)
+    z_t = torch.tensor(z, dtype=F64)
+    original = z_t.minimum(near[0, 0]).maximum(far[0, 0]).log().item()
+    output = render(gaussians, extrinsics, intrinsics, near, far, (9, 9), "log", backend="torch")
+    assert math.isclose(output.depth[0, 0, 4, 4].item(), 0.5 * original, rel_tol=1e-9)
+    clamped = render(gaussians, extrinsics, intrinsics, near, far, (9, 9), "log_clamped", backend="torch")
+    assert math.isclose(clamped.depth[0, 0, 4, 4].item(), 0.5 * math.log(min(max(z, 0.5), 10.0)), rel_tol=1e-9)
 
 
 def test_backend_resolution():
@@ -160,11 +193,11 @@ def test_backend_resolution():
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the start-up error of a machine without CUDA")
 def test_gsplat_backend_without_cuda_fails_at_construction():
     with pytest.raises(ConfigError, match="model.decoder.backend"):
-        DecoderSplatting(DecoderSplattingCudaCfg(backend="gsplat"), (0.0, 0.0, 0.0))
+        DecoderSplatting(DecoderSplattingCfg(backend="gsplat"), (0.0, 0.0, 0.0))
 
 
 def test_module_has_no_state_and_renders_with_its_background():
-    decoder = DecoderSplatting(DecoderSplattingCudaCfg(backend="torch"), (0.0, 1.0, 0.0))
+    decoder = DecoderSplatting(DecoderSplattingCfg(backend="torch"), (0.0, 1.0, 0.0))
     assert decoder.state_dict() == {} and list(decoder.parameters()) == []
     assert torch.equal(decoder.background_color, torch.tensor([0.0, 1.0, 0.0]))
     gaussians = point_gaussians([[0.0, 0.0, 3.0]])

@@ -13,7 +13,7 @@ from fabric_mvsplat.data.synthetic import generate_synthetic_dataset, random_sce
 from fabric_mvsplat.metrics import compute_depth_errors
 from fabric_mvsplat.model.decoder.rendering import render
 from fabric_mvsplat.types import Gaussians
-from test_data_fixtures import dataset_cfg
+from data_fixtures import dataset_cfg
 
 SIZE = 24
 

@@ -18,9 +18,9 @@ from fabric_mvsplat.data.config import DataLoaderStageCfg, ViewSamplerEvaluation
 from fabric_mvsplat.data.synthetic import generate_synthetic_dataset
 from fabric_mvsplat.errors import EmptyEvaluationError
 from fabric_mvsplat.metrics import nearest_context_images
-from fabric_mvsplat.evaluation.test import run_test, score_scene
+from fabric_mvsplat.evaluation.test_mode import run_test, score_scene
 from loop_fixtures import compose_cfg
-from test_data_fixtures import dataset_cfg, make_scene, make_split
+from data_fixtures import dataset_cfg, make_scene, make_split
 
 REPO = Path(__file__).resolve().parents[1]
 ASSETS = REPO.parent / "shared" / "assets"
@@ -193,3 +193,62 @@ def test_nearest_context_baseline_on_a_known_case():
     scores = score_scene("s", ground_truth, ground_truth, context_images, context_indices, target_indices)
     assert scores.psnr_nearest_context == pytest.approx(20.0, abs=1e-4)
     assert scores.psnr == math.inf or scores.psnr > 100
+
+
+def test_lpips_is_scored_through_either_key_and_said_missing_otherwise(synthetic_root, tmp_path, capsys):
+    from lpips_test_weights import write_lpips_test_weights
+
+    weights = tmp_path / "lpips"
+    write_lpips_test_weights(weights, seed=0)
+    index_path = synthetic_root / "evaluation_index.json"
+    through_test = run_in_process(make_test_cfg(synthetic_root, index_path, tmp_path / "a",
+                                                f"test.lpips_weights={weights}"))
+    through_loss = run_in_process(make_test_cfg(synthetic_root, index_path, tmp_path / "b", "loss=[mse,lpips]",
+                                                f"loss.lpips.weights={weights}"))
+    assert 0 < through_test["lpips"] < 1 and through_test["lpips"] == through_loss["lpips"]
+    assert len(json.loads((tmp_path / "b" / "demo" / "scores_lpips_all.json").read_text())) == 3
+    capsys.readouterr()
+    without = run_in_process(make_test_cfg(synthetic_root, index_path, tmp_path / "c"))
+    written = json.loads((tmp_path / "c" / "demo" / "scores_all_avg.json").read_text())
+    assert without["lpips"] is None and written["lpips"] is None
+    for text in (written["lpips_not_computed"], capsys.readouterr().out):
+        assert "LPIPS not computed" in text and "test.lpips_weights" in text and "loss.lpips.weights" in text
+    assert not (tmp_path / "c" / "demo" / "scores_lpips_all.json").exists()
+
+
+def test_both_timings_are_reported_and_depth_is_rendered_outside_the_timed_part(synthetic_root, tmp_path,
+                                                                                monkeypatch, capsys):
+    """The timed part is the encoder and the colour render (the original's); depth comes after the clock stops."""
+    from fabric_mvsplat.evaluation import test_mode
+    from fabric_mvsplat.model.mvsplat import MVSplat
+
+    events: list[str] = []
+    for method in ("start", "mark", "finish"):
+        original = getattr(test_mode.BatchClock, method)
+
+        def recorded(self, *args, _original=original, _name=method):
+            events.append(_name)
+            return _original(self, *args)
+
+        monkeypatch.setattr(test_mode.BatchClock, method, recorded)
+    render_views = MVSplat.render_views
+
+    def recorded_render(self, *args, depth_mode=None, **kwargs):
+        events.append(f"render depth={depth_mode}")
+        return render_views(self, *args, depth_mode=depth_mode, **kwargs)
+
+    monkeypatch.setattr(MVSplat, "render_views", recorded_render)
+    averages = run_in_process(make_test_cfg(synthetic_root, synthetic_root / "evaluation_index.json", tmp_path / "o",
+                                            "test.eval_time_skip_steps=1", "test.save_image=true"))
+    per_scene = ["start", "mark", "render depth=None", "mark", "finish", "render depth=expected_depth"]
+    assert events == per_scene * 3
+    for key in ("encoder", "decoder", "encoder_synchronised", "decoder_synchronised", "scene_synchronised"):
+        calls, seconds = averages[key]
+        views = 1 if key in ("encoder", "encoder_synchronised", "scene_synchronised") else 3  # 3 targets a scene
+        assert calls == 2 * views and seconds > 0, key  # 3 scenes, the first skipped as warm-up
+    assert "original's method" in averages["timing_note"] and "synchronised" in averages["timing_note"]
+    written = json.loads((tmp_path / "o" / "demo" / "benchmark.json").read_text())
+    assert len(written["encoder"]) == 2 and len(written["decoder_synchronised"]) == 6
+    out = capsys.readouterr().out
+    assert "test timing, the original's method (host clock, not synchronised" in out
+    assert "test timing, synchronised: encoder" in out

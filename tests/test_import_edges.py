@@ -13,9 +13,10 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1] / "fabric_mvsplat"
 
 # importer (a package or module under fabric_mvsplat) -> modules it must never import
 FORBIDDEN = {
-    "data": ["model", "loop", "train", "evaluation", "checkpoint", "metrics"],
-    "model": ["data", "loop", "train", "evaluation", "checkpoint", "config"],
-    "evaluation": ["loop", "train"],
+    "data": ["model", "loop", "train", "evaluation", "checkpoint", "metrics", "inference", "render", "view"],
+    "model": ["data", "loop", "train", "evaluation", "checkpoint", "config", "inference", "render", "view"],
+    "evaluation": ["loop", "train", "inference", "render", "view"],
+    "inference": ["loop", "train", "render", "view"],
     "metrics": ["model", "data", "loop", "train", "evaluation", "config"],
     "visualization": ["model", "data", "loop", "train", "evaluation"],
     "camera": ["model", "data", "loop", "train", "evaluation", "config"],
@@ -23,6 +24,7 @@ FORBIDDEN = {
     "distributed": ["model", "data", "loop", "train", "evaluation", "config"],
     "errors": ["model", "data", "loop", "train", "evaluation", "config"],
     "loop": ["train"],
+    "debug": ["train", "loop"],
 }
 
 

@@ -47,7 +47,7 @@ def test_tensorboard_scalars_images_and_videos(tmp_path):
     # One convention: every scalar at the number of optimizer steps done when it was measured.
     assert [e.step for e in events.Scalars("loss/total")] == [2, 4]
     assert [e.value for e in events.Scalars("info/global_step")] == [2, 4]
-    assert [e.step for e in events.Scalars("val/mse")] == [0, 2, 4]
+    assert [e.step for e in events.Scalars("val/mse")] == [2, 4]  # the sanity batch at 0 is not logged
     assert all(e.value > 0 for e in events.Scalars("train/scenes_per_second"))
     assert all(e.value > 0.01 for e in events.Scalars("train/grad_norm"))  # before clipping
     assert [e.value for e in events.Scalars("train/grad_clipped")] == [1.0, 1.0]
@@ -55,6 +55,31 @@ def test_tensorboard_scalars_images_and_videos(tmp_path):
     assert all(e.value >= 0 for e in events.Scalars("time/data_wait_seconds"))
     assert all(0.01 < e.value < 64 for e in events.Scalars("memory/peak_rss_gib"))
     assert "comparison" in tags["images"] and "video/rgb" in tags["images"]  # tensorboardX videos are GIFs
+
+
+def test_sanity_validation_is_one_batch_and_not_logged(tmp_path):
+    """As the original: num_sanity_val_steps=2 runs its one-batch validation loader once; nothing is logged."""
+    cfg = tiny_cfg(**{"trainer.max_steps": 3, "trainer.val_check_interval": 3, "trainer.num_sanity_val_steps": 2})
+    _, model, _, _, val_source = train_tiny(cfg, tmp_path)
+    assert model.validation_steps == [0, 3] and val_source.served == 2
+    assert [e.step for e in read_events(tmp_path).Scalars("val/mse")] == [3]
+
+
+def test_fractional_interval_counts_from_the_start_of_each_pass():
+    from fabric_mvsplat.loop import ValidationSchedule
+
+    # 20 scenes, batch 2, one rank: a pass is 10 steps; 0.5 -> every 5; 0.35 -> every 3 within each pass.
+    half = ValidationSchedule.from_config(tiny_cfg(**{"trainer.val_check_interval": 0.5}), 20, 1)
+    assert [s for s in range(1, 21) if half(s)] == [5, 10, 15, 20]
+    odd = ValidationSchedule.from_config(tiny_cfg(**{"trainer.val_check_interval": 0.35}), 20, 1)
+    assert [s for s in range(1, 21) if odd(s)] == [3, 6, 9, 13, 16, 19]
+    # Two ranks read half the scenes each per pass; accumulation makes a step read more scenes.
+    two = ValidationSchedule.from_config(tiny_cfg(**{"trainer.val_check_interval": 1.0}), 20, 2)
+    assert [s for s in range(1, 21) if two(s)] == [5, 10, 15, 20]
+    accumulated = ValidationSchedule.from_config(
+        tiny_cfg(**{"trainer.val_check_interval": 1.0, "trainer.accumulate_grad_batches": 2}), 20, 1)
+    assert [s for s in range(1, 21) if accumulated(s)] == [5, 10, 15, 20]
+    assert ValidationSchedule.from_config(tiny_cfg(**{"trainer.val_check_interval": None}), 20, 1) is None
 
 
 def test_no_validation_when_interval_is_null(tmp_path):
@@ -150,7 +175,7 @@ def test_non_finite_loss_stops_with_step_and_scenes(tmp_path):
         train_tiny(cfg, tmp_path, nan_at_step=3)
     message = str(error.value)
     assert "global step 3" in message and "scene_r0_6" in message and "scene_r0_7" in message
-    assert "trainer.detect_anomaly=true" in message and "optimizer.lr" in message
+    assert "replay command" in message and "optimizer.lr" in message
 
 
 def test_detect_anomaly_is_on_only_when_asked(tmp_path):

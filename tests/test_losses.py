@@ -57,6 +57,43 @@ def test_depth_regulariser_penalises_rough_depth_only():
         loss_fn(target, target, 0)
 
 
+def original_depth_loss(depth, color, near, far, weight, sigma_image, second):
+    """The original's LossDepth.forward transcribed in numpy: clamp to [log near, log far], rescale, np.diff
+    neighbours; edge weights from the channel-max of the SIGNED colour differences (with second differences,
+    the larger of the two neighbouring ones)."""
+    import numpy as np
+
+    log_near, log_far = np.log(near)[..., None, None], np.log(far)[..., None, None]
+    depth = np.maximum(np.minimum(depth, log_far), log_near)
+    depth = (depth - log_near) / (log_far - log_near)
+    dx, dy = np.diff(depth, axis=-1), np.diff(depth, axis=-2)
+    if second:
+        dx, dy = np.diff(dx, axis=-1), np.diff(dy, axis=-2)
+    if sigma_image is not None:
+        cx, cy = np.diff(color, axis=-1).max(axis=2), np.diff(color, axis=-2).max(axis=2)
+        if second:
+            cx = np.maximum(cx[..., :, 1:], cx[..., :, :-1])
+            cy = np.maximum(cy[..., 1:, :], cy[..., :-1, :])
+        dx, dy = dx * np.exp(-cx * sigma_image), dy * np.exp(-cy * sigma_image)
+    return weight * (np.abs(dx).mean() + np.abs(dy).mean())
+
+
+@pytest.mark.parametrize("sigma_image, second", [(None, False), (None, True), (3.0, False), (3.0, True)])
+def test_depth_loss_equals_the_originals(sigma_image, second):
+    generator = torch.Generator().manual_seed(4)
+    near, far = torch.full((2, 3), 1.0), torch.full((2, 3), 100.0)
+    depth = torch.rand(2, 3, 12, 14, generator=generator, dtype=torch.float64) * 6 - 0.5  # some outside [0, log 100]
+    color = torch.rand(2, 3, 3, 12, 14, generator=generator, dtype=torch.float64)
+    loss_fn = LossDepth(LossDepthCfg(weight=0.25, sigma_image=sigma_image, use_second_derivative=second))
+    ours = loss_fn(color, color, 0, depth=depth, near=near, far=far).item()
+    expected = original_depth_loss(depth.numpy(), color.numpy(), near.numpy(), far.numpy(), 0.25, sigma_image, second)
+    assert ours == pytest.approx(expected, rel=1e-12)
+    if sigma_image is not None:  # the absolute variant weighs every colour edge down, so it is smaller
+        absolute = LossDepth(LossDepthCfg(weight=0.25, sigma_image=sigma_image, use_second_derivative=second,
+                                          color_gradient="absolute"))
+        assert absolute(color, color, 0, depth=depth, near=near, far=far).item() < ours
+
+
 def test_build_losses_keeps_the_config_order_and_rejects_none():
     assert list(build_losses(LossCfg(mse=LossMseCfg(), depth=LossDepthCfg()))) == ["mse", "depth"]
     with pytest.raises(ValueError, match="loss"):

@@ -88,3 +88,5 @@ def test_wheel_holds_configs_and_console_script(tmp_path):
     (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert "fabric-mvsplat-train = fabric_mvsplat.train:main" in text
+    assert "fabric-mvsplat-render = fabric_mvsplat.render:main" in text
+    assert "fabric-mvsplat-view = fabric_mvsplat.view:main" in text

@@ -88,7 +88,7 @@ def test_second_ctrl_c_exits_at_once_without_saving(tmp_path):
 def test_sigterm_to_the_process_group_spares_the_dataloader_workers(tmp_path):
     """SLURM and Ctrl-C signal every process of the job: torch's DataLoader workers would die of SIGTERM and
     take the step with them. They ignore it; the main process finishes the step and saves."""
-    from test_data_fixtures import make_split
+    from data_fixtures import make_split
 
     make_split(tmp_path / "data" / "train", num_scenes=12)
     process = start([sys.executable, str(TESTS / "loop_fixtures.py"), "workers", str(tmp_path / "data"),

@@ -10,7 +10,7 @@ import torch
 from fabric_mvsplat import parity, safe_load
 from fabric_mvsplat.data.chunk_io import ChunkReadError, read_chunk
 from fabric_mvsplat.metrics.lpips import load_lpips
-from fabric_mvsplat.model.encoder.weights import load_unimatch_backbone
+from fabric_mvsplat.model.encoder.pretrained import load_unimatch_backbone
 
 class Payload:
     """Unpickling this would create the file `marker` (per test: tests may run in parallel workers)."""

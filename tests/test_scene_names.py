@@ -12,9 +12,9 @@ import torch
 from fabric_mvsplat.data import make_test_loader
 from fabric_mvsplat.data.chunk_io import write_chunks
 from fabric_mvsplat.data.scene_names import MAX_NAME_LENGTH, scene_file_name
-from fabric_mvsplat.evaluation.test import run_test
+from fabric_mvsplat.evaluation.test_mode import run_test
 from loop_fixtures import compose_cfg
-from test_data_fixtures import make_scene
+from data_fixtures import make_scene
 
 TINY_MODEL = ["model.encoder.d_feature=32", "model.encoder.num_depth_candidates=8",
               "model.encoder.costvolume_unet_feat_dim=32", "model.encoder.gradient_checkpointing=false"]

@@ -16,15 +16,15 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from ..camera import crop_intrinsics, field_of_view
+from ..camera import field_of_view
 from ..errors import DatasetError
 from .chunk_io import (DEPTH_KEY, ChunkReadError, camera_problem, check_scene, decode_depth, read_chunk,
                        vector_to_cameras)
 from .config import DatasetCfg
-from .shims import reflect_extrinsics, rescale_and_crop, scaled_shape, to_float_image
+from .preprocess import DEFAULT_FAR, DEFAULT_NEAR, Preprocessing, preprocess_views  # noqa: F401 (re-exported)
+from .shims import scaled_shape
 from .view_sampler import SceneRejected, Stage, get_view_sampler
 
-DEFAULT_NEAR, DEFAULT_FAR = 0.1, 1000.0
 # Reasons that mean broken data (warned about, logged as data/skipped_scenes); the others are filters.
 CORRUPT_REASONS = ("corrupt_chunk", "corrupt_scene", "invalid_cameras", "undecodable_image", "undecodable_depth",
                    "missing_from_chunk", "image_too_large")
@@ -69,7 +69,7 @@ def check_dataset_roots(dataset_cfg: DatasetCfg, stage: Stage) -> None:
             if not chunks:
                 raise DatasetError(
                     f"dataset root {root!r} has no chunks in {stage_dir} (expected NNNNNN.torch files + "
-                    f"index.json); point dataset.roots at a converted dataset (README, \"Data\")")
+                    f"index.json); point dataset.roots at a converted dataset (docs/data.md)")
             index = _read_index(stage_dir)
             missing = sorted(file for file in set(index.values()) if not (stage_dir / file).is_file())
             if missing:
@@ -163,9 +163,8 @@ class ExampleBuilder:
         self.cfg, self.stage = cfg, stage
         self.sampler = get_view_sampler(cfg.view_sampler, stage, cfg.overfit_to_scene is not None,
                                         cfg.cameras_are_circular)
-        self.near = DEFAULT_NEAR if cfg.near == -1 else cfg.near
-        self.far = DEFAULT_FAR if cfg.far == -1 else cfg.far
-        self.shape = (cfg.image_shape[0], cfg.image_shape[1])
+        self.preprocessing = Preprocessing.from_cfg(cfg)
+        self.shape = self.preprocessing.image_shape
 
     def build(self, scene: dict, chunk: str, generator: torch.Generator, step: int, name: str | None = None) -> dict:
         """`name` (default: the scene key) names the example and is the key the view sampler looks up: run r
@@ -198,24 +197,14 @@ class ExampleBuilder:
             if cfg.skip_bad_shape and shape != tuple(cfg.original_image_shape):
                 raise SceneRejected("bad_shape", f"scene {key!r} frame {frame} is {shape}, "
                                     f"dataset.original_image_shape is {cfg.original_image_shape}")
-        scale = 1.0
-        if len(context) == 2 and cfg.make_baseline_1:
-            scale = float((extrinsics[context[0], :3, 3] - extrinsics[context[1], :3, 3]).norm())
-            if scale < cfg.baseline_epsilon:
-                raise SceneRejected("baseline_epsilon", f"scene {key!r}: context baseline {scale:.2e} < "
-                                    f"dataset.baseline_epsilon={cfg.baseline_epsilon}")
-            extrinsics[:, :3, 3] /= scale
-        near_far_scale = scale if cfg.baseline_scale_bounds else 1.0
         # The original draws the flip after sampling, with the same per-scene generator: rand < 0.5 keeps.
         flip = self.stage == "train" and cfg.augment and bool(torch.rand((), generator=generator) >= 0.5)
-        if flip:
-            extrinsics = reflect_extrinsics(extrinsics)
-        self._cropped: dict[int, np.ndarray] = {}
-        views = {side: self._views(indices, extrinsics, intrinsics, frames, flip, near_far_scale)
-                 for side, indices in (("context", context), ("target", target))}
+        prepared = preprocess_views(frames, extrinsics, intrinsics, context, target, self.preprocessing,
+                                    flip=flip, key=key)
+        views = {"context": prepared.context, "target": prepared.target}
         # Ground-truth depth (our synthetic chunks) is only scored, never trained on: val/test carry it.
         if DEPTH_KEY in scene and self.stage != "train":
-            views["target"]["depth"] = self._depths(scene, chunk, target, frames) / scale
+            views["target"]["depth"] = self._depths(scene, chunk, target, frames) / prepared.scale
         return {**views, "scene": name or key}
 
     def _depths(self, scene: dict, chunk: str, indices: Tensor, frames: dict[int, Image.Image]) -> Tensor:
@@ -241,26 +230,6 @@ class ExampleBuilder:
                                     f"its image {image_shape}")
             maps.append(rescale_and_crop_depth(depth, self.shape))
         return torch.from_numpy(np.stack(maps))
-
-    def _views(self, indices: Tensor, extrinsics: Tensor, intrinsics: Tensor, frames: dict[int, Image.Image],
-               flip: bool, near_far_scale: float) -> dict:
-        images, cropped_intrinsics = [], []
-        for i in indices.tolist():
-            if i not in self._cropped:  # a frame can be a context and a target, or a target twice
-                frame = frames[i].transpose(Image.FLIP_LEFT_RIGHT) if flip else frames[i]
-                self._cropped[i] = to_float_image(rescale_and_crop(frame, self.shape))
-            images.append(self._cropped[i])
-            resized = scaled_shape((frames[i].height, frames[i].width), self.shape)
-            cropped_intrinsics.append(crop_intrinsics(intrinsics[i], resized, self.shape))
-        count = len(indices)
-        return {
-            "extrinsics": extrinsics[indices],
-            "intrinsics": torch.stack(cropped_intrinsics),
-            "image": torch.from_numpy(np.stack(images)),
-            "near": torch.full((count,), self.near / near_far_scale),
-            "far": torch.full((count,), self.far / near_far_scale),
-            "index": indices.to(torch.int64),
-        }
 
 
 def rescale_and_crop_depth(depth: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

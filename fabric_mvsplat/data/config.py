@@ -109,7 +109,8 @@ class DataLoaderStageCfg:
     num_workers: int = 0
     persistent_workers: bool = True
     batch_size: int = 1
-    seed: int = 1234
+    # null as in the original: the stream's order then derives from the root `seed` alone.
+    seed: int | None = 1234
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:

@@ -2,11 +2,11 @@
 
 from dataclasses import dataclass
 
-from .decoder.config import DecoderSplattingCudaCfg
+from .decoder.config import DecoderSplattingCfg
 from .encoder.config import EncoderCostVolumeCfg
 
 
 @dataclass
 class ModelCfg:
     encoder: EncoderCostVolumeCfg
-    decoder: DecoderSplattingCudaCfg
+    decoder: DecoderSplattingCfg

@@ -1,6 +1,7 @@
 """Typed config of the losses (`fabric_mvsplat/configs/loss/{mse,lpips,depth}.yaml`)."""
 
 from dataclasses import dataclass
+from typing import Literal
 
 from ..errors import ConfigError
 
@@ -31,6 +32,10 @@ class LossDepthCfg:
     weight: float = 0.25
     sigma_image: float | None = None
     use_second_derivative: bool = False
+    # Added. The edge-aware weight exp(-sigma_image * g) of a depth difference, g the colour difference of the
+    # same neighbours: "signed" (the original) takes g = the largest signed difference over the channels (a
+    # falling edge can weigh more than 1); "absolute" takes the largest absolute difference.
+    color_gradient: Literal["signed", "absolute"] = "signed"
 
 
 @dataclass
@@ -44,7 +49,7 @@ class LossCfg:
 
 # What to do about an LPIPS loss without weights. Under +experiment=re10k (acid, dtu) `loss=[mse]` alone
 # is not enough: the experiment's own `loss.lpips` block brings the loss back; `~loss.lpips` removes it.
-NO_LPIPS_ADVICE = ("a directory holding vgg16.pth and vgg.pth (README, 'Weights'), or no LPIPS loss: add "
+NO_LPIPS_ADVICE = ("a directory holding vgg16.pth and vgg.pth (docs/training.md, 'Weights you bring'), or no LPIPS loss: add "
                    "~loss.lpips to the command line")
 
 

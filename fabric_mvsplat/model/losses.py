@@ -45,8 +45,10 @@ class LossLpips(nn.Module):
 
 
 class LossDepth(nn.Module):
-    """Depth smoothness regulariser (not supervision): penalises |d/dx| + |d/dy| of the rendered
-    log depth rescaled to [0, 1] between log(near) and log(far). Needs `train.depth_mode: log`."""
+    """Depth smoothness regulariser (not supervision), as the original computes it: the rendered depth clamped
+    to [log(near), log(far)] and rescaled to [0, 1], then weight * (mean |d/dx| + mean |d/dy|) of neighbour
+    differences (or second differences), optionally edge-aware. Needs `train.depth_mode: log` (the original's,
+    whose rendered value is alpha * log(far)) or `log_clamped`."""
 
     def __init__(self, cfg: LossDepthCfg) -> None:
         super().__init__()
@@ -54,6 +56,7 @@ class LossDepth(nn.Module):
 
     def forward(self, rendered: Tensor, target: Tensor, global_step: int, *, depth: Tensor | None = None,
                 near: Tensor | None = None, far: Tensor | None = None) -> Tensor:
+        """depth [B, V, H, W] rendered in a log mode; target [B, V, 3, H, W]; near, far [B, V]."""
         if depth is None or near is None or far is None:
             raise ValueError("the depth loss needs a rendered depth: set train.depth_mode=log")
         log_near = near.log()[..., None, None]  # [B, V, 1, 1]
@@ -61,18 +64,21 @@ class LossDepth(nn.Module):
         depth = torch.maximum(torch.minimum(depth, log_far), log_near)
         depth = (depth - log_near) / (log_far - log_near)  # [B, V, H, W] in [0, 1]
 
-        dx = depth[..., :, 1:] - depth[..., :, :-1]
-        dy = depth[..., 1:, :] - depth[..., :-1, :]
-        if self.cfg.use_second_derivative:
-            dx = dx[..., :, 1:] - dx[..., :, :-1]
-            dy = dy[..., 1:, :] - dy[..., :-1, :]
-        if self.cfg.sigma_image is not None:
-            # Edge-aware: allow depth edges where the image has colour edges.
-            color_dx = reduce((target[..., :, 1:] - target[..., :, :-1]).abs(), "b v c h w -> b v h w", "max")
-            color_dy = reduce((target[..., 1:, :] - target[..., :-1, :]).abs(), "b v c h w -> b v h w", "max")
-            crop = 2 if self.cfg.use_second_derivative else 1
-            dx = dx * torch.exp(-self.cfg.sigma_image * color_dx[..., :, crop - 1:dx.shape[-1] + crop - 1])
-            dy = dy * torch.exp(-self.cfg.sigma_image * color_dy[..., crop - 1:dy.shape[-2] + crop - 1, :])
+        second = self.cfg.use_second_derivative
+        dx, dy = depth.diff(dim=-1), depth.diff(dim=-2)
+        if second:
+            dx, dy = dx.diff(dim=-1), dy.diff(dim=-2)
+        if self.cfg.sigma_image is not None:  # edge-aware: allow depth edges where the image has colour edges
+            color_dx, color_dy = target.diff(dim=-1), target.diff(dim=-2)
+            if self.cfg.color_gradient == "absolute":
+                color_dx, color_dy = color_dx.abs(), color_dy.abs()
+            color_dx = reduce(color_dx, "b v c h w -> b v h w", "max")
+            color_dy = reduce(color_dy, "b v c h w -> b v h w", "max")
+            if second:  # a second difference spans two first differences: the larger colour edge of the two
+                color_dx = torch.maximum(color_dx[..., :, 1:], color_dx[..., :, :-1])
+                color_dy = torch.maximum(color_dy[..., 1:, :], color_dy[..., :-1, :])
+            dx = dx * torch.exp(-self.cfg.sigma_image * color_dx)
+            dy = dy * torch.exp(-self.cfg.sigma_image * color_dy)
         return self.cfg.weight * (dx.abs().mean() + dy.abs().mean())
 
 

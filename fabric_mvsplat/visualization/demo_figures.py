@@ -1,4 +1,4 @@
-"""Pictures of a finished run, from its own outputs: the README's demo figures.
+"""Pictures of a finished run, from its own outputs: the demo figures of README.md and docs/demo.md.
 
     python -m fabric_mvsplat.visualization.demo_figures outputs/demo --test-dir outputs/test/demo --out docs
 
@@ -171,7 +171,7 @@ def scene_figure(scene_dir: Path, near: float, far: float, caption: list[str] | 
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="The README's demo figures from a finished run's outputs.")
+    parser = argparse.ArgumentParser(description="The demo figures (README.md, docs/demo.md) from a finished run's outputs.")
     parser.add_argument("run_dir", type=Path, help="the training run's output_dir (holds tensorboard/, config.yaml)")
     parser.add_argument("--test-dir", type=Path, default=Path("outputs/test/demo"),
                         help="test mode's output folder for the run (test.output_path/<wandb.name>)")
@@ -198,7 +198,9 @@ def main(argv: list[str] | None = None) -> None:
                    f"PSNR {entry['psnr']:.1f} dB (nearest context {entry['psnr_nearest_context']:.1f})"]
         if entry.get("depth_abs_rel") is not None:
             caption.append(f"depth AbsRel {entry['depth_abs_rel']:.3f}")
-    scene_figure(args.test_dir / scene, near, far, caption).save(args.out / "demo_comparison.png", optimize=True)
+    names_path = args.test_dir / "scene_file_names.json"  # test mode's folder name per scene key
+    folder = json.loads(names_path.read_text()).get(scene, scene) if names_path.is_file() else scene
+    scene_figure(args.test_dir / folder, near, far, caption).save(args.out / "demo_comparison.png", optimize=True)
     print(f"wrote {args.out / 'demo_comparison.png'} and {args.out / 'demo_training_curve.png'}")
 
 

@@ -6,12 +6,12 @@ import torch
 from torch import Tensor, nn
 
 from ...types import Gaussians
-from .config import DecoderSplattingCudaCfg
+from .config import DecoderSplattingCfg
 from .rendering import DecoderOutput, DepthMode, render, resolve_backend
 
 
 class DecoderSplatting(nn.Module):
-    def __init__(self, cfg: DecoderSplattingCudaCfg, background_color: Sequence[float]) -> None:
+    def __init__(self, cfg: DecoderSplattingCfg, background_color: Sequence[float]) -> None:
         super().__init__()
         self.cfg = cfg
         # Fail at start-up, not at the first render: 'gsplat' needs CUDA, unknown names are rejected.

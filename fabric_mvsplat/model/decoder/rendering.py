@@ -12,8 +12,8 @@ from .projection import pixel_intrinsics, project_gaussians
 from .rasterize_torch import rasterize_torch
 from .sh import sh_to_color
 
-DepthMode = Literal["depth", "disparity", "relative_disparity", "log", "expected_depth"]
-DEPTH_MODES = ("depth", "disparity", "relative_disparity", "log", "expected_depth")
+DepthMode = Literal["depth", "disparity", "relative_disparity", "log", "log_clamped", "expected_depth"]
+DEPTH_MODES = ("depth", "disparity", "relative_disparity", "log", "log_clamped", "expected_depth")
 BACKENDS = ("auto", "gsplat", "torch")
 
 
@@ -51,6 +51,10 @@ def depth_feature(z: Tensor, near: Tensor, far: Tensor, mode: DepthMode) -> Tens
         disparity, near_disparity, far_disparity = 1 / (z + eps), 1 / (near + eps), 1 / (far + eps)
         return 1 - (disparity - far_disparity) / (near_disparity - far_disparity)
     if mode == "log":
+        # The original's formula, kept as it computes: z.minimum(near).maximum(far).log(), which is log(far) for
+        # every Gaussian (min(z, near) <= near < far); the rendered value is then alpha * log(far).
+        return torch.maximum(torch.minimum(z, near), far).log()
+    if mode == "log_clamped":  # what the original presumably meant: log of z clamped to [near, far]
         return torch.minimum(torch.maximum(z, near), far).log()
     raise ValueError(f"depth_mode={mode!r}: expected None or one of {DEPTH_MODES}")
 
@@ -84,7 +88,7 @@ def check_shapes(gaussians: Gaussians, extrinsics: Tensor, intrinsics: Tensor, n
 
 def render(gaussians: Gaussians, extrinsics: Tensor, intrinsics: Tensor, near: Tensor, far: Tensor,
            image_shape: tuple[int, int], depth_mode: DepthMode | None = None, *, backend: str = "auto",
-           use_principal_point: bool = True,
+           use_principal_point: bool = False,
            background_color: Sequence[float] | Tensor = (0.0, 0.0, 0.0)) -> DecoderOutput:
     """Render every camera of every scene in one backend call.
 

@@ -2,6 +2,6 @@
 
 from .config import EncoderCostVolumeCfg
 from .encoder import EncoderCostVolume
-from .weights import load_encoder_weights, load_unimatch_backbone
+from .pretrained import load_encoder_weights, load_unimatch_backbone
 
 __all__ = ["EncoderCostVolume", "EncoderCostVolumeCfg", "load_encoder_weights", "load_unimatch_backbone"]

@@ -18,12 +18,12 @@ from typing import Any, Literal, Union
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .data.config import DataLoaderCfg, DatasetCfg
-from .errors import ConfigError
-from .model.config import ModelCfg
-from .metrics.lpips import find_weight_files
-from .model.encoder.config import VisualizerCfg
-from .model.loss_config import LossCfg, check_losses
+from ..data.config import DataLoaderCfg, DatasetCfg
+from ..errors import ConfigError
+from ..model.config import ModelCfg
+from ..metrics.lpips import find_weight_files
+from ..model.encoder.config import VisualizerCfg
+from ..model.loss_config import LossCfg, check_losses
 
 
 @dataclass
@@ -72,8 +72,10 @@ class ProfileCfg:
 @dataclass
 class TrainerCfg:
     max_steps: int = -1
-    # int | float only so that a float gets a message of its own; floats are rejected below.
-    val_check_interval: int | float | None = 250
+    # An integer: every that many optimizer steps. A float in (0, 1]: that fraction of a pass over the
+    # training scenes per rank, counted from the start of each pass (Lightning's meaning; see
+    # `validation_interval_steps`). null: no validation.
+    val_check_interval: int | float | None = 0.5
     gradient_clip_val: float | None = 0.5
     num_sanity_val_steps: int = 2
     num_nodes: int = 1
@@ -85,6 +87,7 @@ class TrainerCfg:
     profile: ProfileCfg | None = None
     compile: bool = False
     accumulate_grad_batches: int = 1  # micro-batches per optimizer step (Lightning's key)
+    deterministic: bool = False  # torch's deterministic algorithms (and CUBLAS_WORKSPACE_CONFIG on CUDA)
 
     def __post_init__(self) -> None:
         if self.accumulate_grad_batches < 1:
@@ -93,14 +96,13 @@ class TrainerCfg:
         if self.max_steps == 0 or self.max_steps < -1:
             raise ConfigError("max_steps", self.max_steps, "-1 (no limit) or an integer >= 1")
         interval = self.val_check_interval
-        if isinstance(interval, float):
-            raise ConfigError(
-                "val_check_interval", interval,
-                "an integer number of optimizer steps >= 1, or null for no validation; a float "
-                "(Lightning's fraction of an epoch) is not supported because training streams have no epochs",
-            )
-        if interval is not None and interval < 1:
-            raise ConfigError("val_check_interval", interval, "an integer >= 1, or null for no validation")
+        if isinstance(interval, float) and not 0 < interval <= 1:
+            raise ConfigError("val_check_interval", interval,
+                              "a fraction of a pass over the training scenes in (0, 1] (a float), an integer "
+                              "number of optimizer steps >= 1, or null for no validation")
+        if isinstance(interval, int) and interval < 1:
+            raise ConfigError("val_check_interval", interval,
+                              "an integer number of optimizer steps >= 1, a fraction in (0, 1], or null")
         if self.gradient_clip_val is not None and not self.gradient_clip_val > 0:
             raise ConfigError("gradient_clip_val", self.gradient_clip_val, "a number > 0, or null for no clipping")
         if self.num_sanity_val_steps < 0:
@@ -130,7 +132,8 @@ class TestCfg:
 
 @dataclass
 class TrainCfg:
-    depth_mode: Literal["depth", "log", "disparity", "relative_disparity"] | None = None
+    # log: the original's formula (log(far) for every Gaussian); log_clamped: log of z clamped to [near, far].
+    depth_mode: Literal["depth", "log", "log_clamped", "disparity", "relative_disparity"] | None = None
     extended_visualization: bool = False
     print_log_every_n_steps: int = 1
     video_frames: int = 30
@@ -143,29 +146,98 @@ class TrainCfg:
 
 
 @dataclass
+class WatchdogCfg:
+    """A training step, validation or checkpoint save that takes longer than the limit makes every rank write
+    its threads' stacks to output_dir/hang/ and rank 0 name where each rank waits."""
+
+    enabled: bool | None = None  # null: on when the run has more than one process
+    timeout: float | None = None  # seconds; null: max(min_timeout, 20 x the median step so far)
+    min_timeout: float = 300.0  # the automatic limit is never shorter (and until 3 steps are measured, 3 x this)
+    exit_on_hang: bool = False  # after the report, end the process (exit code 124) instead of waiting on
+
+    def __post_init__(self) -> None:
+        if self.timeout is not None and not self.timeout > 0:
+            raise ConfigError("timeout", self.timeout, "a number of seconds > 0, or null for the automatic limit")
+        if not self.min_timeout > 0:
+            raise ConfigError("min_timeout", self.min_timeout, "a number of seconds > 0")
+
+
+@dataclass
+class StallCfg:
+    """Make one rank sleep before one step's forward: tries the watchdog on your cluster."""
+
+    rank: int = 0
+    step: int = 0
+    seconds: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.rank < 0 or self.step < 0 or not self.seconds > 0:
+            raise ConfigError("seconds" if self.rank >= 0 and self.step >= 0 else "rank" if self.rank < 0 else "step",
+                              (self.rank, self.step, self.seconds), "rank >= 0, step >= 0 and seconds > 0")
+
+
+@dataclass
+class DebugCfg:
+    watchdog: WatchdogCfg = field(default_factory=WatchdogCfg)
+    # Every N optimizer steps: TensorBoard histograms of the Gaussians and of the gradient norms per model part.
+    health_every_n_steps: int | None = None
+    # Replay a diverged step from a checkpoint: anomaly detection on at this global step, the run ends after it,
+    # nothing is validated or saved (the divergence error prints the whole command).
+    replay_step: int | None = None
+    stall: StallCfg | None = None
+    inspect_batches: int = 2  # mode=inspect: how many training batches it reads and reports
+
+    def __post_init__(self) -> None:
+        if self.health_every_n_steps is not None and self.health_every_n_steps < 1:
+            raise ConfigError("health_every_n_steps", self.health_every_n_steps, "an integer >= 1, or null (off)")
+        if self.replay_step is not None and self.replay_step < 0:
+            raise ConfigError("replay_step", self.replay_step, "a global step >= 0, or null")
+        if self.inspect_batches < 1:
+            raise ConfigError("inspect_batches", self.inspect_batches, "an integer >= 1")
+
+
+@dataclass
 class RootCfg:
     dataset: DatasetCfg
     data_loader: DataLoaderCfg
     model: ModelCfg
     loss: LossCfg
     wandb: dict = field(default_factory=dict)  # free-form, kept for command-line compatibility
-    mode: Literal["train", "test"] = "train"
+    mode: Literal["train", "test", "inspect"] = "train"
     optimizer: OptimizerCfg = field(default_factory=OptimizerCfg)
     checkpointing: CheckpointingCfg = field(default_factory=CheckpointingCfg)
     trainer: TrainerCfg = field(default_factory=TrainerCfg)
     test: TestCfg = field(default_factory=TestCfg)
     train: TrainCfg = field(default_factory=TrainCfg)
+    debug: DebugCfg = field(default_factory=DebugCfg)
     seed: int = 111123
     output_dir: str | None = None
 
     def __post_init__(self) -> None:
         if self.mode == "train" and self.trainer.max_steps == -1 and self.optimizer.cosine_lr:
+            # The original builds OneCycleLR over max_steps + 10 = 9 steps here and trains on at lr ~0.
             raise ConfigError(
                 "trainer.max_steps", -1,
-                "an integer >= 1 when optimizer.cosine_lr=true (the one-cycle schedule spans max_steps + 10)",
+                "an integer >= 1 while optimizer.cosine_lr=true (the one-cycle schedule spans trainer.max_steps "
+                "+ 10 steps and cannot be built without an end), or optimizer.cosine_lr=false to train without "
+                "a step limit",
             )
         if self.mode == "test" and self.checkpointing.load is None:
             raise ConfigError("checkpointing.load", None, "a checkpoint path when mode=test")
+
+
+def scoring_lpips_weights(cfg: RootCfg) -> str | None:
+    """The VGG weights folder for LPIPS scores (test mode, val/lpips): test.lpips_weights, else the training
+    loss's loss.lpips.weights (the experiments' loss block is composed in test mode too), else None."""
+    if cfg.test.lpips_weights is not None:
+        return cfg.test.lpips_weights
+    return cfg.loss.lpips.weights if cfg.loss.lpips is not None else None
+
+
+# Why test scores have no LPIPS when no weights are configured (the console line and scores_all_avg.json).
+LPIPS_NOT_COMPUTED = ("LPIPS not computed: neither test.lpips_weights nor loss.lpips.weights names a folder with "
+                      "the VGG weights vgg16.pth and vgg.pth (docs/training.md, weights); set one of them to score "
+                      "LPIPS as the paper does")
 
 
 def load_config(dict_config: DictConfig | dict) -> RootCfg:
@@ -189,7 +261,7 @@ LATEST_CHECKPOINT = "latest"
 def check_before_work(cfg: RootCfg) -> None:
     """What would otherwise fail after output is written: cross-group combinations and the files the config
     names (ConfigError, or MissingWeightsError for LPIPS files)."""
-    training = cfg.mode == "train"
+    training = cfg.mode in ("train", "inspect")
     if cfg.output_dir is None:
         raise ConfigError("output_dir", None, "a folder for the run's files (the default is outputs/<date>/<time>)")
     num_context_views = getattr(cfg.dataset.view_sampler, "num_context_views", None)
@@ -209,10 +281,10 @@ def check_before_work(cfg: RootCfg) -> None:
                           "relative to the directory you run from)")
     if training:
         check_losses(cfg.loss)
-        if cfg.loss.depth is not None and cfg.train.depth_mode != "log":
+        if cfg.loss.depth is not None and cfg.train.depth_mode not in ("log", "log_clamped"):
             raise ConfigError("train.depth_mode", cfg.train.depth_mode,
-                              "log while the depth loss is enabled (it smooths the rendered log depth), "
-                              "or no depth loss: add ~loss.depth")
+                              "log (the original's) or log_clamped while the depth loss is enabled (it smooths the "
+                              "rendered log depth), or no depth loss: add ~loss.depth")
         if cfg.loss.lpips is not None:
             find_weight_files(cfg.loss.lpips.weights)
         unimatch = cfg.model.encoder.unimatch_weights_path
@@ -220,7 +292,9 @@ def check_before_work(cfg: RootCfg) -> None:
             raise ConfigError("model.encoder.unimatch_weights_path", unimatch,
                               "an existing file (download gmdepth-scale1-resumeflowthings-scannet-5d9d7964.pth "
                               "from the UniMatch model zoo), or null to start the backbone from random init")
-    if cfg.test.lpips_weights is not None:
+    if cfg.mode == "test" and scoring_lpips_weights(cfg) is not None:
+        find_weight_files(scoring_lpips_weights(cfg))
+    elif cfg.test.lpips_weights is not None:
         find_weight_files(cfg.test.lpips_weights)
     name = cfg.wandb.get("name") if isinstance(cfg.wandb, dict) else None
     if cfg.mode == "test" and name is not None and (Path(str(name)).is_absolute() or ".." in Path(str(name)).parts):

@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from ... import safe_load
 from ...errors import MissingWeightsError, WeightsError
-from ...weights import load_weights_strict
+from ...strict_load import load_weights_strict
 
 UNIMATCH_KEY = "model.encoder.unimatch_weights_path"
 

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from ..data.chunks import CORRUPT_REASONS, INDEX_REASONS
 from ..distributed import gather_objects, show_progress_bar
+from ..config import LPIPS_NOT_COMPUTED
 from ..errors import EmptyEvaluationError
 from ..metrics import compute_depth_errors, compute_psnr, compute_ssim, nearest_context_images
 from ..types import BatchedExample
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
     from lightning_fabric import Fabric
 
     from ..config import RootCfg
-    from ..model.wrapper import MVSplat
+    from ..model.mvsplat import MVSplat
 
 
 @dataclass
@@ -54,18 +55,69 @@ class SceneScores:
     depth_delta_1_25: float | None = None
 
 
+TIMING_NOTE = (
+    "encoder / decoder: the original's method (host clock, no CUDA synchronisation, so on CUDA an encoder time "
+    "can end before its kernels do; decoder per target view, colour only); *_synchronised: the same calls timed "
+    "on the device (CUDA events read after synchronising; on CPU the host clock); scene_synchronised: encoder + "
+    "every target view's colour, synchronised. The first test.eval_time_skip_steps batches are left out; depth "
+    "and everything after the colour render are outside the timed part.")
+
+
 @dataclass
 class Timings:
-    """Wall-clock seconds per call, CUDA synchronised; the first `skip` batches are warm-up."""
+    """Seconds per call; the first `skip` batches are warm-up. `encoder`/`decoder` are the original's
+    measurement, the `_synchronised` lists ours (TIMING_NOTE)."""
 
     skip: int
     encoder: list[float] = field(default_factory=list)
     decoder: list[float] = field(default_factory=list)  # per rendered view
+    encoder_synchronised: list[float] = field(default_factory=list)
+    decoder_synchronised: list[float] = field(default_factory=list)  # per rendered view
+    scene_synchronised: list[float] = field(default_factory=list)  # encoder + all views of one batch
     batches_seen: int = 0
 
     def record(self, name: str, seconds: float, calls: int = 1) -> None:
         if self.batches_seen >= self.skip:
             getattr(self, name).extend([seconds / calls] * calls)
+
+    def lists(self) -> dict[str, list[float]]:
+        return {name: getattr(self, name) for name in TIMING_KEYS}
+
+
+TIMING_KEYS = ("encoder", "decoder", "encoder_synchronised", "decoder_synchronised", "scene_synchronised")
+
+
+class BatchClock:
+    """Marks between the timed calls of one batch, read twice: the host clock as the original reads it (no
+    synchronisation, the marks do not wait for the device) and the device's own time between the marks (CUDA
+    events, which the host does not wait for either, so the first reading is not disturbed)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.device = device
+
+    def start(self) -> None:
+        _synchronize(self.device)  # the previous batch's work is not this batch's (the original's metrics synced)
+        self.host, self.events = [time.perf_counter()], []
+        if self.cuda:
+            self.events.append(torch.cuda.Event(enable_timing=True))
+            self.events[-1].record()
+
+    def mark(self) -> None:
+        self.host.append(time.perf_counter())
+        if self.cuda:
+            self.events.append(torch.cuda.Event(enable_timing=True))
+            self.events[-1].record()
+
+    def finish(self) -> tuple[list[float], list[float], float]:
+        """-> (host intervals, device intervals, host seconds from start to the device finishing)."""
+        _synchronize(self.device)
+        total = time.perf_counter() - self.host[0]
+        host = [b - a for a, b in zip(self.host, self.host[1:])]
+        if not self.cuda:
+            return host, host, total
+        device = [a.elapsed_time(b) / 1000 for a, b in zip(self.events, self.events[1:])]
+        return host, device, total
 
 
 def _synchronize(device: torch.device) -> None:
@@ -130,9 +182,9 @@ def run_test(fabric: "Fabric", cfg: "RootCfg", model: "MVSplat", test_loader: It
     module = model.module if hasattr(model, "module") else model
     device = fabric.device
     module.eval()
-    if test_cfg.compute_scores and module.lpips_metric is None:
-        fabric.print("test: LPIPS is skipped because test.lpips_weights (and loss.lpips.weights) is null; "
-                     "PSNR and SSIM are computed.")
+    lpips_missing = LPIPS_NOT_COMPUTED if test_cfg.compute_scores and module.lpips_metric is None else None
+    if lpips_missing is not None:
+        fabric.print(f"test: {lpips_missing}. PSNR and SSIM are computed.")
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
@@ -140,6 +192,7 @@ def run_test(fabric: "Fabric", cfg: "RootCfg", model: "MVSplat", test_loader: It
     file_names: dict[str, str] = {}  # scene key -> the name of its files (the key itself when it is a safe name)
     rendered_scenes = 0
     timings = Timings(skip=test_cfg.eval_time_skip_steps)
+    clock = BatchClock(device)
     progress = tqdm(desc="test scenes", unit="scene", disable=not (fabric.global_rank == 0 and show_progress_bar()))
     for batch in test_loader:
         batch = fabric.to_device(batch)
@@ -148,21 +201,25 @@ def run_test(fabric: "Fabric", cfg: "RootCfg", model: "MVSplat", test_loader: It
         image_shape = tuple(target["image"].shape[-2:])
         num_views = target["image"].shape[1]
         has_depth = "depth" in target
-        # The expected depth is rendered only where it is scored or saved: the timings stay the original's.
-        depth_mode = "expected_depth" if has_depth or test_cfg.save_image else None
 
-        _synchronize(device)
-        start = time.perf_counter()
+        # Timed as the original: the encoder, then the colour render of every target view (no depth).
+        clock.start()
         with fabric.autocast():  # trainer.precision, as in training; the decoder renders in fp32
             gaussians = module.encode(context, global_step=0)
-        _synchronize(device)
-        timings.record("encoder", time.perf_counter() - start)
-
-        start = time.perf_counter()
-        output = module.render_views(gaussians, target, image_shape, depth_mode=depth_mode)
-        _synchronize(device)
-        timings.record("decoder", time.perf_counter() - start, calls=num_views)
+        clock.mark()
+        output = module.render_views(gaussians, target, image_shape)
+        clock.mark()
+        (host_encoder, host_decoder), (device_encoder, device_decoder), scene_seconds = clock.finish()
+        timings.record("encoder", host_encoder)
+        timings.record("decoder", host_decoder, calls=num_views)
+        timings.record("encoder_synchronised", device_encoder)
+        timings.record("decoder_synchronised", device_decoder, calls=num_views)
+        timings.record("scene_synchronised", scene_seconds)
         timings.batches_seen += 1
+        # The expected depth, outside the timed part, only where it is scored or saved.
+        depth_output = None
+        if has_depth or test_cfg.save_image:
+            depth_output = module.render_views(gaussians, target, image_shape, depth_mode="expected_depth")
 
         for b, (scene, file_name) in enumerate(zip(batch["scene"], batch["file_name"])):
             rendered = output.color[b].float()  # [V, 3, H, W], unclamped (the original's SSIM/LPIPS input)
@@ -170,7 +227,7 @@ def run_test(fabric: "Fabric", cfg: "RootCfg", model: "MVSplat", test_loader: It
             file_names[scene] = file_name
             if test_cfg.save_image:
                 save_scene_images(inside(out_dir, file_name), context["image"][b], context["index"][b],
-                                  ground_truth, rendered, target["index"][b], output.depth[b],
+                                  ground_truth, rendered, target["index"][b], depth_output.depth[b],
                                   target["near"][b, 0], target["far"][b, 0], target["depth"][b] if has_depth else None)
             if test_cfg.save_video:
                 first, last = context["index"][b, 0].item(), context["index"][b, -1].item()
@@ -184,35 +241,35 @@ def run_test(fabric: "Fabric", cfg: "RootCfg", model: "MVSplat", test_loader: It
                 scores.append(score_scene(
                     scene, rendered, ground_truth, context["image"][b].float(), context["index"][b],
                     target["index"][b], module.lpips_metric,
-                    depth=output.depth[b].float() if has_depth else None,
-                    alpha=output.alpha[b].float() if has_depth else None,
+                    depth=depth_output.depth[b].float() if has_depth else None,
+                    alpha=depth_output.alpha[b].float() if has_depth else None,
                     depth_truth=target["depth"][b].float() if has_depth else None))
         progress.update(len(batch["scene"]))
     progress.close()
 
     peak_memory = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
     load_skips = dict(getattr(test_loader, "skip_counts", {}))
-    per_rank = gather_objects(fabric, ([vars(s) for s in scores], timings.encoder, timings.decoder, peak_memory,
-                                       rendered_scenes, load_skips, file_names))
+    per_rank = gather_objects(fabric, ([vars(s) for s in scores], timings.lists(), peak_memory, rendered_scenes,
+                                       load_skips, file_names))
     skip_reasons = Counter(getattr(test_loader, "index_skip_counts", {}))  # the same on every rank: once
     for rank in per_rank:
-        skip_reasons.update(rank[5])
-    counts = {"rendered": sum(rank[4] for rank in per_rank),
+        skip_reasons.update(rank[4])
+    counts = {"rendered": sum(rank[3] for rank in per_rank),
               "scored": sum(len(rank[0]) for rank in per_rank),
               "skipped": skip_summary(skip_reasons), "skip_reasons": dict(sorted(skip_reasons.items()))}
     averages = None
     if fabric.global_rank == 0:
         all_scores = sorted((s for rank in per_rank for s in rank[0]), key=lambda s: s["scene"])
-        all_encoder = [t for rank in per_rank for t in rank[1]]
-        all_decoder = [t for rank in per_rank for t in rank[2]]
-        peak_memory = max(rank[3] for rank in per_rank)
-        averages = write_test_results(out_dir, all_scores, all_encoder, all_decoder, peak_memory,
-                                      test_cfg.compute_scores, counts)
-        write_file_names(out_dir, {key: name for rank in per_rank for key, name in rank[6].items()})
+        all_timings = {key: [t for rank in per_rank for t in rank[1][key]] for key in TIMING_KEYS}
+        peak_memory = max(rank[2] for rank in per_rank)
+        averages = write_test_results(out_dir, all_scores, all_timings, peak_memory, test_cfg.compute_scores,
+                                      counts, lpips_missing)
+        write_file_names(out_dir, {key: name for rank in per_rank for key, name in rank[5].items()})
         summary = ", ".join(f"{k} {v:.4f}" for k, v in averages.items() if isinstance(v, float))
         skipped = ", ".join(f"{kind} {n}" for kind, n in counts["skipped"].items())
         fabric.print(f"test: rendered {counts['rendered']} scenes, scored {counts['scored']}, skipped {skipped} "
                      f"-> {out_dir}" + (f": {summary}" if summary else ""))
+        fabric.print(timing_lines(averages, test_cfg.eval_time_skip_steps))
     if counts["rendered"] == 0 or (test_cfg.compute_scores and counts["scored"] == 0):
         reasons = ", ".join(f"{reason}: {n}" for reason, n in counts["skip_reasons"].items()) or "none skipped"
         raise EmptyEvaluationError(
@@ -268,14 +325,30 @@ def _mean(values: list) -> float:
     return sum(values) / len(values) if values else math.nan
 
 
-def write_test_results(out_dir: Path, scores: list[dict], encoder_times: list[float], decoder_times: list[float],
-                       peak_memory: int, compute_scores: bool, counts: dict | None = None) -> dict:
+def timing_lines(averages: dict, skipped_batches: int) -> str:
+    """The two timings, labelled, for the console."""
+    def ms(key: str) -> str:
+        calls, seconds = averages[key]
+        return f"{seconds * 1000:.1f} ms" if calls else "n/a"
+
+    after = f"after {skipped_batches} warm-up batch(es), {averages['encoder'][0]} scene(s)"
+    return (f"test timing, the original's method (host clock, not synchronised; {after}): encoder {ms('encoder')}, "
+            f"colour render {ms('decoder')} per view\n"
+            f"test timing, synchronised: encoder {ms('encoder_synchronised')}, colour render "
+            f"{ms('decoder_synchronised')} per view, encoder + all target views {ms('scene_synchronised')} per "
+            "scene")
+
+
+def write_test_results(out_dir: Path, scores: list[dict], timings: dict[str, list[float]], peak_memory: int,
+                       compute_scores: bool, counts: dict | None = None, lpips_missing: str | None = None) -> dict:
     """The original's files: scores_<metric>_all.json (per-scene lists), scores_all_avg.json,
     benchmark.json, peak_memory.json; plus scores_per_scene.json with the scene keys.
 
-    scores_all_avg.json also holds the scene counts (num_rendered, num_scored = num_scenes, num_skipped by
-    kind, skip_reasons), the baselines and, for scenes with ground-truth depth, depth_abs_rel and
-    depth_delta_1_25 with num_scenes_with_depth.
+    timings: per-call seconds under TIMING_KEYS. scores_all_avg.json holds [calls, mean seconds] for each
+    (encoder/decoder as the original's, the _synchronised ones ours, timing_note saying which is which), the
+    scene counts (num_rendered, num_scored = num_scenes, num_skipped by kind, skip_reasons), the baselines, for
+    scenes with ground-truth depth depth_abs_rel and depth_delta_1_25 with num_scenes_with_depth, and, when
+    LPIPS was not computed, "lpips": null with the reason in "lpips_not_computed".
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     averages: dict = {}
@@ -285,6 +358,9 @@ def write_test_results(out_dir: Path, scores: list[dict], encoder_times: list[fl
             values = [s[metric] for s in scores]
             (out_dir / f"scores_{metric}_all.json").write_text(json.dumps(values))
             averages[metric] = _mean(values)
+        if lpips_missing is not None:
+            averages["lpips"] = None
+            averages["lpips_not_computed"] = lpips_missing
         averages["psnr_mean_colour_baseline"] = _mean([s["psnr_mean_colour"] for s in scores])
         averages["psnr_nearest_context_baseline"] = _mean([s["psnr_nearest_context"] for s in scores])
         averages["ssim_nearest_context_baseline"] = _mean([s["ssim_nearest_context"] for s in scores])
@@ -294,8 +370,10 @@ def write_test_results(out_dir: Path, scores: list[dict], encoder_times: list[fl
             averages["depth_delta_1_25"] = _mean([s["depth_delta_1_25"] for s in with_depth])
             averages["num_scenes_with_depth"] = len(with_depth)
         (out_dir / "scores_per_scene.json").write_text(json.dumps(scores, indent=1))
-    for tag, times in (("encoder", encoder_times), ("decoder", decoder_times)):
-        averages[tag] = [len(times), sum(times) / len(times) if times else 0.0]
+    for key in TIMING_KEYS:
+        times = timings.get(key, [])
+        averages[key] = [len(times), sum(times) / len(times) if times else 0.0]
+    averages["timing_note"] = TIMING_NOTE
     averages["num_scenes"] = len(scores)
     if counts is not None:
         averages["num_rendered"] = counts["rendered"]
@@ -303,6 +381,6 @@ def write_test_results(out_dir: Path, scores: list[dict], encoder_times: list[fl
         averages["num_skipped"] = counts["skipped"]
         averages["skip_reasons"] = counts["skip_reasons"]
     (out_dir / "scores_all_avg.json").write_text(json.dumps(averages, indent=1))
-    (out_dir / "benchmark.json").write_text(json.dumps({"encoder": encoder_times, "decoder": decoder_times}))
+    (out_dir / "benchmark.json").write_text(json.dumps({key: timings.get(key, []) for key in TIMING_KEYS}))
     (out_dir / "peak_memory.json").write_text(json.dumps({"allocated_bytes.all.peak": peak_memory}))
     return averages
