@@ -119,7 +119,7 @@ def time_demo_steps(rasterizers: dict, size: int, rounds: int, loads: list) -> d
     from benchmarks.conftest import CONFIG_DIR, make_batch
     from benchmarks.test_bench_model import make_train_step
     from fabric_mvsplat.config import load_config
-    from fabric_mvsplat.train import make_model
+    from fabric_mvsplat.build import make_model
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
         cfg = load_config(compose("main", overrides=["+experiment=demo", f"dataset.image_shape=[{size},{size}]"]))

@@ -294,7 +294,7 @@ def re10k_model(out_dir: Path, backend: str, views: int = 2):
 
     from fabric_mvsplat.config import load_config
     from tests.lpips_test_weights import write_lpips_test_weights
-    from fabric_mvsplat.train import make_model
+    from fabric_mvsplat.build import make_model
 
     lpips_dir = out_dir / "lpips_random_weights"
     if not (lpips_dir / "vgg.pth").is_file():

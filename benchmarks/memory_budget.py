@@ -70,7 +70,7 @@ def build_model(overrides: list[str], image: int, lpips_dir: Path):
     from hydra import compose, initialize_config_dir
 
     from fabric_mvsplat.config import load_config
-    from fabric_mvsplat.train import make_model
+    from fabric_mvsplat.build import make_model
 
     base = ["+experiment=re10k", "model.encoder.unimatch_weights_path=null", f"loss.lpips.weights={lpips_dir}",
             f"dataset.image_shape=[{image},{image}]", "dataset.view_sampler.num_context_views=2"]

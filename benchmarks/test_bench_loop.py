@@ -68,7 +68,7 @@ class InMemoryStream:
 
 def one_cycle(optimizer: torch.optim.Optimizer, steps: int):
     from fabric_mvsplat.config import OptimizerCfg
-    from fabric_mvsplat.train import make_scheduler
+    from fabric_mvsplat.build import make_scheduler
 
     return make_scheduler(OptimizerCfg(), steps, optimizer)
 
@@ -95,7 +95,7 @@ def build(model_name: str, make_cfg, device: str, steps: int, log_every: int):
     if model_name.startswith("tiny"):
         model = TinyModel()
     else:
-        from fabric_mvsplat.train import make_model
+        from fabric_mvsplat.build import make_model
 
         model = make_model(cfg)
     model = model.to(device)
@@ -166,10 +166,10 @@ def test_loop_overhead(bench, benchmark, device, loop, model_name, make_cfg, tmp
         def setup():
             schedule["now"] = one_cycle(optimizer, steps)
 
-        def run():  # the training state as train.prepare_training builds it; fit ends with its final checkpoint
+        def run():  # the training state as build.prepare_training builds it; fit ends with its final checkpoint
             state = {"model": wrapped, "optimizer": wrapped_optimizer, "scheduler": schedule["now"], "scaler": None,
                      "train_stream": stream, "val_source": None, "step_tracker": StepTracker(), "step": 0}
-            return fit(fabric, cfg, state, tmp_path)["step"]
+            return fit(fabric, cfg, state, tmp_path).end_step
     else:
         setup = None
         run = lambda: lightning_trainer_fit(model, optimizer, stream, steps, device, tmp_path)  # noqa: E731

@@ -39,7 +39,7 @@ def skip_big_on_cpu(size: str, device: str) -> None:
 
 
 def build(make_cfg, encoder: str, image: int, device: str, extra: list[str] = ()):
-    from fabric_mvsplat.train import make_model
+    from fabric_mvsplat.build import make_model
 
     torch.manual_seed(0)
     cfg = make_cfg(encoder, image=image, extra=list(extra))
@@ -116,7 +116,7 @@ def xfail_if_not_finite(benchmark, tensors: dict[str, torch.Tensor]) -> None:
 def make_train_step(model, precision: str, device: str, batch: dict, max_steps: int = 1000):
     """One optimizer step exactly as the loop does it, minus Fabric: returns the step function."""
     from fabric_mvsplat.config import OptimizerCfg
-    from fabric_mvsplat.train import make_optimizer, make_scheduler
+    from fabric_mvsplat.build import make_optimizer, make_scheduler
 
     optimizer = make_optimizer(OptimizerCfg(), model)
     scheduler = make_scheduler(OptimizerCfg(), max_steps, optimizer)

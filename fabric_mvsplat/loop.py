@@ -18,7 +18,7 @@ import signal
 import sys
 import time
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -46,8 +46,25 @@ class TrainingDiverged(RuntimeError):
         self.step = step
 
 
-def fit(fabric: Fabric, cfg: RootCfg, state: dict, output_dir: Path) -> dict:
-    """Train from `state["step"]` to `cfg.trainer.max_steps`, or until a stop signal; returns the state.
+@dataclass
+class TrainingSummary:
+    """What `fit` reports for the end-of-run lines (see report.report_end)."""
+
+    start_step: int
+    tensorboard: Path
+    end_step: int = 0
+    scenes: int = 0  # trained on this rank
+    train_seconds: float = 0.0  # training only: validation and checkpoints excluded
+    val: dict[str, float] = field(default_factory=dict)  # the last validation's scalars
+    best_val_psnr: float | None = None
+    last_checkpoint: Path | None = None
+    stopped_by: str | None = None  # the stop signal's name, e.g. "SIGTERM"
+    amp_skipped_steps: int = 0  # 16-mixed: updates the GradScaler skipped
+
+
+def fit(fabric: Fabric, cfg: RootCfg, state: dict, output_dir: Path) -> TrainingSummary:
+    """Train from `state["step"]` to `cfg.trainer.max_steps`, or until a stop signal; `state` is updated in
+    place and the summary of the run is returned.
 
     state, one plain dict (as litgpt keeps it):
         model         fabric-wrapped; `model(batch, step) -> StepOutput(loss, logs)`, and
@@ -59,7 +76,6 @@ def fit(fabric: Fabric, cfg: RootCfg, state: dict, output_dir: Path) -> dict:
         val_source    endless iterator of validation batches on rank 0; None elsewhere or without validation
         step_tracker  tells the view sampler the step the next batch trains at
         step          optimizer steps done
-    On return, state["summary"] holds what the end-of-run report needs (see train.report_end).
     """
     trainer, output_dir = cfg.trainer, Path(output_dir)
     model, optimizer, scheduler, scaler = state["model"], state["optimizer"], state["scheduler"], state.get("scaler")
@@ -76,8 +92,7 @@ def fit(fabric: Fabric, cfg: RootCfg, state: dict, output_dir: Path) -> dict:
     state["lineage"] = Lineage.for_run(checkpoints, resumed.get("path"), resumed.get("lineage"))
     if is_rank_zero:
         warn_about_other_histories(state["lineage"])
-    summary = {"start_step": start_step, "scenes": 0, "train_seconds": 0.0, "val": {}, "best_val_psnr": None,
-               "last_checkpoint": None, "stopped_by": None, "amp_skipped_steps": 0, "tensorboard": writer.log_dir}
+    summary = TrainingSummary(start_step=start_step, tensorboard=writer.log_dir)
     # Decided from the config alone: every rank must reach the same barriers (only rank 0 has a source).
     validating = trainer.val_check_interval is not None
     if validating and is_rank_zero and val_source is None:
@@ -156,7 +171,7 @@ def fit(fabric: Fabric, cfg: RootCfg, state: dict, output_dir: Path) -> dict:
                 # the schedule must not move either, or it would run ahead of the updates actually made.
                 skipped = scaler is not None and not torch.isfinite(grad_norm).item()
                 if skipped:
-                    summary["amp_skipped_steps"] += 1
+                    summary.amp_skipped_steps += 1
                 else:
                     scheduler.step()  # one scheduler step per optimizer update (Lightning's interval="step")
                 health.record_gradients(grad_norm, step)
@@ -180,9 +195,9 @@ def fit(fabric: Fabric, cfg: RootCfg, state: dict, output_dir: Path) -> dict:
                         health.check(step)
                         watchdog.beat(f"checkpoint save after step {step}")
                         with stop.deferring_exit():  # a second Ctrl-C never leaves a half-written file
-                            summary["last_checkpoint"] = save(fabric, cfg, state, checkpoints)
+                            summary.last_checkpoint = save(fabric, cfg, state, checkpoints)
                 if stop_requested:  # the same on every rank, whichever rank(s) got the signal
-                    summary["stopped_by"] = describe_stop(signalled, fabric.global_rank)
+                    summary.stopped_by = describe_stop(signalled, fabric.global_rank)
                     break
                 if finished:  # max_steps, or the replayed step
                     break
@@ -194,12 +209,11 @@ def fit(fabric: Fabric, cfg: RootCfg, state: dict, output_dir: Path) -> dict:
         writer.close()
     health.check(step)
     meter.end_interval()  # the steps since the last log count in the totals too
-    summary["scenes"] += meter.total_scenes
-    summary["train_seconds"] += meter.total_seconds
-    summary["end_step"] = step
+    summary.scenes += meter.total_scenes
+    summary.train_seconds += meter.total_seconds
+    summary.end_step = step
     fabric.barrier()
-    state["summary"] = summary
-    return state
+    return summary
 
 
 class ValidationSchedule:
@@ -270,7 +284,7 @@ def grad_norm_clipped(grad_norm: torch.Tensor, max_norm: float | None) -> torch.
 
 
 def log_training(fabric: Fabric, writer: RankZeroWriter, logs: dict, lr: float, step: int, meter: "StepMeter",
-                 train_stream, scenes: list[str], health: "DivergenceWatch", summary: dict) -> None:
+                 train_stream, scenes: list[str], health: "DivergenceWatch", summary: TrainingSummary) -> None:
     """Average the step's scalars over ranks and write them on rank 0: one all_reduce, which also carries
     the divergence flags (so checking them costs no synchronisation of its own)."""
     names = sorted(logs)
@@ -306,7 +320,7 @@ def log_training(fabric: Fabric, writer: RankZeroWriter, logs: dict, lr: float, 
     else:
         scalars["memory/peak_rss_gib"] = reduced["memory_allocated"] / world
     if not health.check_gradients:  # 16-mixed: updates the GradScaler skipped so far
-        scalars["train/amp_skipped_steps"] = summary["amp_skipped_steps"]
+        scalars["train/amp_skipped_steps"] = summary.amp_skipped_steps
     writer.scalars(scalars, step)
     if fabric.global_rank == 0:
         near_far = "".join(f" | {k.split('/')[1]} {scalars[k]:.2f}" for k in ("info/near", "info/far") if k in scalars)
@@ -316,7 +330,7 @@ def log_training(fabric: Fabric, writer: RankZeroWriter, logs: dict, lr: float, 
 
 
 def validate(fabric: Fabric, module, val_source, writer: RankZeroWriter | None, step: int, num_batches: int,
-             summary: dict) -> None:
+             summary: TrainingSummary) -> None:
     """Render `num_batches` validation batches on rank 0 while the other ranks wait at the barrier.
 
     Validation is a visual check of one scene per interval (as in the original), so it is not sharded.
@@ -336,10 +350,10 @@ def validate(fabric: Fabric, module, val_source, writer: RankZeroWriter | None, 
                     writer.image(name, image, step)
                 for name, video in result.videos.items():
                     writer.video(name, video, step)
-                summary["val"] = dict(result.scalars)
+                summary.val = dict(result.scalars)
                 if "val/psnr" in result.scalars:
-                    best = summary["best_val_psnr"]
-                    summary["best_val_psnr"] = max(result.scalars["val/psnr"], best if best is not None else -math.inf)
+                    best = summary.best_val_psnr
+                    summary.best_val_psnr = max(result.scalars["val/psnr"], best if best is not None else -math.inf)
                 shown = " | ".join(f"{name} {value:.4f}" for name, value in sorted(result.scalars.items()))
                 tqdm.write(f"step {step}: validation ({batch['scene'][0]}): {shown}")
         if writer is not None:

@@ -1,5 +1,7 @@
-"""The folders a run writes into: one live run per folder (a lock the OS drops when its holder dies, even by
-kill -9), checked writable before any work, and the run's log file opened only once the run has started.
+"""The output-folder policy: one live run per folder (a lock the OS drops when its holder dies, even by kill -9),
+folders checked writable before any work, which checkpoint `checkpointing.load=latest` means, what a fresh run
+refuses, where the run's config and log land (only once it has started), and the clean-up of checkpoint writes an
+earlier kill interrupted.
 
 The lock is an exclusive `flock` (POSIX) or `msvcrt.locking` (Windows) on `<folder>/.fabric_mvsplat.lock`; the
 file also names its holder (pid, host, start time, command) for the message a second run gets. Only the process
@@ -15,9 +17,19 @@ import os
 import socket
 import sys
 import time
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import OutputFolderError
+from lightning_fabric import Fabric
+
+from .checkpoint import latest_checkpoint, remove_stray_temporaries
+from .config import LATEST_CHECKPOINT, RootCfg
+from .errors import CheckpointError, ConfigError, OutputFolderError, UserError
+from .evaluation.test_mode import test_results_dir
+
+log = logging.getLogger(__name__)
+
 
 LOCK_NAME = ".fabric_mvsplat.lock"
 PROBE_NAME = ".fabric_mvsplat.write_test"
@@ -201,3 +213,97 @@ class RunLog:
             if handler is not None:
                 root.removeHandler(handler)
                 handler.close()
+
+
+def resolve_latest(cfg: RootCfg, output_dir: Path) -> None:
+    """checkpointing.load=latest: the newest checkpoint of this run history in output_dir/checkpoints
+    (checkpoint.latest_checkpoint: another history's later checkpoints are left out), or a fresh start when there
+    is none (training), so a requeued job runs the same command line."""
+    if cfg.checkpointing.load != LATEST_CHECKPOINT:
+        return
+    found = latest_checkpoint(Path(output_dir) / "checkpoints")
+    if found is not None:
+        cfg.checkpointing.load = str(found)
+        print(f"fabric_mvsplat: checkpointing.load={LATEST_CHECKPOINT} -> {found}", file=sys.stderr)
+    elif cfg.mode == "test":
+        raise CheckpointError(f"checkpointing.load={LATEST_CHECKPOINT} found no checkpoint in "
+                              f"{Path(output_dir) / 'checkpoints'}; point checkpointing.load at a checkpoint file")
+    else:
+        cfg.checkpointing.load = None
+        print(f"fabric_mvsplat: checkpointing.load={LATEST_CHECKPOINT}: no checkpoint in "
+              f"{Path(output_dir) / 'checkpoints'}, starting fresh", file=sys.stderr)
+
+
+def refuse_to_mix_runs(cfg: RootCfg, output_dir: Path) -> None:
+    """A run that starts at step 0 in a folder holding another run's checkpoints would mix its events with
+    them, and the top-k rotation (newest steps win) would delete its own checkpoints: stop before any work."""
+    starts_fresh = cfg.mode == "train" and not (cfg.checkpointing.load is not None and cfg.checkpointing.resume)
+    existing = sorted(Path(output_dir, "checkpoints").glob("*.ckpt")) if starts_fresh else []
+    if existing:
+        raise ConfigError("output_dir", str(output_dir),
+                          f"a folder without an earlier run's checkpoints; it already holds checkpoints "
+                          f"({', '.join(p.name for p in existing[:3])}): resume it with checkpointing.load="
+                          f"{existing[-1]}, or start a new run in another output_dir=..., or delete that folder")
+
+
+@contextmanager
+def claim_output_folders(fabric: Fabric, cfg: RootCfg, output_dir: Path):
+    """Before any work, on rank 0: hold the folder this run writes its results into (training and inspect:
+    output_dir; test mode: test.output_path/<wandb.name>), so that a second run on it stops with a line naming this
+    one, and check that every folder it writes is writable. Every rank raises the same error when rank 0 could not.
+    A training run then removes the temporary files an earlier, killed run left (only the folder's holder may)."""
+    lock, problem = None, None
+    if fabric.global_rank == 0:
+        try:
+            if cfg.mode != "test":
+                lock = FolderLock(output_dir, "output_dir").acquire()
+                check_writable(output_dir, "output_dir")
+            else:
+                lock = FolderLock(test_results_dir(cfg), "test.output_path").acquire()
+                check_writable(test_results_dir(cfg), "test.output_path")
+                check_writable(output_dir, "output_dir")  # config_test.yaml and the log
+        except OutputFolderError as error:
+            problem = str(error)
+            if lock is not None:
+                lock.release()
+    problem = fabric.broadcast(problem, src=0)
+    if problem is not None:
+        raise UserError(problem)
+    try:
+        if fabric.global_rank == 0:
+            log.info(f"output directory: {output_dir}")  # through logging: it lands in output_dir/train.log too
+        if lock is not None and cfg.mode == "train":
+            for stray in remove_stray_temporaries(output_dir / "checkpoints"):
+                fabric.print(f"removed {stray} (a checkpoint write interrupted by an earlier kill)")
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+@dataclass
+class RunStart:
+    """What a run writes once it has started (its checkpoint loaded): the resolved config and the log file."""
+
+    config_yaml: str | None
+    run_log: RunLog | None
+
+
+def record_start(fabric: Fabric, cfg: RootCfg, output_dir: Path, started: RunStart, step: int) -> None:
+    """Once the checkpoint (if any) has loaded, so that a failed start changes nothing in output_dir: the resolved
+    config and the log file. A resumed run keeps the earlier run's config.yaml and writes its own beside it; a
+    test run into a training run's folder writes config_test.yaml."""
+    if fabric.global_rank != 0:
+        return
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if started.run_log is not None:
+        started.run_log.open(output_dir / "train.log")
+    if started.config_yaml is None:
+        return
+    if cfg.mode == "test":
+        name = "config_test.yaml"
+    elif (output_dir / "config.yaml").exists() and step > 0:
+        name = f"config_resumed_at_step_{step}.yaml"
+    else:
+        name = "config.yaml"
+    (output_dir / name).write_text(started.config_yaml)

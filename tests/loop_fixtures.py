@@ -165,8 +165,8 @@ class RecordingTracker:
 
 
 def tiny_state(fabric, cfg: RootCfg, model: TinyModel) -> dict:
-    """train.prepare_training with the tiny stream and validation source -> the training state."""
-    from fabric_mvsplat.train import prepare_training
+    """build.prepare_training with the tiny stream and validation source -> the training state."""
+    from fabric_mvsplat.build import prepare_training
 
     stream = TinyTrainStream(fabric.global_rank, cfg.data_loader.train.batch_size)
     val_source = OneSceneValidationSource() if fabric.global_rank == 0 else None
@@ -174,13 +174,14 @@ def tiny_state(fabric, cfg: RootCfg, model: TinyModel) -> dict:
 
 
 def train_tiny(cfg: RootCfg, output_dir: Path, fabric=None, **model_kwargs):
-    """train.run_training with the tiny pieces: -> (fabric, model, final state, stream, val source).
+    """train.run_training with the tiny pieces: -> (fabric, model, final state, stream, val source, summary).
 
     The model is built after seeding, as in train.py; model_kwargs go to TinyModel. checkpointing.load=latest
     is resolved as train.run does.
     """
+    from fabric_mvsplat.build import make_fabric
     from fabric_mvsplat.loop import fit
-    from fabric_mvsplat.train import make_fabric, resolve_latest
+    from fabric_mvsplat.output_folder import resolve_latest
 
     resolve_latest(cfg, output_dir)
     if fabric is None:
@@ -188,8 +189,9 @@ def train_tiny(cfg: RootCfg, output_dir: Path, fabric=None, **model_kwargs):
         fabric.launch()
     fabric.seed_everything(cfg.seed + fabric.global_rank)
     model = TinyModel(**model_kwargs)
-    state = fit(fabric, cfg, tiny_state(fabric, cfg, model), output_dir)
-    return fabric, model, state, state["train_stream"], state["val_source"]
+    state = tiny_state(fabric, cfg, model)
+    summary = fit(fabric, cfg, state, output_dir)
+    return fabric, model, state, state["train_stream"], state["val_source"], summary
 
 
 def tiny_worker(output_dir: Path, keys_json: str, step_seconds: float) -> None:
@@ -201,8 +203,10 @@ def tiny_worker(output_dir: Path, keys_json: str, step_seconds: float) -> None:
     import os
     import sys
 
-    from fabric_mvsplat.train import (claim_output_folders, error_ending, make_fabric, report_end,
-                                      result_exit_code, shut_down)
+    from fabric_mvsplat.build import make_fabric
+    from fabric_mvsplat.output_folder import claim_output_folders
+    from fabric_mvsplat.report import report_end
+    from fabric_mvsplat.train import error_ending, result_exit_code, shut_down
 
     slow_save = float(os.environ.get("FABRIC_MVSPLAT_TEST_SLOW_SAVE", "0"))
     if slow_save:
@@ -212,9 +216,9 @@ def tiny_worker(output_dir: Path, keys_json: str, step_seconds: float) -> None:
         fabric = make_fabric(cfg.trainer)
         fabric.launch()
         with claim_output_folders(fabric, cfg, output_dir):
-            fabric, model, state, *_ = train_tiny(cfg, output_dir, fabric=fabric, step_seconds=step_seconds)
-            report_end(fabric, cfg, state, output_dir)
-            code = result_exit_code(cfg, state)
+            fabric, *_, summary = train_tiny(cfg, output_dir, fabric=fabric, step_seconds=step_seconds)
+            report_end(fabric, cfg, summary, output_dir)
+            code = result_exit_code(summary)
             shut_down(fabric, stopped_by_signal=code != 0)
     except (Exception, KeyboardInterrupt) as error:
         ending = error_ending(error)
@@ -312,8 +316,9 @@ def ddp_worker(data_root: Path, output_dir: Path, results_dir: Path, val_check_i
 
     from fabric_mvsplat.data import StepTracker, make_train_stream
     from fabric_mvsplat.data.config import DataLoaderStageCfg
+    from fabric_mvsplat.build import make_fabric, prepare_training
     from fabric_mvsplat.loop import fit
-    from fabric_mvsplat.train import make_fabric, prepare_training, shut_down
+    from fabric_mvsplat.train import shut_down
     from data_fixtures import dataset_cfg
 
     rank = int(os.environ["RANK"])
@@ -348,7 +353,8 @@ def ddp_worker(data_root: Path, output_dir: Path, results_dir: Path, val_check_i
     seen: list[str] = []
     recording_stream = RecordingStream(stream, seen)
     val_source = OneSceneValidationSource() if fabric.global_rank == 0 else None
-    state = fit(fabric, cfg, prepare_training(fabric, cfg, model, recording_stream, val_source, tracker), output_dir)
+    state = prepare_training(fabric, cfg, model, recording_stream, val_source, tracker)
+    fit(fabric, cfg, state, output_dir)
     params = flat_parameters(model)
     gathered = fabric.all_gather(params)
     builtins.open, io.open, os.mkdir = real_open, real_io_open, real_mkdir
@@ -369,8 +375,9 @@ def worker_stream_run(data_root: Path, output_dir: Path) -> None:
 
     from fabric_mvsplat.data import StepTracker, make_train_stream
     from fabric_mvsplat.data.config import DataLoaderStageCfg
+    from fabric_mvsplat.build import make_fabric, prepare_training
     from fabric_mvsplat.loop import EXIT_STOPPED_BY_SIGNAL, fit
-    from fabric_mvsplat.train import make_fabric, prepare_training, report_end
+    from fabric_mvsplat.report import report_end
     from data_fixtures import dataset_cfg
 
     cfg = tiny_cfg(**{"trainer.max_steps": 40, "trainer.val_check_interval": None})
@@ -381,9 +388,9 @@ def worker_stream_run(data_root: Path, output_dir: Path) -> None:
     stream = RealSceneFeatures(make_train_stream(dataset_cfg(data_root), DataLoaderStageCfg(batch_size=2, num_workers=2),
                                                  tracker, 0, 1, cfg.seed))
     model = TinyModel(step_seconds=0.3)
-    state = fit(fabric, cfg, prepare_training(fabric, cfg, model, stream, None, tracker), output_dir)
-    report_end(fabric, cfg, state, output_dir)
-    if state["summary"]["stopped_by"] is not None:
+    summary = fit(fabric, cfg, prepare_training(fabric, cfg, model, stream, None, tracker), output_dir)
+    report_end(fabric, cfg, summary, output_dir)
+    if summary.stopped_by is not None:
         sys.exit(EXIT_STOPPED_BY_SIGNAL)
 
 

@@ -61,7 +61,7 @@ def test_resume_after_a_crash_is_bit_identical(tmp_path):
     assert names(tmp_path / "b" / "checkpoints") == ["epoch_0-step_4.ckpt"]
 
     resume = {**keys, "checkpointing.load": tmp_path / "b" / "checkpoints" / "epoch_0-step_4.ckpt"}
-    _, resumed, state, stream, _ = train_tiny(tiny_cfg(**resume), tmp_path / "b")
+    _, resumed, state, stream, *_ = train_tiny(tiny_cfg(**resume), tmp_path / "b")
     assert resumed.seen_steps == [4, 5, 6, 7] and state["step"] == 8 and stream.position == 8
     assert torch.equal(flat_parameters(resumed), flat_parameters(uninterrupted))
     final_a = torch.load(tmp_path / "a" / "checkpoints" / "epoch_0-step_8.ckpt", weights_only=True)
@@ -78,7 +78,7 @@ def test_fine_tune_loads_weights_only_and_starts_fresh(tmp_path):
     cfg = tiny_cfg(**{"trainer.max_steps": 1, "checkpointing.load": source, "checkpointing.resume": False,
                       "trainer.val_check_interval": None, "trainer.gradient_clip_val": None,
                       "optimizer.cosine_lr": False, "optimizer.warm_up_steps": 1})
-    _, model, state, stream, _ = train_tiny(cfg, tmp_path / "b")
+    _, model, state, stream, *_ = train_tiny(cfg, tmp_path / "b")
     assert model.seen_steps == [0] and stream.position == 1 and state["step"] == 1
     # One fresh Adam step (no moments loaded) moves each weight by at most lr from the loaded values.
     for key, value in model.state_dict().items():
@@ -231,8 +231,8 @@ def test_16_mixed_scaler_state_round_trips_and_a_skipped_step_keeps_the_schedule
 
     keys = {"trainer.max_steps": 4, "checkpointing.every_n_train_steps": 4, "trainer.val_check_interval": None,
             "trainer.gradient_clip_val": 0.5}
-    _, _, state, *_ = train_tiny(tiny_cfg(**keys), tmp_path, fabric=fabric())  # clipping must not raise
-    assert state["summary"]["amp_skipped_steps"] == 1
+    _, _, state, *_, summary = train_tiny(tiny_cfg(**keys), tmp_path, fabric=fabric())  # clipping must not raise
+    assert summary.amp_skipped_steps == 1
     assert state["scheduler"].last_epoch == 3  # 4 optimizer steps, 3 updates
     from test_loop import read_events
 
@@ -242,6 +242,15 @@ def test_16_mixed_scaler_state_round_trips_and_a_skipped_step_keeps_the_schedule
     assert saved["MixedPrecision"]["scale"] == 2.0**10 == state["scaler"].get_scale()
 
     resumed = tiny_cfg(**{**keys, "trainer.max_steps": 5, "checkpointing.load": "latest"})
-    _, _, state, *_ = train_tiny(resumed, tmp_path, fabric=fabric())
+    _, _, state, *_, summary = train_tiny(resumed, tmp_path, fabric=fabric())
     assert state["scaler"].get_scale() == 2.0**10  # restored, not the fresh scaler's 2**40
-    assert state["summary"]["amp_skipped_steps"] == 0
+    assert summary.amp_skipped_steps == 0
+
+
+def test_latest_in_test_mode_without_a_checkpoint_is_one_user_error(tmp_path):
+    """Test mode has nothing to start fresh from: a CheckpointError (exit code 2 in train.main) naming the folder."""
+    from fabric_mvsplat.output_folder import resolve_latest
+
+    cfg = tiny_cfg(**{"mode": "test", "checkpointing.load": "latest"})
+    with pytest.raises(CheckpointError, match=f"latest found no checkpoint in {tmp_path / 'checkpoints'}; point"):
+        resolve_latest(cfg, tmp_path)

@@ -215,7 +215,7 @@ def test_sigkill_during_a_write_keeps_every_checkpoint_and_the_next_run_removes_
     # The next training run in that folder removes the temporary before any work; a test-mode run does not.
     ran = []
     monkeypatch.setattr(train, "prepare_data", lambda fabric, cfg: None)
-    monkeypatch.setattr(train, "run_training", lambda *_: ran.append("train") or {"summary": {"stopped_by": None}})
+    monkeypatch.setattr(train, "run_training", lambda *_: ran.append("train"))
     monkeypatch.setattr(train, "run_test_mode", lambda *_: ran.append("test"))
     monkeypatch.setattr(train, "report_end", lambda *_: None)
     test_cfg = tiny_cfg(**{"mode": "test", "checkpointing.load": directory / "epoch_0-step_4.ckpt"})

@@ -108,7 +108,7 @@ def test_depth_errors_follow_their_definitions_and_skip_uncovered_pixels():
 
 def test_validation_logs_depth_errors_where_the_scene_has_ground_truth(tmp_path):
     from fabric_mvsplat.data import StepTracker, ValidationSource
-    from fabric_mvsplat.train import make_model
+    from fabric_mvsplat.build import make_model
     from loop_fixtures import compose_cfg
 
     generate_synthetic_dataset(tmp_path, train_scenes=1, test_scenes=1, frames=24, height=32, width=32, seed=6,

@@ -18,7 +18,6 @@ import re
 import shlex
 import subprocess
 import sys
-import tomllib
 import typing
 from pathlib import Path
 
@@ -68,8 +67,10 @@ def shell_lines(block: str) -> list[str]:
 
 def console_scripts() -> dict[str, str]:
     """Console script name -> module, from pyproject.toml."""
-    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"].get("scripts", {})
-    return {name: target.split(":")[0] for name, target in scripts.items()}
+    text = (REPO / "pyproject.toml").read_text()  # no tomllib: Python 3.10 is supported
+    section = re.search(r"^\[project\.scripts\]\n(.*?)(?=^\[|\Z)", text, re.M | re.S)
+    pairs = re.findall(r'^([\w-]+)\s*=\s*"([\w.]+):\w+"', section.group(1) if section else "", re.M)
+    return {name: target for name, target in pairs}
 
 
 PROJECT_PACKAGES = ("fabric_mvsplat", "benchmarks")
@@ -306,7 +307,7 @@ def test_readme_is_a_front_door():
     assert len(text.splitlines()) <= 250
     handbook = {Path(link).name for link in re.findall(r"\]\((docs/[\w-]+\.md)\)", text)}
     pages = {p.name for p in (REPO / "docs").glob("*.md")}
-    assert pages - handbook == set(), "README's handbook table misses these docs pages"
+    assert pages - handbook == set(), "README's handbook table (## The handbook) misses these docs pages"
 
 
 # ----------------------------------------------------------------------------------------- the key reference
@@ -379,7 +380,7 @@ def test_configuration_page_lists_every_key_of_the_config_tree():
     assert len(rows) > 100
     missing = sorted(f"{key} (with {' '.join(option) or 'the defaults'})"
                      for key, option in config_tree_keys().items() if not documented(key, rows))
-    assert not missing, f"docs/configuration.md does not list these config keys: {missing}"
+    assert not missing, f"docs/configuration.md does not list these config keys (key, default, meaning): {missing}"
 
 
 def test_every_key_on_the_configuration_page_exists_with_its_stated_default():
@@ -448,7 +449,8 @@ def test_help_shows_the_readme_commands_and_points_to_the_docs():
              for line in shell_lines(body) if line.strip()]
     assert len(shown) >= 8
     missing = [line for line in shown if line not in help_text]
-    assert not missing, f"--help does not show these README commands: {missing}"
+    assert not missing, (f"--help does not show these README commands (add them to hydra.help.template in "
+                         f"fabric_mvsplat/configs/main.yaml): {missing}")
     assert "docs/" in help_text and "README.md" in help_text
 
 
@@ -483,3 +485,19 @@ def test_errors_page_names_every_error_type():
               if issubclass(cls, Exception) and cls.__module__ == errors.__name__ and name != "UserError"}
     assert raised - rows == set(), "docs/errors.md has no row for these errors"
     assert "UserError" in page
+
+
+def test_ci_runs_the_readme_install_and_test_commands():
+    """.ci/run installs and tests exactly as README.md tells a newcomer to."""
+    readme = README.read_text()
+    ci_lines = {" ".join(line.split()) for line in (REPO / ".ci" / "run").read_text().splitlines()}
+
+    def commands(section: str) -> list[str]:
+        start = readme.index(section)
+        block = fenced_blocks(readme[start:])[0][1]
+        return [" ".join(line.split()) for line in shell_lines(block) if line.strip()]
+
+    installs = [c for c in commands("## Install") if c.startswith("pip install")]
+    tests = commands("## Tests")
+    assert len(installs) == 2 and len(tests) == 1
+    assert [c for c in installs + tests if c not in ci_lines] == []

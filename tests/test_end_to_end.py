@@ -10,7 +10,8 @@ from loop_fixtures import compose_cfg
 
 from fabric_mvsplat.data import StepTracker, make_train_stream
 from fabric_mvsplat.errors import UserError
-from fabric_mvsplat.train import make_model, run
+from fabric_mvsplat.build import make_model
+from fabric_mvsplat.train import run
 
 # One worker runs this file under pytest-xdist: its tests share one trained demo checkpoint and one test-mode run
 # (session fixtures in conftest.py), made once per worker.
@@ -44,8 +45,8 @@ def test_validation_step_gives_scores_a_comparison_image_and_videos(synthetic_ro
     assert 0 < output.scalars["val/psnr"] < 60 and -1 <= output.scalars["val/ssim"] <= 1
     grid = output.images["comparison"]
     assert grid.shape[0] == 3 and grid.shape[1] > 4 * 32 and 0 <= grid.min() and grid.max() <= 1
-    assert output.videos["interpolation"].shape == (8, 3, 64, 32)  # forth and back, RGB over depth
-    assert output.videos["wobble"].shape == (8, 3, 64, 32)
+    assert output.videos["interpolation"].shape == (6, 3, 64, 32)  # 4 frames forth, 2 back, RGB over depth
+    assert output.videos["wobble"].shape == (14, 3, 64, 32)  # 8 eased frames forth, 6 back
 
 
 def test_demo_trains_validates_and_checkpoints(demo_training):

@@ -93,7 +93,7 @@ def make_test_cfg(root: Path, index_path: Path, out: Path, *extra: str):
 def run_in_process(cfg):
     from lightning_fabric import Fabric
 
-    from fabric_mvsplat.train import make_model
+    from fabric_mvsplat.build import make_model
 
     torch.manual_seed(0)
     fabric = Fabric(accelerator="cpu", devices=1)
@@ -146,7 +146,7 @@ def test_the_command_line_exits_non_zero_on_an_empty_evaluation(synthetic_root, 
                  "mode=test", "dataset/view_sampler=evaluation", "dataset.test_times_per_scene=2",
                  f"test.output_path={tmp_path / 'out'}", f"output_dir={tmp_path / 'run'}"]
     from fabric_mvsplat.checkpoint import save_atomically
-    from fabric_mvsplat.train import make_model
+    from fabric_mvsplat.build import make_model
 
     checkpoint = tmp_path / "weights.ckpt"
     save_atomically({"state_dict": make_model(compose_cfg(overrides + ["checkpointing.load=x"])).state_dict(),

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from lightning_fabric import Fabric
 
+from fabric_mvsplat.errors import UserError
 from fabric_mvsplat.model.decoder import gsplat_build
 from fabric_mvsplat.model.decoder.gsplat_build import GsplatUnavailable, load_gsplat_kernels, prepare_gsplat
 
@@ -53,13 +54,12 @@ def test_waiting_ranks_never_build(bare_machine):
     assert "gsplat.cuda._backend" not in sys.modules
 
 
-def test_prepare_gsplat_exits_with_the_message(bare_machine, monkeypatch, capsys):
+def test_prepare_gsplat_stops_with_a_user_error(bare_machine, monkeypatch):
+    """A UserError: train.main prints its one line and exits with code 2 (test_user_errors checks that path)."""
     monkeypatch.setattr(gsplat_build, "resolve_backend", lambda backend, device: "gsplat")  # as on a GPU
     fabric = Fabric(accelerator="cpu", devices=1)
-    with pytest.raises(SystemExit) as exit_info:
+    with pytest.raises(UserError, match="model.decoder.backend=torch"):
         prepare_gsplat(fabric, "auto")
-    assert exit_info.value.code == 2
-    assert "model.decoder.backend=torch" in capsys.readouterr().err
 
 
 def test_prepare_gsplat_does_nothing_for_the_torch_backend(bare_machine):

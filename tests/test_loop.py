@@ -8,7 +8,7 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 from loop_fixtures import TinyModel, flat_parameters, tiny_cfg, train_tiny
 
 from fabric_mvsplat.config import OptimizerCfg
-from fabric_mvsplat.train import make_scheduler
+from fabric_mvsplat.build import make_scheduler
 
 
 def read_events(output_dir: Path):
@@ -24,7 +24,7 @@ def read_events(output_dir: Path):
 def test_step_semantics_and_validation_at_every_interval(tmp_path):
     cfg = tiny_cfg(**{"trainer.max_steps": 10, "trainer.val_check_interval": 2,
                       "checkpointing.every_n_train_steps": 100})
-    _, model, state, stream, val_source = train_tiny(cfg, tmp_path)
+    _, model, state, stream, val_source, _ = train_tiny(cfg, tmp_path)
     assert state["step"] == 10
     assert model.seen_steps == list(range(10))  # 0-based, as Lightning's global_step
     # 1 sanity batch, then every 2 steps: a 1-scene validation split never runs dry.
@@ -60,7 +60,7 @@ def test_tensorboard_scalars_images_and_videos(tmp_path):
 def test_sanity_validation_is_one_batch_and_not_logged(tmp_path):
     """As the original: num_sanity_val_steps=2 runs its one-batch validation loader once; nothing is logged."""
     cfg = tiny_cfg(**{"trainer.max_steps": 3, "trainer.val_check_interval": 3, "trainer.num_sanity_val_steps": 2})
-    _, model, _, _, val_source = train_tiny(cfg, tmp_path)
+    _, model, _, _, val_source, _ = train_tiny(cfg, tmp_path)
     assert model.validation_steps == [0, 3] and val_source.served == 2
     assert [e.step for e in read_events(tmp_path).Scalars("val/mse")] == [3]
 
@@ -218,9 +218,9 @@ def test_a_loss_without_a_graph_stops_naming_the_step(tmp_path):
 
 def test_accumulating_4_batches_of_1_equals_one_batch_of_4(tmp_path):
     keys = {"trainer.max_steps": 3, "trainer.val_check_interval": None, "trainer.gradient_clip_val": 0.5}
-    _, big, big_state, big_stream, _ = train_tiny(
+    _, big, big_state, big_stream, *_ = train_tiny(
         tiny_cfg(**keys, **{"data_loader.train.batch_size": 4}), tmp_path / "a", dropout=0.0)
-    _, small, state, stream, _ = train_tiny(
+    _, small, state, stream, *_ = train_tiny(
         tiny_cfg(**keys, **{"data_loader.train.batch_size": 1, "trainer.accumulate_grad_batches": 4}),
         tmp_path / "b", dropout=0.0)
     assert state["step"] == 3 and stream.position == 12 and big_stream.position == 3

@@ -266,7 +266,7 @@ def test_default_context_is_a_well_spread_pair_facing_the_same_way():
 
 
 def test_demo_prints_a_render_command_that_runs(demo_training, synthetic_root, trained_checkpoint, tmp_path):
-    from fabric_mvsplat.train import render_command as demo_render_command
+    from fabric_mvsplat.report import render_command as demo_render_command
     from loop_fixtures import compose_cfg
     from conftest import demo_overrides
 

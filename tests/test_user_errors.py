@@ -38,7 +38,6 @@ def composed(overrides: list[str]):
      "dataset.view_sampler.index_path"),
     ([*RE10K_WITHOUT_WEIGHTS, "checkpointing.load=/nowhere/step_5.ckpt"], "checkpointing.load"),
     ([*RE10K_WITHOUT_WEIGHTS, "mode=test", "checkpointing.load=/nowhere/step_5.ckpt"], "checkpointing.load"),
-    ([*RE10K_WITHOUT_WEIGHTS, "output_dir=null"], "output_dir"),
 ])
 def test_late_failures_are_config_errors_at_start_up(overrides, key):
     cfg = composed(overrides)

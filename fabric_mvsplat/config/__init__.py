@@ -1,9 +1,12 @@
-"""The typed root config: `schema` (the dataclasses), `load_config` (Hydra's DictConfig -> RootCfg, checked
-once at start-up) and `check_before_work` (cross-group combinations and the files the config names)."""
+"""The typed root config: `schema` (the dataclasses and their defaults), `loading` (Hydra's DictConfig ->
+RootCfg, checked once at start-up), `checks` (cross-group combinations and the files the config names,
+before any work) and `ignored_keys` (the original's keys that have no effect here)."""
 
-from .schema import (LPIPS_NOT_COMPUTED, CheckpointingCfg, DebugCfg, OptimizerCfg, ProfileCfg, RootCfg, StallCfg,
-                     TestCfg, TrainCfg, TrainerCfg, WatchdogCfg, check_before_work, from_dict, load_config,
-                     scoring_lpips_weights)
+from .checks import check_before_work
+from .loading import from_dict, load_config
+from .schema import (LATEST_CHECKPOINT, LPIPS_NOT_COMPUTED, CheckpointingCfg, DebugCfg, OptimizerCfg, ProfileCfg,
+                     RootCfg, StallCfg, TestCfg, TrainCfg, TrainerCfg, WatchdogCfg, scoring_lpips_weights)
 
-__all__ = ["CheckpointingCfg", "DebugCfg", "StallCfg", "WatchdogCfg", "OptimizerCfg", "ProfileCfg", "RootCfg", "TestCfg", "TrainCfg", "TrainerCfg",
-           "check_before_work", "from_dict", "load_config", "scoring_lpips_weights", "LPIPS_NOT_COMPUTED"]
+__all__ = ["LATEST_CHECKPOINT", "LPIPS_NOT_COMPUTED", "CheckpointingCfg", "DebugCfg", "StallCfg", "WatchdogCfg",
+           "OptimizerCfg", "ProfileCfg", "RootCfg", "TestCfg", "TrainCfg", "TrainerCfg", "check_before_work",
+           "from_dict", "load_config", "scoring_lpips_weights"]

@@ -1,29 +1,17 @@
-"""The typed root config and the one function that turns Hydra's DictConfig into it.
+"""The typed root config: the dataclasses of the keys outside the dataset, data loader, model and loss groups
+(those live beside their code: data/config.py, model/config.py, model/loss_config.py), and RootCfg.
 
-`load_config` runs once at start-up, before any work: an unknown key, a value of the wrong type or an
-impossible value raises `ConfigError` naming the full key path (`trainer.max_steps`), the value and
-what is allowed. The converter is deliberately small: it understands int, float (accepts int), bool,
-str, None/Optional, Literal, list[T], dict, nested dataclasses, and unions (unions of dataclasses are
-chosen by their `name` field, other unions by the first member that accepts the value).
+Each dataclass holds its keys' defaults, and checks the range of its own values in `__post_init__`
+(a `ConfigError` with the key relative to the dataclass; the converter in `loading` prefixes the path).
 """
 
-import dataclasses
-import types
-import typing
-import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal, Union
-
-import torch
-from omegaconf import DictConfig, OmegaConf
+from typing import Literal
 
 from ..data.config import DataLoaderCfg, DatasetCfg
 from ..errors import ConfigError
 from ..model.config import ModelCfg
-from ..metrics.lpips import find_weight_files
-from ..model.encoder.config import VisualizerCfg
-from ..model.loss_config import LossCfg, check_losses
+from ..model.loss_config import LossCfg
 
 
 @dataclass
@@ -240,199 +228,5 @@ LPIPS_NOT_COMPUTED = ("LPIPS not computed: neither test.lpips_weights nor loss.l
                       "LPIPS as the paper does")
 
 
-def load_config(dict_config: DictConfig | dict) -> RootCfg:
-    """Hydra's composed config -> RootCfg, or ConfigError naming the full key path.
-
-    `train.main` then calls `check_before_work`, which checks what would otherwise fail late: keys that
-    depend on each other across groups and the files the config points at (kept apart so that a config
-    can be composed and inspected on a machine without those files).
-    """
-    if isinstance(dict_config, DictConfig):
-        dict_config = OmegaConf.to_container(dict_config, resolve=True)
-    cfg = from_dict(RootCfg, dict_config)
-    warn_about_keys_without_effect(cfg)
-    return cfg
-
-
 # The literal the loop accepts for `checkpointing.load`: the newest checkpoint in output_dir/checkpoints.
 LATEST_CHECKPOINT = "latest"
-
-
-def check_before_work(cfg: RootCfg) -> None:
-    """What would otherwise fail after output is written: cross-group combinations and the files the config
-    names (ConfigError, or MissingWeightsError for LPIPS files)."""
-    training = cfg.mode in ("train", "inspect")
-    if cfg.output_dir is None:
-        raise ConfigError("output_dir", None, "a folder for the run's files (the default is outputs/<date>/<time>)")
-    num_context_views = getattr(cfg.dataset.view_sampler, "num_context_views", None)
-    if num_context_views is not None and num_context_views < 2:
-        raise ConfigError("dataset.view_sampler.num_context_views", num_context_views,
-                          "at least 2: the cost-volume encoder matches every context view against another")
-    if cfg.model.decoder.backend == "gsplat" and (cfg.trainer.accelerator in ("cpu", "mps")
-                                                  or not torch.cuda.is_available()):
-        raise ConfigError("model.decoder.backend", "gsplat",
-                          f"'auto' or 'torch' here: gsplat renders only on CUDA (trainer.accelerator="
-                          f"{cfg.trainer.accelerator}, cuda available: {torch.cuda.is_available()}); "
-                          "set model.decoder.backend=auto")
-    view_sampler = cfg.dataset.view_sampler
-    if view_sampler.name == "evaluation" and not Path(view_sampler.index_path).is_file():
-        raise ConfigError("dataset.view_sampler.index_path", view_sampler.index_path,
-                          "an existing evaluation index JSON (e.g. assets/evaluation_index_re10k.json, "
-                          "relative to the directory you run from)")
-    if training:
-        check_losses(cfg.loss)
-        if cfg.loss.depth is not None and cfg.train.depth_mode not in ("log", "log_clamped"):
-            raise ConfigError("train.depth_mode", cfg.train.depth_mode,
-                              "log (the original's) or log_clamped while the depth loss is enabled (it smooths the "
-                              "rendered log depth), or no depth loss: add ~loss.depth")
-        if cfg.loss.lpips is not None:
-            find_weight_files(cfg.loss.lpips.weights)
-        unimatch = cfg.model.encoder.unimatch_weights_path
-        if cfg.checkpointing.load is None and unimatch is not None and not Path(unimatch).is_file():
-            raise ConfigError("model.encoder.unimatch_weights_path", unimatch,
-                              "an existing file (download gmdepth-scale1-resumeflowthings-scannet-5d9d7964.pth "
-                              "from the UniMatch model zoo), or null to start the backbone from random init")
-    if cfg.mode == "test" and scoring_lpips_weights(cfg) is not None:
-        find_weight_files(scoring_lpips_weights(cfg))
-    elif cfg.test.lpips_weights is not None:
-        find_weight_files(cfg.test.lpips_weights)
-    name = cfg.wandb.get("name") if isinstance(cfg.wandb, dict) else None
-    if cfg.mode == "test" and name is not None and (Path(str(name)).is_absolute() or ".." in Path(str(name)).parts):
-        raise ConfigError("wandb.name", name, "a name for the folder under test.output_path (no absolute path, "
-                          "no '..'): test mode writes into test.output_path/<wandb.name>")
-    load = cfg.checkpointing.load
-    if load is not None and load != LATEST_CHECKPOINT and not Path(load).is_file():
-        raise ConfigError("checkpointing.load", load,
-                          f"an existing checkpoint file, '{LATEST_CHECKPOINT}' (the newest in output_dir) "
-                          "or null (start from scratch)")
-
-
-# Keys the original accepts that change nothing here: (the values main.yaml ships, why they have no effect).
-KEYS_WITHOUT_EFFECT = {
-    "data_loader.train.persistent_workers": ((True,), "the train stream keeps its workers for the whole run"),
-    "data_loader.val.persistent_workers": ((True,), "validation reads its scenes in the training process"),
-    "data_loader.val.num_workers": ((0, 1), "validation reads its scenes in the training process"),
-    "data_loader.test.persistent_workers": ((False,), "the test loader makes one pass"),
-    "train.extended_visualization": ((False,), "the original's extended visualisation is not implemented"),
-    "checkpointing.pretrained_model": ((None,), "unused in the original too; fine-tune with "
-                                                "checkpointing.load=PATH checkpointing.resume=false"),
-    "model.encoder.visualizer": ((dataclasses.asdict(VisualizerCfg()),), "the original's encoder visualiser "
-                                                                         "is disabled there too"),
-}
-
-
-def warn_about_keys_without_effect(cfg: RootCfg) -> None:
-    """One warning per key that is set away from its default but does nothing."""
-    for key, (defaults, reason) in KEYS_WITHOUT_EFFECT.items():
-        value = cfg
-        for part in key.split("."):
-            value = getattr(value, part)
-        if dataclasses.is_dataclass(value):
-            value = dataclasses.asdict(value)
-        if value not in defaults:
-            warnings.warn(f"config key '{key}' = {value!r} has no effect: {reason}", UserWarning, stacklevel=2)
-
-
-def from_dict(cls: type, data: Any, path: str = "") -> Any:
-    """Build dataclass `cls` from plain `data`, checking every key and type on the way."""
-    if not isinstance(data, dict):
-        raise ConfigError(path or "<root>", data, f"a mapping of {cls.__name__} keys")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = [key for key in data if key not in fields]
-    if unknown:
-        raise ConfigError(_join(path, str(unknown[0])), data[unknown[0]], f"one of the keys {sorted(fields)}")
-    kwargs = {}
-    for name, f in fields.items():
-        if name in data:
-            kwargs[name] = _convert(hints[name], data[name], _join(path, name))
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise ConfigError(_join(path, name), "<missing>", f"a value of type {_describe(hints[name])}")
-    try:
-        return cls(**kwargs)
-    except ConfigError as error:  # raised by __post_init__ with a key relative to `cls`
-        raise error.with_prefix(path) from None
-
-
-def _convert(tp: Any, value: Any, path: str) -> Any:
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if tp is Any:
-        return value
-    if tp is type(None):
-        if value is not None:
-            raise ConfigError(path, value, "null")
-        return None
-    if dataclasses.is_dataclass(tp):
-        return from_dict(tp, value, path)
-    if origin in (Union, types.UnionType):
-        return _convert_union(args, value, path)
-    if origin is Literal:
-        if value not in args or isinstance(value, bool) != isinstance(args[0], bool):
-            raise ConfigError(path, value, "one of " + ", ".join(repr(a) for a in args))
-        return value
-    if origin is list or tp is list:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(path, value, _describe(tp))
-        item = args[0] if args else Any
-        return [_convert(item, v, f"{path}[{i}]") for i, v in enumerate(value)]
-    if origin is dict or tp is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(path, value, "a mapping")
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(path, value, "true or false")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(path, value, "an integer")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(path, value, "a number")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(path, value, "a string")
-        return value
-    raise TypeError(f"fabric_mvsplat.config cannot convert type {tp!r} (key '{path}')")
-
-
-def _convert_union(members: tuple, value: Any, path: str) -> Any:
-    if value is None:
-        if type(None) in members:
-            return None
-        raise ConfigError(path, value, _describe(Union[members]))
-    members = tuple(m for m in members if m is not type(None))
-    if len(members) == 1:
-        return _convert(members[0], value, path)
-    if all(dataclasses.is_dataclass(m) for m in members):
-        by_name = {typing.get_args(typing.get_type_hints(m)["name"])[0]: m for m in members}
-        name = value.get("name") if isinstance(value, dict) else None
-        if name not in by_name:
-            raise ConfigError(_join(path, "name"), name, "one of " + ", ".join(repr(n) for n in by_name))
-        return from_dict(by_name[name], value, path)
-    for member in members:
-        try:
-            return _convert(member, value, path)
-        except ConfigError:
-            continue
-    raise ConfigError(path, value, _describe(Union[members]))
-
-
-def _describe(tp: Any) -> str:
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (Union, types.UnionType):
-        return " or ".join(_describe(a) for a in args)
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in args)
-    if origin is list:
-        return f"a list of {_describe(args[0])}" if args else "a list"
-    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string", type(None): "null"}
-    if tp in names:
-        return names[tp]
-    return getattr(tp, "__name__", str(tp))
-
-
-def _join(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key

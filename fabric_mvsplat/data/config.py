@@ -121,6 +121,9 @@ class DataLoaderStageCfg:
 
 @dataclass
 class DataLoaderCfg:
-    train: DataLoaderStageCfg
-    test: DataLoaderStageCfg
-    val: DataLoaderStageCfg
+    """Per stage, main.yaml's values (tests/test_config_defaults.py keeps the two equal)."""
+
+    train: DataLoaderStageCfg = field(default_factory=lambda: DataLoaderStageCfg(num_workers=10, batch_size=4))
+    test: DataLoaderStageCfg = field(default_factory=lambda: DataLoaderStageCfg(
+        num_workers=4, persistent_workers=False, seed=2345))
+    val: DataLoaderStageCfg = field(default_factory=lambda: DataLoaderStageCfg(num_workers=1, seed=3456))

@@ -62,22 +62,22 @@ def one_line_warning(message, category, filename, lineno, file=None, line=None) 
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
-    with warnings.catch_warnings():
-        warnings.showwarning = one_line_warning
-        run(parser, args)
-
-
-def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     try:
-        if args.command == "realestate10k":
-            index = convert_realestate10k(args.cameras, args.frames, args.out, target_bytes=args.target_bytes)
-            print(f"wrote {len(index)} scenes in {len(set(index.values()))} chunks + index.json to {args.out}")
-        else:
-            convert_colmap(args.model, args.images, args.key, out=args.out, root=args.root,
-                           test_keys=args.test_keys, test_fraction=args.test_fraction, scale=args.scale,
-                           fit_near_far=args.fit_near_far, target_bytes=args.target_bytes)
+        with warnings.catch_warnings():
+            warnings.showwarning = one_line_warning
+            run(args)
     except (FileNotFoundError, FileExistsError, ValueError) as error:
         parser.exit(2, f"{parser.prog} {args.command}: error: {error}\n")
+
+
+def run(args: argparse.Namespace) -> None:
+    if args.command == "realestate10k":
+        index = convert_realestate10k(args.cameras, args.frames, args.out, target_bytes=args.target_bytes)
+        print(f"wrote {len(index)} scenes in {len(set(index.values()))} chunks + index.json to {args.out}")
+    else:
+        convert_colmap(args.model, args.images, args.key, out=args.out, root=args.root,
+                       test_keys=args.test_keys, test_fraction=args.test_fraction, scale=args.scale,
+                       fit_near_far=args.fit_near_far, target_bytes=args.target_bytes)
 
 
 if __name__ == "__main__":

@@ -11,13 +11,14 @@ import torch
 from torch import Tensor, nn
 
 from ..visualization.layout import colorize_depth, comparison_grid, vcat
+from ..visualization.validation_3d import camera_image, depth_video_colors, projection_cameras, projection_image
 from ..visualization.trajectories import (
     generate_wobble,
     interpolate_extrinsics,
     interpolate_intrinsics,
     smooth_t,
 )
-from .decoder import DecoderSplatting
+from .decoder import DecoderSplatting, render
 from .encoder import EncoderCostVolume
 from ..metrics import compute_depth_errors, compute_psnr, compute_ssim
 from .config import ModelCfg
@@ -116,14 +117,31 @@ class MVSplat(nn.Module):
         depth = colorize_depth(output.depth[0].float(), near, far)
         images = {"comparison": comparison_grid(context["image"][0].float(), ground_truth, rendered, depth,
                                                 depth_range=(float(near), float(far)))}
-        videos = {"interpolation": self.render_video_interpolation(gaussians, context, image_shape)}
+        images["projection"] = self.render_projections(gaussians)
+        images["cameras"] = camera_image(
+            torch.cat([context["extrinsics"][0], target["extrinsics"][0]]),
+            torch.cat([context["intrinsics"][0], target["intrinsics"][0]]),
+            torch.cat([context["near"][0], target["near"][0]]), torch.cat([context["far"][0], target["far"][0]]),
+            colors=torch.tensor([[1.0, 1.0, 1.0]] * context["extrinsics"].shape[1]  # contexts white, targets red
+                                + [[1.0, 0.0, 0.0]] * target["extrinsics"].shape[1]))
+        videos = {"interpolation": self.render_video_interpolation(gaussians, context, target, image_shape)}
         if context["extrinsics"].shape[1] == 2:
             videos["wobble"] = self.render_video_wobble(gaussians, context, image_shape)
         return ValidationOutput(scalars=scalars, images=images, videos=videos)
 
+    def render_projections(self, gaussians: Gaussians, resolution: int = 256) -> Tensor:
+        """The first scene's Gaussians seen along each world axis through a nearly orthographic camera."""
+        gaussians_0 = Gaussians(*(t[:1] for t in (gaussians.means, gaussians.covariances,
+                                                  gaussians.harmonics, gaussians.opacities)))
+        extrinsics, intrinsics, near, far = projection_cameras(gaussians_0.means.float())
+        output = render(gaussians_0, extrinsics, intrinsics, near, far, (resolution, resolution),
+                        backend=self.decoder.cfg.backend, background_color=(0.0, 0.0, 0.0))  # on black, as the original
+        return projection_image(output.color[0].float())
+
     def _render_frames(self, gaussians: Gaussians, extrinsics: Tensor, intrinsics: Tensor, near: Tensor,
                        far: Tensor, image_shape: tuple[int, int]) -> Tensor:
-        """extrinsics [T,4,4], intrinsics [T,3,3] for the first scene -> [T, 3, 2H, W] (RGB over depth)."""
+        """extrinsics [T,4,4], intrinsics [T,3,3] for the first scene -> [2T - 2, 3, 2H, W]: RGB over depth (coloured
+        as the original's videos), played forward then backward without repeating the ends (its loop_reverse)."""
         gaussians_0 = Gaussians(*(t[:1] for t in (gaussians.means, gaussians.covariances,
                                                   gaussians.harmonics, gaussians.opacities)))
         num_frames = extrinsics.shape[0]
@@ -132,25 +150,29 @@ class MVSplat(nn.Module):
         output = self.decoder(gaussians_0, extrinsics[None].float(), intrinsics[None].float(), near_t, far_t,
                               image_shape, depth_mode="depth")
         color = output.color[0].clamp(0, 1).float()
-        depth = colorize_depth(output.depth[0].float(), near, far)
-        return torch.stack([vcat([c, d], gap=0) for c, d in zip(color, depth)])
+        depth = depth_video_colors(output.depth[0].float())
+        frames = torch.stack([vcat([c, d], gap=0) for c, d in zip(color, depth)])
+        return torch.cat([frames, frames.flip(0)[1:-1]])
 
-    def render_video_interpolation(self, gaussians: Gaussians, context: BatchedViews,
+    def render_video_interpolation(self, gaussians: Gaussians, context: BatchedViews, target: BatchedViews,
                                    image_shape: tuple[int, int]) -> Tensor:
-        """Frames [2T, 3, 2H, W]: from context 0 to the last context and back (loop reversed)."""
+        """`video_frames` eased steps from context 0 to context 1 (with more than 2 contexts: to target 0, as the
+        original), then back."""
+        end = context if context["extrinsics"].shape[1] == 2 else target
+        end_index = 1 if end is context else 0
         t = smooth_t(self.video_frames).to(context["extrinsics"].device)
-        extrinsics = interpolate_extrinsics(context["extrinsics"][0, 0], context["extrinsics"][0, -1], t)
-        intrinsics = interpolate_intrinsics(context["intrinsics"][0, 0], context["intrinsics"][0, -1], t)
-        frames = self._render_frames(gaussians, extrinsics, intrinsics, context["near"][0, :1],
-                                     context["far"][0, :1], image_shape)
-        return torch.cat([frames, frames.flip(0)])
+        extrinsics = interpolate_extrinsics(context["extrinsics"][0, 0], end["extrinsics"][0, end_index], t)
+        intrinsics = interpolate_intrinsics(context["intrinsics"][0, 0], end["intrinsics"][0, end_index], t)
+        return self._render_frames(gaussians, extrinsics, intrinsics, context["near"][0, :1],
+                                   context["far"][0, :1], image_shape)
 
     def render_video_wobble(self, gaussians: Gaussians, context: BatchedViews,
                             image_shape: tuple[int, int]) -> Tensor:
-        """Frames [T, 3, 2H, W] circling in the image plane of context 0, radius 1/4 of the baseline."""
+        """2 x `video_frames` eased steps circling in the image plane of context 0 with a radius growing to 1/4 of the
+        baseline, then back (2 context views only, as the original)."""
         origins = context["extrinsics"][0, :, :3, 3]
-        radius = (origins[0] - origins[-1]).norm() * 0.25
-        t = torch.linspace(0, 1, 2 * self.video_frames, device=origins.device)
+        radius = (origins[0] - origins[1]).norm() * 0.25
+        t = smooth_t(2 * self.video_frames).to(origins.device)
         extrinsics = generate_wobble(context["extrinsics"][0, 0], radius, t)
         intrinsics = context["intrinsics"][0, 0].expand(t.shape[0], 3, 3)
         return self._render_frames(gaussians, extrinsics, intrinsics, context["near"][0, :1],

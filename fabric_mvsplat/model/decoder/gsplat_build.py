@@ -15,19 +15,19 @@ import importlib.util
 import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import torch
 
+from ...errors import UserError
 from .rendering import resolve_backend
 
 EXTENSION_NAME = "gsplat_cuda"  # the name gsplat 1.5 builds under
 NVCC_DEFAULT_PATHS = (Path("/usr/local/cuda/bin/nvcc"),)  # torch's own fallback when CUDA_HOME is unset
 
 
-class GsplatUnavailable(RuntimeError):
+class GsplatUnavailable(UserError, RuntimeError):
     """gsplat's CUDA kernels cannot be built or loaded here; the message says what to install."""
 
 
@@ -114,7 +114,7 @@ def prepare_gsplat(fabric, backend: str) -> None:
     """Start-up step of train.py: load gsplat's kernels when the decoder will use gsplat.
 
     Local rank 0 goes first and builds if needed; the other local ranks wait (Fabric's barrier has no
-    timeout), then only load. A missing tool stops every rank with the same message and exit code 2."""
+    timeout), then only load. A missing tool raises the same GsplatUnavailable on every rank (exit code 2)."""
     if resolve_backend(backend, fabric.device) != "gsplat":
         return
     error = None
@@ -126,6 +126,5 @@ def prepare_gsplat(fabric, backend: str) -> None:
         except Exception as caught:  # a failed compile: same, with the compiler's error
             error = GsplatUnavailable(unavailable_message(f"building failed ({type(caught).__name__}: {caught})"))
     if error is not None:
-        print(f"fabric_mvsplat: {error}", file=sys.stderr)
-        sys.exit(2)
+        raise error
     fabric.print(f"gsplat CUDA kernels loaded in {seconds:.1f} s")
