@@ -156,6 +156,27 @@ class OneSceneValidationSource:
         self.served = state["served"]
 
 
+class ValidationStream:
+    """An endless validation source over many scenes: call k yields scene k (resumable, like data.ValidationSource),
+    so a validation that renders another scene than an uninterrupted run shows in its scalars."""
+
+    def __init__(self) -> None:
+        self.served = 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        self.served += 1
+        return make_batch(seed=77, rank=0, position=self.served - 1, batch_size=1)
+
+    def state_dict(self) -> dict:
+        return {"served": self.served}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.served = state["served"]
+
+
 class RecordingTracker:
     def __init__(self) -> None:
         self.steps: list[int] = []
@@ -225,7 +246,10 @@ def tiny_worker(output_dir: Path, keys_json: str, step_seconds: float) -> None:
         if ending is None:
             raise
         print(f"fabric_mvsplat: {ending[1]}", file=sys.stderr, flush=True)
-        sys.exit(ending[0])
+        code = ending[0]
+    record = os.environ.get("FABRIC_MVSPLAT_TEST_EXIT_RECORD")
+    if record:  # the code this rank exits with (a rank killed instead writes nothing)
+        Path(record, f"rank{os.environ.get('RANK', '0')}.exit").write_text(str(code))
     sys.exit(code)
 
 

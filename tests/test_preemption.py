@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from loop_fixtures import flat_parameters, tiny_cfg, train_tiny
 
@@ -156,3 +157,40 @@ def test_sigterm_to_torchrun_with_two_ranks_and_accumulation(tmp_path):
     for key, value in expected["state_dict"].items():
         assert torch.equal(final["state_dict"][key], value), key
     assert final["train_stream"] == expected["train_stream"]
+
+
+def rank_pids(torchrun_pid: int) -> dict[int, int]:
+    """{rank: pid} of torchrun's worker processes (their RANK environment variable)."""
+    children = set()
+    for task in Path(f"/proc/{torchrun_pid}/task").iterdir():
+        children.update(int(pid) for pid in (task / "children").read_text().split())
+    ranks = {}
+    for pid in children:
+        environ = dict(entry.split("=", 1) for entry in Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in entry)
+        if "RANK" in environ:
+            ranks[int(environ["RANK"])] = pid
+    return ranks
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds the ranks' pids through /proc (Linux)")
+def test_sigterm_to_one_rank_stops_every_rank_with_the_same_exit_code(tmp_path):
+    """SIGTERM to rank 1 only (a node's OOM killer or a scheduler may signal one process): every rank saves its
+    part of the same step and exits 75; rank 0 reports which rank got the signal."""
+    keys = {**KEYS, "trainer.devices": "auto", "trainer.max_steps": 40, "trainer.val_check_interval": None}
+    run, record = tmp_path / "run", tmp_path / "exit_codes"
+    record.mkdir()
+    process = subprocess.Popen(torchrun(run, keys, 0.4), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True, env={**ENV, "FABRIC_MVSPLAT_TEST_EXIT_RECORD": str(record)})
+    lines = wait_for_line(process, r"^step 2: loss")
+    ranks = rank_pids(process.pid)
+    assert sorted(ranks) == [0, 1]
+    os.kill(ranks[1], signal.SIGTERM)
+    output = finish(process, lines)
+    codes = {path.name: int(path.read_text()) for path in sorted(record.iterdir())}
+    assert codes == {"rank0.exit": EXIT_STOPPED_BY_SIGNAL, "rank1.exit": EXIT_STOPPED_BY_SIGNAL}, output[-3000:]
+    [(stopped_at, path)] = list_checkpoints(run / "checkpoints")
+    assert f"stopped by SIGTERM on rank 1 after step {stopped_at}: checkpoint {path}" in output
+    saved = torch.load(path, weights_only=True)
+    assert saved["global_step"] == stopped_at and len(saved["train_stream"]) == 2
+    assert f"resume with: torchrun --standalone --nproc_per_node=2 -m fabric_mvsplat.train output_dir={run} " \
+           "checkpointing.load=latest" in output
