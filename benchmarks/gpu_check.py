@@ -235,10 +235,10 @@ def synthetic_root(out_dir: Path) -> Path:
 
 
 def phase_synthetic_data(out_dir: Path, backend: str) -> dict:
-    from fabric_mvsplat.data.synthetic import generate_synthetic_dataset
+    from fabric_mvsplat.data.synthetic import SyntheticSpec, generate_synthetic_dataset
 
-    generate_synthetic_dataset(synthetic_root(out_dir), train_scenes=4, test_scenes=3, frames=24, height=64,
-                               width=64, seed=0, progress=False)
+    generate_synthetic_dataset(synthetic_root(out_dir), SyntheticSpec(train_scenes=4, test_scenes=3, frames=24,
+                                                                         height=64, width=64, seed=0), progress=False)
     return {"root": str(synthetic_root(out_dir))}
 
 

@@ -132,7 +132,7 @@ def compose(overrides: list[str], checkpoint: Path):
 @torch.no_grad()
 def measure(cfg, lpips_weights: str | None, limit: int | None) -> dict:
     from fabric_mvsplat.checkpoint import load_weights
-    from fabric_mvsplat.data import make_test_loader
+    from fabric_mvsplat.data import TestLoader
     from fabric_mvsplat.metrics import compute_psnr, compute_ssim
     from fabric_mvsplat.model.decoder import render
     from fabric_mvsplat.train import make_model
@@ -148,7 +148,7 @@ def measure(cfg, lpips_weights: str | None, limit: int | None) -> dict:
     per_variant = {v: {"psnr": [], "ssim": [], "lpips": [], "alpha_over_0_99": []} for v in VARIANTS}
     pixel = {v: {"mean_abs": [], "max_abs": 0.0, "over_1_255": [], "psnr_to_torch": []} for v in VARIANTS[1:]}
     scenes = []
-    for batch in make_test_loader(cfg.dataset, cfg.data_loader.test, 0, 1):
+    for batch in TestLoader(cfg.dataset, cfg.data_loader.test, 0, 1):
         batch = model.data_shim(batch)
         context, target = batch["context"], batch["target"]
         image_shape = tuple(target["image"].shape[-2:])

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from fabric_mvsplat.data import StepTracker, cameras_to_vector, encode_image, make_train_stream, write_chunks
+from fabric_mvsplat.data import StepTracker, cameras_to_vector, encode_image, TrainStream, write_chunks
 from fabric_mvsplat.data.chunks import decode_frame
 from fabric_mvsplat.data.config import DataLoaderStageCfg, DatasetCfg, ViewSamplerBoundedCfg
 from fabric_mvsplat.data.shims import rescale_and_crop
@@ -59,7 +59,7 @@ def test_train_loader_scenes_per_second(benchmark, jpeg_root, num_workers):
     # benchmark.pedantic, not the `bench` fixture: its 2 ms RSS-sampling thread competes for the GIL
     # with the in-process loader and halved the num_workers=0 figure.
     loader = DataLoaderStageCfg(num_workers=num_workers, batch_size=BATCH)
-    batches = iter(make_train_stream(dataset_cfg(jpeg_root), loader, StepTracker(), 0, 1, seed=0))
+    batches = iter(TrainStream(dataset_cfg(jpeg_root), loader, StepTracker(), 0, 1, seed=0))
     next(batches)  # worker start-up is not throughput
     count = 1 if benchmark.disabled else 8
     out: list[list[dict]] = []

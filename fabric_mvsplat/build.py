@@ -65,9 +65,7 @@ def make_model(cfg: RootCfg) -> MVSplat:
     backbone only when training from scratch."""
     training = cfg.mode in ("train", "inspect")  # inspect runs one training forward and backward
     return build_model(
-        cfg.model, cfg.loss if training else None,
-        num_context_views=getattr(cfg.dataset.view_sampler, "num_context_views", 2),
-        background_color=cfg.dataset.background_color, depth_mode=cfg.train.depth_mode,
+        cfg.model, cfg.loss if training else None, background_color=cfg.dataset.background_color, depth_mode=cfg.train.depth_mode,
         video_frames=cfg.train.video_frames, lpips_weights=scoring_lpips_weights(cfg),
         load_unimatch_backbone=training and cfg.checkpointing.load is None,
     )

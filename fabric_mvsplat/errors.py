@@ -40,6 +40,11 @@ class DatasetError(UserError, FileNotFoundError):
     """A dataset root has no usable chunks, or its index points to missing files."""
 
 
+class UnusableDataError(UserError, RuntimeError):
+    """Every scene of a stage is rejected (corrupt, filtered, too few frames for the view sampler): names the
+    filters and an example of each."""
+
+
 class OverwriteRefused(UserError, FileExistsError):
     """Writing would replace or mix with data already in a folder (chunks, an index, other files)."""
 

@@ -314,8 +314,7 @@ def load_model(checkpoint: str | Path, config: str | Path | None = None,
     device = pick_device(device)
     if cfg.model.decoder.backend == "gsplat" and device.type != "cuda":
         cfg.model.decoder.backend = "auto"  # gsplat renders only on CUDA; the PyTorch rasterizer elsewhere
-    model = build_model(cfg.model, None, num_context_views=getattr(cfg.dataset.view_sampler, "num_context_views", 2),
-                        background_color=cfg.dataset.background_color)
+    model = build_model(cfg.model, None, background_color=cfg.dataset.background_color)
     try:
         load_weights(model, checkpoint, cfg.checkpointing.allow_unsafe_load)
     except CheckpointError as error:

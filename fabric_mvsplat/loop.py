@@ -112,7 +112,7 @@ def fit(fabric: Fabric, cfg: RootCfg, state: dict, output_dir: Path) -> Training
     debug = cfg.debug
     watchdog = Watchdog(debug.watchdog, output_dir, fabric.global_rank, fabric.world_size,
                         enabled=watchdog_enabled(debug.watchdog, fabric.world_size))
-    histograms = HealthHistograms(debug.health_every_n_steps, module, writer)
+    histograms = HealthHistograms(debug.health_every_n_steps if is_rank_zero else None, module, writer)  # rank 0 writes
     replay = Replay(debug.replay_step, module, is_rank_zero)  # replays no step unless debug.replay_step is set
     validating = validating and not replay.active  # a replay validates and saves nothing
     model.train()
@@ -146,13 +146,13 @@ def fit(fabric: Fabric, cfg: RootCfg, state: dict, output_dir: Path) -> Training
                     last = micro_batch == accumulate - 1
                     with fabric.no_backward_sync(model, enabled=not last):  # DDP syncs gradients once per step
                         output = model(batch, step)
+                        replay.after_forward(step, output.loss, list(batch["scene"]))
                         # One CPU collective per micro-batch: ranks agree on stopping and on a graph-less loss
                         # before anyone enters backward (a rank skipping backward alone would hang the others).
                         signalled, (graphless,) = agreement.signals_and(stop.number, not output.loss.requires_grad)
                         stop_requested = any(signalled)
                         if graphless:
                             health.raise_graphless(output.loss, step, list(batch["scene"]))
-                        replay.after_forward(step, output.loss, list(batch["scene"]))
                         fabric.backward(output.loss / accumulate)  # the mean over micro-batches, as one big batch
                     health.record_loss(output.loss, step)
                     for name, value in output.logs.items():
@@ -184,7 +184,9 @@ def fit(fabric: Fabric, cfg: RootCfg, state: dict, output_dir: Path) -> Training
                 finished = step == trainer.max_steps or replay.finished(step)
 
                 if step % cfg.train.print_log_every_n_steps == 0:
-                    log_training(fabric, writer, logs, lr, step, meter, train_stream, scenes, health, summary)
+                    log_training(fabric, writer, meter, health, StepRecord(step, lr, logs, scenes),
+                                 skipped_scenes=getattr(train_stream, "skipped_scenes", 0),
+                                 amp_skipped_steps=summary.amp_skipped_steps)
                 with meter.paused():  # throughput and step time count training only
                     if validating and validation_due(step):
                         health.check(step)  # never render or save diverged weights
@@ -283,13 +285,27 @@ def grad_norm_clipped(grad_norm: torch.Tensor, max_norm: float | None) -> torch.
     return (grad_norm > max_norm).float()
 
 
-def log_training(fabric: Fabric, writer: RankZeroWriter, logs: dict, lr: float, step: int, meter: "StepMeter",
-                 train_stream, scenes: list[str], health: "DivergenceWatch", summary: TrainingSummary) -> None:
+@dataclass
+class StepRecord:
+    """What one optimizer step leaves for its log line."""
+
+    step: int  # optimizer steps done
+    lr: float  # the learning rate the step used
+    logs: dict[str, torch.Tensor]  # the step's scalars, means over its micro-batches (device tensors)
+    scenes: list[str]  # this rank's scenes of the step
+
+
+def log_training(fabric: Fabric, writer: RankZeroWriter, meter: "StepMeter", health: "DivergenceWatch",
+                 record: StepRecord, *, skipped_scenes: int, amp_skipped_steps: int) -> None:
     """Average the step's scalars over ranks and write them on rank 0: one all_reduce, which also carries
-    the divergence flags (so checking them costs no synchronisation of its own)."""
+    the divergence flags (so checking them costs no synchronisation of its own).
+
+    skipped_scenes: corrupt scenes this rank's stream skipped so far; amp_skipped_steps: updates the 16-mixed
+    GradScaler skipped so far."""
+    step, lr, logs, scenes = record.step, record.lr, record.logs, record.scenes
     names = sorted(logs)
     interval = meter.end_interval()  # per-rank sums over the steps since the last log
-    extra = {"scenes": float(interval.scenes), "skipped": float(getattr(train_stream, "skipped_scenes", 0)),
+    extra = {"scenes": float(interval.scenes), "skipped": float(skipped_scenes),
              "data": interval.data_seconds, "compute": interval.compute_seconds, "steps": float(interval.steps),
              "memory_allocated": interval.memory_allocated_gib, "memory_reserved": interval.memory_reserved_gib}
     local = torch.stack([logs[n] for n in names]
@@ -320,7 +336,7 @@ def log_training(fabric: Fabric, writer: RankZeroWriter, logs: dict, lr: float, 
     else:
         scalars["memory/peak_rss_gib"] = reduced["memory_allocated"] / world
     if not health.check_gradients:  # 16-mixed: updates the GradScaler skipped so far
-        scalars["train/amp_skipped_steps"] = summary.amp_skipped_steps
+        scalars["train/amp_skipped_steps"] = amp_skipped_steps
     writer.scalars(scalars, step)
     if fabric.global_rank == 0:
         near_far = "".join(f" | {k.split('/')[1]} {scalars[k]:.2f}" for k in ("info/near", "info/far") if k in scalars)
@@ -376,6 +392,7 @@ class DivergenceWatch:
         never = torch.tensor(-1.0, device=fabric.device)
         self.first_bad_loss, self.first_bad_gradient = never.clone(), never.clone()
         self.first_bad_loss_value = torch.zeros((), device=fabric.device)
+        self.first_bad_gradient_value = torch.zeros((), device=fabric.device)
         self.unchecked: dict[int, list[str]] = {}
 
     def remember(self, step: int, scenes: list[str]) -> None:
@@ -392,6 +409,7 @@ class DivergenceWatch:
             newly_bad = (self.first_bad_gradient < 0) & ~torch.isfinite(grad_norm.float())
             self.first_bad_gradient = torch.where(newly_bad, torch.full_like(self.first_bad_gradient, step),
                                                   self.first_bad_gradient)
+            self.first_bad_gradient_value = torch.where(newly_bad, grad_norm.float(), self.first_bad_gradient_value)
 
     def flags(self) -> torch.Tensor:
         """[world + 1]: this rank's first non-finite-loss step + 1 in its own slot, and the gradients'."""
@@ -429,7 +447,8 @@ class DivergenceWatch:
             mine = f" (this rank's loss: {self.first_bad_loss_value.item()})" if self.fabric.global_rank in ranks else ""
             what = f"non-finite training loss at global step {first} on rank(s) {ranks}{mine}"
         else:
-            what = f"non-finite gradients (norm before clipping) at global step {first}"
+            what = (f"non-finite gradients (norm before clipping: {self.first_bad_gradient_value.item()}) at global "
+                    f"step {first}")
         raise TrainingDiverged(
             f"{what}; the step's scenes: {per_rank}. Noticed at step {step}: no checkpoint holds these weights. "
             "Things to try: a lower optimizer.lr, trainer.gradient_clip_val, trainer.precision=32-true, "

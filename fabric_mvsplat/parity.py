@@ -171,8 +171,7 @@ def build_encoder(folder: Path, options: dict | None = None):
     config = json.loads((folder / "config.json").read_text())
     # options: our added encoder keys (attention, cost_volume), on top of the golden config.
     cfg = from_dict(EncoderCostVolumeCfg, {**config["encoder_cfg"], **(options or {})}, "model.encoder")
-    num_views = config.get("dataset_side", {}).get("num_context_views", 2)
-    encoder = EncoderCostVolume(cfg, num_context_views=num_views)
+    encoder = EncoderCostVolume(cfg)
     load_encoder_weights(encoder, load(folder / "state_dict.pt"), str(folder / "state_dict.pt"))
     return encoder.float().eval()
 
@@ -189,8 +188,8 @@ def check_encoder_folder(folder: Path, intermediates: bool, options: dict | None
     dump: dict[str, Tensor] = {}
     try:
         with torch.no_grad():
-            gaussians = encoder(inputs["context"], inputs["global_step"], inputs.get("deterministic", False),
-                                visualization_dump=dump)
+            # The golden inputs' "deterministic" flag is the original's; its encoder samples nothing either.
+            gaussians = encoder(inputs["context"], inputs["global_step"], visualization_dump=dump)
     finally:
         for handle in handles:
             handle.remove()

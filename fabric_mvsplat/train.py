@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from .build import make_fabric, make_model, prepare_data, prepare_training
 from .checkpoint import load_weights
 from .config import RootCfg, check_before_work, load_config
-from .data import StepTracker, ValidationSource, make_test_loader, make_train_stream
+from .data import StepTracker, TestLoader, TrainStream, ValidationSource
 from .debug.determinism import make_deterministic
 from .debug.inspect import run_inspect
 from .debug.replay import replay_command
@@ -118,7 +118,7 @@ def run(cfg: RootCfg, output_dir: Path, config_yaml: str | None = None,
 def run_training(fabric: Fabric, cfg: RootCfg, output_dir: Path, started: RunStart | None = None) -> TrainingSummary:
     model = make_model(cfg)
     step_tracker = StepTracker()
-    train_stream = make_train_stream(cfg.dataset, cfg.data_loader.train, step_tracker, fabric.global_rank,
+    train_stream = TrainStream(cfg.dataset, cfg.data_loader.train, step_tracker, fabric.global_rank,
                                      fabric.world_size, cfg.seed, cfg.trainer.accumulate_grad_batches)
     validating = cfg.trainer.val_check_interval is not None and fabric.global_rank == 0
     val_source = ValidationSource(cfg.dataset, cfg.data_loader.val, step_tracker, cfg.seed) if validating else None
@@ -133,8 +133,10 @@ def run_training(fabric: Fabric, cfg: RootCfg, output_dir: Path, started: RunSta
 
 def add_replay_note(fabric: Fabric, cfg: RootCfg, error: TrainingDiverged, output_dir: Path) -> None:
     """The command that reruns the diverged step under anomaly detection (printed under the error's message)."""
-    if cfg.debug.replay_step is not None:
-        error.add_note(f"fabric_mvsplat: replay: step {error.step} diverged again: reproduced")
+    replayed = cfg.debug.replay_step
+    if replayed is not None:
+        error.add_note(f"fabric_mvsplat: replay: step {error.step} diverged again: reproduced" if error.step == replayed
+                       else f"fabric_mvsplat: replay: step {error.step} diverged, not the replayed step {replayed}")
         return
     command = replay_command(output_dir, error.step, hydra_overrides(), fabric.world_size, cfg.trainer.num_nodes)
     error.add_note(f"replay step {error.step} under anomaly detection (from the newest checkpoint before it, "
@@ -146,7 +148,7 @@ def run_test_mode(fabric: Fabric, cfg: RootCfg, output_dir: Path, started: RunSt
     load_weights(model, cfg.checkpointing.load, cfg.checkpointing.allow_unsafe_load)
     record_start(fabric, cfg, output_dir, started or RunStart(None, None), 0)
     model = fabric.to_device(model).eval()
-    test_loader = make_test_loader(cfg.dataset, cfg.data_loader.test, fabric.global_rank, fabric.world_size)
+    test_loader = TestLoader(cfg.dataset, cfg.data_loader.test, fabric.global_rank, fabric.world_size)
     return run_test(fabric, cfg, model, test_loader)
 
 

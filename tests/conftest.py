@@ -73,11 +73,11 @@ def demo_overrides(root: Path, *extra: str) -> list[str]:
 
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory) -> Path:
-    from fabric_mvsplat.data.synthetic import generate_synthetic_dataset
+    from fabric_mvsplat.data.synthetic import SyntheticSpec, generate_synthetic_dataset
 
     root = tmp_path_factory.mktemp("synthetic")
-    generate_synthetic_dataset(root, train_scenes=4, test_scenes=3, frames=24, height=32, width=32, seed=3,
-                               progress=False)
+    generate_synthetic_dataset(root, SyntheticSpec(train_scenes=4, test_scenes=3, frames=24, height=32, width=32,
+                                                     seed=3), progress=False)
     return root
 
 

@@ -338,7 +338,7 @@ def ddp_worker(data_root: Path, output_dir: Path, results_dir: Path, val_check_i
     import json
     import os
 
-    from fabric_mvsplat.data import StepTracker, make_train_stream
+    from fabric_mvsplat.data import StepTracker, TrainStream
     from fabric_mvsplat.data.config import DataLoaderStageCfg
     from fabric_mvsplat.build import make_fabric, prepare_training
     from fabric_mvsplat.loop import fit
@@ -371,7 +371,7 @@ def ddp_worker(data_root: Path, output_dir: Path, results_dir: Path, val_check_i
     fabric.seed_everything(cfg.seed + fabric.global_rank)
     model = TinyModel()
     tracker = StepTracker()
-    stream = RealSceneFeatures(make_train_stream(
+    stream = RealSceneFeatures(TrainStream(
         dataset_cfg(data_root), DataLoaderStageCfg(batch_size=cfg.data_loader.train.batch_size), tracker,
         fabric.global_rank, fabric.world_size, cfg.seed))
     seen: list[str] = []
@@ -397,7 +397,7 @@ def worker_stream_run(data_root: Path, output_dir: Path) -> None:
     SIGTERM to the whole process group, as SLURM does): the console story, exit 75 after a stop signal."""
     import sys
 
-    from fabric_mvsplat.data import StepTracker, make_train_stream
+    from fabric_mvsplat.data import StepTracker, TrainStream
     from fabric_mvsplat.data.config import DataLoaderStageCfg
     from fabric_mvsplat.build import make_fabric, prepare_training
     from fabric_mvsplat.loop import EXIT_STOPPED_BY_SIGNAL, fit
@@ -409,7 +409,7 @@ def worker_stream_run(data_root: Path, output_dir: Path) -> None:
     fabric.launch()
     fabric.seed_everything(cfg.seed)
     tracker = StepTracker()
-    stream = RealSceneFeatures(make_train_stream(dataset_cfg(data_root), DataLoaderStageCfg(batch_size=2, num_workers=2),
+    stream = RealSceneFeatures(TrainStream(dataset_cfg(data_root), DataLoaderStageCfg(batch_size=2, num_workers=2),
                                                  tracker, 0, 1, cfg.seed))
     model = TinyModel(step_seconds=0.3)
     summary = fit(fabric, cfg, prepare_training(fabric, cfg, model, stream, None, tracker), output_dir)

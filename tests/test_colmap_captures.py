@@ -15,7 +15,7 @@ from scipy.spatial.transform import Rotation
 
 from fabric_mvsplat.data.chunk_io import read_chunk, vector_to_cameras
 from fabric_mvsplat.data.convert import main
-from fabric_mvsplat.data.convert_colmap import convert_colmap
+from fabric_mvsplat.data.convert_colmap import Destination, convert_colmap
 from fabric_mvsplat.data.synthetic import NEAR, FAR, random_scene, render_frame, scene_seed
 
 FRAMES, SIZE = 12, 32
@@ -118,7 +118,7 @@ def test_ground_truth_model_round_trip(truth, binary, tmp_path):
     """Cameras come back as the generator made them; frames in natural order with their file names."""
     truth.write_model(tmp_path / "sparse" / "0", binary)
     lines = []
-    convert_colmap([tmp_path / "sparse"], [truth.images], ["room"], out=tmp_path / "mine" / "test", report=lines.append)
+    convert_colmap([tmp_path / "sparse"], [truth.images], ["room"], Destination(out=tmp_path / "mine" / "test"), report=lines.append)
     scene = stage_scenes(tmp_path / "mine" / "test")["room"]
     registered = [f for f in range(FRAMES) if f != UNREGISTERED]
     assert scene["file_names"] == [f"frame{f}.png" for f in registered]  # frame2 before frame10, frame5 absent
@@ -141,7 +141,7 @@ def test_largest_model_is_chosen(truth, tmp_path):
     truth.write_model(tmp_path / "sparse" / "1", binary=False)
     truth.write_model(tmp_path / "sparse" / "2", binary=True, frames=[6, 7, 8, 9])
     lines = []
-    convert_colmap([tmp_path / "sparse"], [truth.images], ["room"], out=tmp_path / "out" / "test", report=lines.append)
+    convert_colmap([tmp_path / "sparse"], [truth.images], ["room"], Destination(out=tmp_path / "out" / "test"), report=lines.append)
     assert len(stage_scenes(tmp_path / "out" / "test")["room"]["images"]) == FRAMES - 1
     assert any("0: 3 images, 1: 11 images, 2: 4 images" in line and "sparse/1" in line for line in lines)
 
@@ -151,18 +151,18 @@ def test_drifted_pinhole_focal_warns(truth, tmp_path):
     truth.write_model(tmp_path / "ok", binary=False, camera=("PINHOLE", [k[0, 0], k[0, 0] * 1.02, SIZE / 2, SIZE / 2]))
     truth.write_model(tmp_path / "drift", binary=True, camera=("PINHOLE", [k[0, 0], k[0, 0] * 1.31, SIZE / 2, SIZE / 2]))
     with pytest.warns(UserWarning, match=r"fx = .* and fy = .* \(one 31% larger"):
-        convert_colmap([tmp_path / "drift"], [truth.images], ["s"], out=tmp_path / "a" / "test", report=quiet([]))
+        convert_colmap([tmp_path / "drift"], [truth.images], ["s"], Destination(out=tmp_path / "a" / "test"), report=quiet([]))
     import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        convert_colmap([tmp_path / "ok"], [truth.images], ["s"], out=tmp_path / "b" / "test", report=quiet([]))
+        convert_colmap([tmp_path / "ok"], [truth.images], ["s"], Destination(out=tmp_path / "b" / "test"), report=quiet([]))
 
 
 def test_scale_and_fit_near_far(truth, tmp_path):
     """COLMAP's arbitrary scale: --scale 1/4.5 recovers the true units; --fit-near-far puts the near depth at NEAR."""
     truth.write_model(tmp_path / "model", binary=True, scale=COLMAP_SCALE)
     registered = [f for f in range(FRAMES) if f != UNREGISTERED]
-    convert_colmap([tmp_path / "model"], [truth.images], ["s"], out=tmp_path / "a" / "test", scale=1 / COLMAP_SCALE,
+    convert_colmap([tmp_path / "model"], [truth.images], ["s"], Destination(out=tmp_path / "a" / "test"), scale=1 / COLMAP_SCALE,
                    report=quiet([]))
     c2w, _ = vector_to_cameras(stage_scenes(tmp_path / "a" / "test")["s"]["cameras"])
     torch.testing.assert_close(c2w.double(), torch.tensor(truth.scene.c2w[registered]), atol=1e-5, rtol=0)
@@ -170,7 +170,7 @@ def test_scale_and_fit_near_far(truth, tmp_path):
     # Two reconstructions of the same scene at different arbitrary scales: fitting is per scene, so both come out
     # in the same units, with the 1st-percentile depth at NEAR.
     truth.write_model(tmp_path / "model2", binary=False, scale=2.0)
-    convert_colmap([tmp_path / "model", tmp_path / "model2"], [truth.images] * 2, ["s", "t"], out=tmp_path / "b" / "test",
+    convert_colmap([tmp_path / "model", tmp_path / "model2"], [truth.images] * 2, ["s", "t"], Destination(out=tmp_path / "b" / "test"),
                    fit_near_far=(1.0, 20.0), report=quiet([]))
     ranges = json.loads((tmp_path / "b" / "test" / "depth_ranges.json").read_text())
     assert ranges["s"]["low"] == pytest.approx(1.0) and ranges["t"]["low"] == pytest.approx(1.0)
@@ -185,11 +185,11 @@ def test_scale_and_fit_near_far(truth, tmp_path):
 def test_split_scenes_and_frames(truth, tmp_path):
     truth.write_model(tmp_path / "model", binary=False)
     models, images = [tmp_path / "model"] * 3, [truth.images] * 3
-    convert_colmap(models, images, ["a", "b", "c"], root=tmp_path / "by_scene", test_keys=["b"], report=quiet([]))
+    convert_colmap(models, images, ["a", "b", "c"], Destination(root=tmp_path / "by_scene", test_keys=["b"]), report=quiet([]))
     assert sorted(stage_scenes(tmp_path / "by_scene" / "train")) == ["a", "c"]
     assert sorted(stage_scenes(tmp_path / "by_scene" / "test")) == ["b"]
 
-    convert_colmap(models[:1], images[:1], ["a"], root=tmp_path / "by_frame", test_fraction=0.25, report=quiet([]))
+    convert_colmap(models[:1], images[:1], ["a"], Destination(root=tmp_path / "by_frame", test_fraction=0.25), report=quiet([]))
     train = stage_scenes(tmp_path / "by_frame" / "train")["a"]
     test = stage_scenes(tmp_path / "by_frame" / "test")["a"]
     names = [f"frame{f}.png" for f in range(FRAMES) if f != UNREGISTERED]
@@ -259,7 +259,7 @@ def test_pycolmap_reconstruction_matches_ground_truth(tmp_path):
     pycolmap.incremental_mapping(database, truth.images, tmp_path / "scene" / "sparse", options=mapping)
 
     lines = []
-    convert_colmap([tmp_path / "scene" / "sparse"], [truth.images], ["room"], out=tmp_path / "mine" / "test",
+    convert_colmap([tmp_path / "scene" / "sparse"], [truth.images], ["room"], Destination(out=tmp_path / "mine" / "test"),
                    report=lines.append)
     scene = stage_scenes(tmp_path / "mine" / "test")["room"]
     frames = [int(name[len("frame"):-len(".png")]) for name in scene["file_names"]]

@@ -11,7 +11,7 @@ from PIL import Image
 
 from fabric_mvsplat.data.chunk_io import read_chunk, vector_to_cameras
 from fabric_mvsplat.data.convert import main
-from fabric_mvsplat.data.convert_colmap import colmap_scene, convert_colmap
+from fabric_mvsplat.data.convert_colmap import Destination, colmap_scene, convert_colmap
 from fabric_mvsplat.data.convert_realestate10k import convert_realestate10k
 
 
@@ -147,7 +147,7 @@ PINHOLE_CAMERAS = [("PINHOLE", [6.0, 6.1, 4.0, 3.0]), ("SIMPLE_RADIAL", [7.0, 4.
 def test_colmap_round_trip(writer, colmap_images, tmp_path):
     images, files = colmap_images
     writer(tmp_path / "sparse" / "0", PINHOLE_CAMERAS)
-    index = convert_colmap([tmp_path / "sparse" / "0"], [images], ["room"], tmp_path / "out" / "test",
+    index = convert_colmap([tmp_path / "sparse" / "0"], [images], ["room"], Destination(out=tmp_path / "out" / "test"),
                            report=lambda line: None)
     assert index == {"test": {"room": "000000.torch"}}
     scene = read_stage(tmp_path / "out" / "test")["room"]
@@ -216,5 +216,5 @@ def test_colmap_cli_two_scenes(colmap_images, tmp_path):
           "--model", str(tmp_path / "m2"), "--images", str(images), "--key", "two", "--out", str(out)])
     assert sorted(read_stage(out)) == ["one", "two"]
     with pytest.raises(ValueError, match="give one of each per scene"):
-        convert_colmap([tmp_path / "m1"], [images, images], ["x"], tmp_path / "other")
+        convert_colmap([tmp_path / "m1"], [images, images], ["x"], Destination(out=tmp_path / "other"))
     assert not (tmp_path / "other").exists()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from fabric_mvsplat.data import StepTracker, make_train_stream
+from fabric_mvsplat.data import StepTracker, TrainStream
 from fabric_mvsplat.data.chunk_io import camera_problem, vector_to_cameras
 from fabric_mvsplat.data.config import DataLoaderStageCfg
 from data_fixtures import dataset_cfg, make_scene, make_split
@@ -79,7 +79,7 @@ def test_nan_and_singular_cameras_are_skipped_counted_and_named(tmp_path):
     index.update({key: "000010.torch" for key in scenes})
     (stage / "index.json").write_text(json.dumps(index))
 
-    stream = make_train_stream(dataset_cfg(tmp_path), DataLoaderStageCfg(num_workers=0), StepTracker(), 0, 1, 0)
+    stream = TrainStream(dataset_cfg(tmp_path), DataLoaderStageCfg(num_workers=0), StepTracker(), 0, 1, 0)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         yielded = [batch for batch in islice(stream, 8)]  # two passes over the 4 good scenes

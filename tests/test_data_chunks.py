@@ -6,7 +6,8 @@ from itertools import islice
 import pytest
 import torch
 
-from fabric_mvsplat.data import StepTracker, check_dataset_roots, make_train_stream, read_chunk
+from fabric_mvsplat.errors import UnusableDataError
+from fabric_mvsplat.data import StepTracker, check_dataset_roots, TrainStream, read_chunk
 from fabric_mvsplat.data.chunk_io import cameras_to_vector, decode_image, encode_image, vector_to_cameras, write_chunks
 from fabric_mvsplat.data.config import DataLoaderStageCfg
 from fabric_mvsplat.camera import crop_intrinsics, field_of_view
@@ -74,7 +75,7 @@ def test_world_point_projects_onto_the_same_feature_in_every_view(tmp_path):
     point to where the images show it, after baseline scaling, flip augmentation and the crop shim."""
     make_split(tmp_path / "train", 4, height=45, width=80)
     cfg = dataset_cfg(tmp_path, height=45, width=80, image_shape=(32, 32))
-    stream = make_train_stream(cfg, DataLoaderStageCfg(batch_size=2), StepTracker(), 0, 1, seed=5)
+    stream = TrainStream(cfg, DataLoaderStageCfg(batch_size=2), StepTracker(), 0, 1, seed=5)
     reflect = torch.diag(torch.tensor([-1.0, 1, 1]))
     flips = []
     for batch in islice(stream, 4):
@@ -110,16 +111,16 @@ def test_check_dataset_roots_errors_name_the_root(tmp_path):
 def test_wrong_frame_shape_everywhere_is_an_error_naming_the_filter(tmp_path):
     make_split(tmp_path / "train", 3)
     cfg = dataset_cfg(tmp_path, height=360, width=640)  # frames are 18x32: skip_bad_shape rejects all
-    stream = make_train_stream(cfg, DataLoaderStageCfg(), StepTracker(), 0, 1, seed=0)
-    with pytest.raises(RuntimeError, match="bad_shape.*original_image_shape"):
+    stream = TrainStream(cfg, DataLoaderStageCfg(), StepTracker(), 0, 1, seed=0)
+    with pytest.raises(UnusableDataError, match="bad_shape.*original_image_shape"):
         next(iter(stream))
     cfg = dataset_cfg(tmp_path, height=360, width=640, skip_bad_shape=False)
-    batch = next(iter(make_train_stream(cfg, DataLoaderStageCfg(), StepTracker(), 0, 1, seed=0)))
+    batch = next(iter(TrainStream(cfg, DataLoaderStageCfg(), StepTracker(), 0, 1, seed=0)))
     assert batch["context"]["image"].shape == (1, 2, 3, 16, 16)
 
 
 def test_max_fov_filter(tmp_path):
     write_chunks([make_scene("wide", 12, 18, 32, seed=0)], tmp_path / "train")
     cfg = dataset_cfg(tmp_path, max_fov=40.0)  # the scene's horizontal fov is 64 degrees
-    with pytest.raises(RuntimeError, match="max_fov"):
-        next(iter(make_train_stream(cfg, DataLoaderStageCfg(), StepTracker(), 0, 1, seed=0)))
+    with pytest.raises(UnusableDataError, match="max_fov"):
+        next(iter(TrainStream(cfg, DataLoaderStageCfg(), StepTracker(), 0, 1, seed=0)))

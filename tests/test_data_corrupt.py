@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from fabric_mvsplat.data import StepTracker, make_train_stream, read_chunk
+from fabric_mvsplat.errors import UnusableDataError
+from fabric_mvsplat.data import StepTracker, TrainStream, read_chunk
 from fabric_mvsplat.data.chunk_io import ChunkReadError
 from fabric_mvsplat.data.config import DataLoaderStageCfg
 from data_fixtures import dataset_cfg, make_scene, make_split
@@ -58,7 +59,7 @@ def test_corrupt_chunks_and_scenes_are_skipped_and_counted(tmp_path, num_workers
     add_chunk(stage, "000013.torch", ["broken_image", "bad_cameras", "not_in_chunk"],
               lambda path: torch.save([broken_image, bad_cameras], path))
 
-    stream = make_train_stream(dataset_cfg(tmp_path), DataLoaderStageCfg(num_workers=num_workers), StepTracker(),
+    stream = TrainStream(dataset_cfg(tmp_path), DataLoaderStageCfg(num_workers=num_workers), StepTracker(),
                                0, 1, seed=0)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -75,7 +76,7 @@ def test_corrupt_chunks_and_scenes_are_skipped_and_counted(tmp_path, num_workers
         for expected in ("000010.torch", "000011.torch", "000012.torch", "'broken_image' frame",
                          "'bad_cameras'", "'not_in_chunk'"):
             assert expected in messages
-    restored = make_train_stream(dataset_cfg(tmp_path), DataLoaderStageCfg(num_workers=num_workers),
+    restored = TrainStream(dataset_cfg(tmp_path), DataLoaderStageCfg(num_workers=num_workers),
                                  StepTracker(), 0, 1, seed=0)
     restored.load_state_dict(stream.state_dict())
     assert restored.skipped_scenes == stream.skipped_scenes  # the count survives a resume
@@ -83,11 +84,11 @@ def test_corrupt_chunks_and_scenes_are_skipped_and_counted(tmp_path, num_workers
 
 def test_pass_without_usable_scene_names_the_filter(tmp_path):
     make_split(tmp_path / "train", 3, num_frames=3)  # too short for the sampler's context gap of 3
-    stream = make_train_stream(dataset_cfg(tmp_path), DataLoaderStageCfg(num_workers=0), StepTracker(), 0, 1, 0)
-    with pytest.raises(RuntimeError, match="none of the 3 scenes.*view_sampler.*3 frames"):
+    stream = TrainStream(dataset_cfg(tmp_path), DataLoaderStageCfg(num_workers=0), StepTracker(), 0, 1, 0)
+    with pytest.raises(UnusableDataError, match="none of the 3 scenes.*view_sampler.*3 frames"):
         next(iter(stream))
-    stream = make_train_stream(dataset_cfg(tmp_path), DataLoaderStageCfg(num_workers=2), StepTracker(), 0, 1, 0)
-    with pytest.raises(RuntimeError, match="view_sampler"):
+    stream = TrainStream(dataset_cfg(tmp_path), DataLoaderStageCfg(num_workers=2), StepTracker(), 0, 1, 0)
+    with pytest.raises(UnusableDataError, match="view_sampler"):
         next(iter(stream))
 
 
@@ -122,7 +123,7 @@ def test_an_image_above_the_pixel_budget_is_skipped_and_counted_without_decoding
     real_load = ImageFile.ImageFile.load
     monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: decoded_sizes.append(self.size) or real_load(self))
 
-    stream = make_train_stream(dataset_cfg(tmp_path), DataLoaderStageCfg(), StepTracker(), 0, 1, seed=0)
+    stream = TrainStream(dataset_cfg(tmp_path), DataLoaderStageCfg(), StepTracker(), 0, 1, 0)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         scenes = [batch["scene"][0] for batch in islice(stream, 6)]  # two passes over the 3 good scenes

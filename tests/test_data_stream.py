@@ -8,7 +8,8 @@ from itertools import islice
 import pytest
 import torch
 
-from fabric_mvsplat.data import StepTracker, ValidationSource, make_test_loader, make_train_stream
+from fabric_mvsplat.errors import UnusableDataError
+from fabric_mvsplat.data import StepTracker, ValidationSource, TestLoader, TrainStream
 from fabric_mvsplat.data.config import DataLoaderStageCfg, ViewSamplerBoundedCfg, ViewSamplerEvaluationCfg
 from data_fixtures import dataset_cfg, make_split
 
@@ -24,7 +25,7 @@ def test_two_ranks_two_workers_see_every_scene_exactly_once_per_pass(tmp_path, n
     loader = DataLoaderStageCfg(num_workers=2, batch_size=1)
     seen = []  # (pass, scene) over both ranks
     for rank in range(2):
-        stream = make_train_stream(cfg, loader, StepTracker(), rank, 2, seed=7)
+        stream = TrainStream(cfg, loader, StepTracker(), rank, 2, seed=7)
         # 3 passes need at most 3 * ceil(N / 4) + 1 batches per worker when N < 4 shards
         for scenes, positions in take_with_positions(stream, 4 * 3 + 2):
             seen += [(position // num_scenes, scene) for scene, position in zip(scenes, positions)]
@@ -43,12 +44,12 @@ def test_stream_is_deterministic_and_resumes_exactly(tmp_path):
         keep_min_gap_bug=False))
     for num_workers in (0, 2):
         loader = DataLoaderStageCfg(num_workers=num_workers, batch_size=2)
-        reference = list(islice(make_train_stream(cfg, loader, StepTracker(), 0, 1, seed=3), 9))
-        interrupted = make_train_stream(cfg, loader, StepTracker(), 0, 1, seed=3)
+        reference = list(islice(TrainStream(cfg, loader, StepTracker(), 0, 1, seed=3), 9))
+        interrupted = TrainStream(cfg, loader, StepTracker(), 0, 1, seed=3)
         first = list(islice(interrupted, 5))
         state = interrupted.state_dict()
         torch.save(state, tmp_path / "state.pt")
-        resumed = make_train_stream(cfg, loader, StepTracker(5), 0, 1, seed=3)
+        resumed = TrainStream(cfg, loader, StepTracker(5), 0, 1, seed=3)
         resumed.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))
         rest = list(islice(resumed, 4))
         for expected, got in zip(reference, first + rest):
@@ -57,7 +58,7 @@ def test_stream_is_deterministic_and_resumes_exactly(tmp_path):
                 for key, value in expected[side].items():
                     torch.testing.assert_close(got[side][key], value, rtol=0, atol=0)
         assert reference[0]["scene"] != reference[4]["scene"] or reference[1]["scene"] != reference[5]["scene"]
-    other_seed = next(iter(make_train_stream(cfg, loader, StepTracker(), 0, 1, seed=4)))
+    other_seed = next(iter(TrainStream(cfg, loader, StepTracker(), 0, 1, seed=4)))
     assert not torch.equal(other_seed["context"]["index"], reference[0]["context"]["index"]) or \
         other_seed["scene"] != reference[0]["scene"]
 
@@ -65,9 +66,9 @@ def test_stream_is_deterministic_and_resumes_exactly(tmp_path):
 def test_changed_layout_restarts_at_the_next_pass(tmp_path):
     make_split(tmp_path / "train", 4)
     cfg = dataset_cfg(tmp_path)
-    stream = make_train_stream(cfg, DataLoaderStageCfg(), StepTracker(), 0, 1, seed=0)
+    stream = TrainStream(cfg, DataLoaderStageCfg(), StepTracker(), 0, 1, seed=0)
     list(islice(stream, 2))
-    other = make_train_stream(cfg, DataLoaderStageCfg(), StepTracker(), 0, 2, seed=0)
+    other = TrainStream(cfg, DataLoaderStageCfg(), StepTracker(), 0, 2, seed=0)
     with pytest.warns(RuntimeWarning, match="layout changed"):
         other.load_state_dict(stream.state_dict())
     next(iter(other))
@@ -99,13 +100,13 @@ def test_test_loader_shards_ranks_without_duplicates(tmp_path):
     cfg = dataset_cfg(tmp_path)
     seen = []
     for rank in range(2):
-        loader = make_test_loader(cfg, DataLoaderStageCfg(num_workers=2 if rank else 0), rank, 2)
+        loader = TestLoader(cfg, DataLoaderStageCfg(num_workers=2 if rank else 0), rank, 2)
         scenes = [batch["scene"][0] for batch in loader]
         assert len(loader) == len(scenes)
         assert scenes == [batch["scene"][0] for batch in loader]  # deterministic order
         seen += scenes
     assert seen == keys  # every scene exactly once, in chunk order, rank 0 first
-    batch = next(iter(make_test_loader(cfg, DataLoaderStageCfg(), 0, 1)))
+    batch = next(iter(TestLoader(cfg, DataLoaderStageCfg(), 0, 1)))
     assert batch["context"]["index"][0].tolist() == [0, 5]  # test stage: gap = max distance, left = 0
     assert batch["target"]["index"][0].tolist() == list(range(6))
 
@@ -113,7 +114,7 @@ def test_test_loader_shards_ranks_without_duplicates(tmp_path):
 def test_test_loader_interval_repeats_and_length(tmp_path):
     make_split(tmp_path / "test", 6, scenes_per_chunk=2)
     cfg = dataset_cfg(tmp_path, test_chunk_interval=2, test_times_per_scene=2, test_len=7)
-    scenes = [batch["scene"][0] for batch in make_test_loader(cfg, DataLoaderStageCfg(), 0, 1)]
+    scenes = [batch["scene"][0] for batch in TestLoader(cfg, DataLoaderStageCfg(), 0, 1)]
     assert scenes == ["scene000_00", "scene000_01", "scene001_00", "scene001_01",
                       "scene004_00", "scene004_01", "scene005_00"]
 
@@ -124,7 +125,7 @@ def test_test_loader_with_evaluation_index_counts_null_and_missing_scenes(tmp_pa
              keys[2]: {"context": [0, 4, 9], "target": [5]}}  # keys[3] is missing
     (tmp_path / "index.json").write_text(json.dumps(index))
     cfg = dataset_cfg(tmp_path, view_sampler=ViewSamplerEvaluationCfg(index_path=str(tmp_path / "index.json")))
-    loader = make_test_loader(cfg, DataLoaderStageCfg(), 0, 1)
+    loader = TestLoader(cfg, DataLoaderStageCfg(), 0, 1)
     batches = list(loader)
     assert [b["scene"][0] for b in batches] == [keys[0], keys[2]]
     assert batches[0]["context"]["index"][0].tolist() == [1, 7]
@@ -138,7 +139,7 @@ def test_overfit_to_scene_repeats_one_scene(tmp_path):
     make_split(tmp_path / "train", 3)
     make_split(tmp_path / "test", 2, prefix="t")
     cfg = dataset_cfg(tmp_path, overfit_to_scene="t001")
-    batches = list(islice(make_train_stream(cfg, DataLoaderStageCfg(batch_size=2), StepTracker(), 0, 1, 0), 3))
+    batches = list(islice(TrainStream(cfg, DataLoaderStageCfg(batch_size=2), StepTracker(), 0, 1, 0), 3))
     assert all(b["scene"] == ["t001", "t001"] for b in batches)
     # overfit: contexts 0 and max_gap, which the kept bug has set to the minimum gap (3)
     assert all(b["context"]["index"][0].tolist() == [0, 3] for b in batches)
@@ -159,7 +160,7 @@ def test_accumulated_micro_batches_sample_at_the_step_they_train_at(tmp_path, mo
 
     monkeypatch.setattr(stream_module.ExampleBuilder, "build", recording_build)
     loader = DataLoaderStageCfg(num_workers=0, batch_size=1)
-    stream = make_train_stream(dataset_cfg(tmp_path), loader, StepTracker(5), 0, 1, seed=0, batches_per_step=2)
+    stream = TrainStream(dataset_cfg(tmp_path), loader, StepTracker(5), 0, 1, seed=0, batches_per_step=2)
     list(islice(stream, 6))
     assert steps == [5, 5, 6, 6, 7, 7]
 
@@ -171,8 +172,8 @@ def dataloader_workers() -> set[int]:
 def test_workers_end_when_a_worker_raises(tmp_path):
     make_split(tmp_path / "train", 3, num_frames=3)  # too short for the sampler: every worker raises
     before = dataloader_workers()
-    stream = make_train_stream(dataset_cfg(tmp_path), DataLoaderStageCfg(num_workers=2), StepTracker(), 0, 1, 0)
-    with pytest.raises(RuntimeError, match="view_sampler"):
+    stream = TrainStream(dataset_cfg(tmp_path), DataLoaderStageCfg(num_workers=2), StepTracker(), 0, 1, 0)
+    with pytest.raises(UnusableDataError, match="view_sampler"):
         next(iter(stream))
     assert dataloader_workers() - before == set()
 
@@ -180,9 +181,23 @@ def test_workers_end_when_a_worker_raises(tmp_path):
 def test_workers_end_when_the_caller_stops_reading(tmp_path):
     make_split(tmp_path / "train", 4, scenes_per_chunk=2)
     before = dataloader_workers()
-    batches = iter(make_train_stream(dataset_cfg(tmp_path), DataLoaderStageCfg(num_workers=2), StepTracker(),
+    batches = iter(TrainStream(dataset_cfg(tmp_path), DataLoaderStageCfg(num_workers=2), StepTracker(),
                                      0, 1, 0))
     next(batches)
     assert len(dataloader_workers() - before) == 2
     batches.close()
     assert dataloader_workers() - before == set()
+
+
+def test_loader_seed_null_derives_the_order_from_the_root_seed(tmp_path):
+    """data_loader.*.seed=null, as the original accepts it: the stream is still deterministic, from `seed` alone."""
+    make_split(tmp_path / "train", 8, scenes_per_chunk=2)
+    cfg = dataset_cfg(tmp_path)
+    loader = DataLoaderStageCfg(batch_size=2, seed=None)
+
+    def first_batches(root_seed: int) -> list[list[str]]:
+        return [batch["scene"] for batch in islice(TrainStream(cfg, loader, StepTracker(), 0, 1, root_seed), 4)]
+
+    assert first_batches(111123) == first_batches(111123)
+    assert first_batches(111123) != first_batches(5)
+    assert sorted(sum(first_batches(111123), [])) == sorted(json.loads((tmp_path / "train" / "index.json").read_text()))

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from fabric_mvsplat.data import make_test_loader
+from fabric_mvsplat.data import TestLoader
 from fabric_mvsplat.data.chunk_io import DEPTH_KEY, DEPTH_UNIT, SCENE_KEYS, decode_depth, encode_depth, read_chunk
 from fabric_mvsplat.data.config import DataLoaderStageCfg, ViewSamplerEvaluationCfg
-from fabric_mvsplat.data.synthetic import generate_synthetic_dataset, random_scene, render_frame, scene_seed
+from fabric_mvsplat.data.synthetic import SyntheticSpec, generate_synthetic_dataset, random_scene, render_frame, scene_seed
 from fabric_mvsplat.metrics import compute_depth_errors
 from fabric_mvsplat.model.decoder.rendering import render
 from fabric_mvsplat.types import Gaussians
@@ -29,14 +29,14 @@ def test_depth_png_round_trip_keeps_a_millimetre_and_marks_unknown_pixels():
 
 
 def test_synthetic_chunks_carry_the_ray_cast_depth_into_test_batches(tmp_path):
-    generate_synthetic_dataset(tmp_path, train_scenes=1, test_scenes=1, frames=8, height=SIZE, width=SIZE, seed=4,
-                               context_gap=4, progress=False)
+    generate_synthetic_dataset(tmp_path, SyntheticSpec(train_scenes=1, test_scenes=1, frames=8, height=SIZE,
+                                                         width=SIZE, seed=4, context_gap=4), progress=False)
     scene = read_chunk(next((tmp_path / "test").glob("*.torch")))[0]
     # The original's keys keep their types (its loader reads only those); depth is one extra list.
     assert set(scene) == {*SCENE_KEYS, DEPTH_KEY} and len(scene[DEPTH_KEY]) == len(scene["images"])
     cfg = dataset_cfg(tmp_path, height=SIZE, width=SIZE, image_shape=(SIZE, SIZE),
                       view_sampler=ViewSamplerEvaluationCfg(index_path=str(tmp_path / "evaluation_index.json")))
-    batch = next(iter(make_test_loader(cfg, DataLoaderStageCfg(), 0, 1)))
+    batch = next(iter(TestLoader(cfg, DataLoaderStageCfg(), 0, 1)))
     frames = batch["target"]["index"][0].tolist()
     truth = random_scene(scene_seed(4, "test", 0), 8, SIZE, SIZE)
     # make_baseline_1 (on by default) divides the world by the context baseline: the depth follows.
@@ -111,8 +111,8 @@ def test_validation_logs_depth_errors_where_the_scene_has_ground_truth(tmp_path)
     from fabric_mvsplat.build import make_model
     from loop_fixtures import compose_cfg
 
-    generate_synthetic_dataset(tmp_path, train_scenes=1, test_scenes=1, frames=24, height=32, width=32, seed=6,
-                               progress=False)
+    generate_synthetic_dataset(tmp_path, SyntheticSpec(train_scenes=1, test_scenes=1, frames=24, height=32,
+                                                         width=32, seed=6), progress=False)
     cfg = compose_cfg(["+experiment=demo", f"dataset.roots=[{tmp_path}]", "dataset.image_shape=[32,32]",
                        "model.encoder.d_feature=32", "model.encoder.num_depth_candidates=8",
                        "model.encoder.costvolume_unet_feat_dim=32", "train.video_frames=2"])

@@ -116,7 +116,7 @@ def test_wo_cost_volume_refine_needs_matching_width():
 
 
 def test_forward_three_views_batch_two_matches_per_item():
-    encoder = perturbed(EncoderCostVolume(cfg(), num_context_views=3)).eval()
+    encoder = perturbed(EncoderCostVolume(cfg())).eval()
     context = make_context(b=2, v=3, h=16, w=32)
     dump = {}
     with torch.no_grad():

@@ -8,7 +8,7 @@ import torch
 from conftest import demo_overrides, read_events, run_train, shared_path
 from loop_fixtures import compose_cfg
 
-from fabric_mvsplat.data import StepTracker, make_train_stream
+from fabric_mvsplat.data import StepTracker, TrainStream
 from fabric_mvsplat.errors import UserError
 from fabric_mvsplat.build import make_model
 from fabric_mvsplat.train import run
@@ -22,7 +22,7 @@ def test_training_steps_reduce_the_loss_on_a_fixed_batch(synthetic_root):
     torch.manual_seed(0)
     cfg = compose_cfg(demo_overrides(synthetic_root))
     model = make_model(cfg)
-    stream = make_train_stream(cfg.dataset, cfg.data_loader.train, StepTracker(), 0, 1, cfg.seed)
+    stream = TrainStream(cfg.dataset, cfg.data_loader.train, StepTracker(), 0, 1, cfg.seed)
     batch = next(iter(stream))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     losses = []
@@ -39,7 +39,7 @@ def test_training_steps_reduce_the_loss_on_a_fixed_batch(synthetic_root):
 def test_validation_step_gives_scores_a_comparison_image_and_videos(synthetic_root):
     cfg = compose_cfg(demo_overrides(synthetic_root, "train.video_frames=4"))
     model = make_model(cfg).eval()
-    stream = make_train_stream(cfg.dataset, cfg.data_loader.train, StepTracker(), 0, 1, cfg.seed)
+    stream = TrainStream(cfg.dataset, cfg.data_loader.train, StepTracker(), 0, 1, cfg.seed)
     output = model.validation_step(next(iter(stream)), global_step=0)
     assert set(output.scalars) == {"val/psnr", "val/ssim"}  # no LPIPS weights configured
     assert 0 < output.scalars["val/psnr"] < 60 and -1 <= output.scalars["val/ssim"] <= 1
@@ -194,7 +194,7 @@ def test_three_context_views_in_test_mode(synthetic_root, tmp_path):
 
 def test_train_stream_epoch_counts_passes_for_checkpoint_names(synthetic_root):
     cfg = compose_cfg(demo_overrides(synthetic_root, "data_loader.train.batch_size=2"))
-    stream = make_train_stream(cfg.dataset, cfg.data_loader.train, StepTracker(), 0, 1, cfg.seed)
+    stream = TrainStream(cfg.dataset, cfg.data_loader.train, StepTracker(), 0, 1, cfg.seed)
     batches = iter(stream)
     epochs = []
     for _ in range(3):  # 4 training scenes, 2 per batch: passes 0, 0, 1

@@ -12,13 +12,13 @@ import pytest
 import torch
 from skimage.metrics import structural_similarity
 
-from fabric_mvsplat.data import make_test_loader
+from fabric_mvsplat.data import TestLoader
 from fabric_mvsplat.data.chunk_io import write_chunks
 from fabric_mvsplat.data.config import DataLoaderStageCfg, ViewSamplerEvaluationCfg
-from fabric_mvsplat.data.synthetic import generate_synthetic_dataset
+from fabric_mvsplat.data.synthetic import SyntheticSpec, generate_synthetic_dataset
 from fabric_mvsplat.errors import EmptyEvaluationError
 from fabric_mvsplat.metrics import nearest_context_images
-from fabric_mvsplat.evaluation.test_mode import run_test, score_scene
+from fabric_mvsplat.evaluation.test_mode import SceneViews, run_test, score_scene
 from loop_fixtures import compose_cfg
 from data_fixtures import dataset_cfg, make_scene, make_split
 
@@ -39,7 +39,7 @@ def test_runs_of_a_scene_look_up_their_own_index_key(tmp_path):
     keys = make_split(tmp_path / "test", 2)
     index = {f"{key}_{run:02d}": {"context": [run, 6 + run], "target": [3 + run]} for key in keys for run in (0, 1)}
     cfg = evaluation_cfg(tmp_path, index, test_times_per_scene=2)
-    batches = list(make_test_loader(cfg, DataLoaderStageCfg(), 0, 1))
+    batches = list(TestLoader(cfg, DataLoaderStageCfg(), 0, 1))
     assert [b["scene"][0] for b in batches] == [f"{k}_{r:02d}" for k in keys for r in (0, 1)]
     for batch in batches:
         run = int(batch["scene"][0][-2:])
@@ -57,7 +57,7 @@ def test_the_original_dtu_index_scores_every_run(tmp_path):
     write_chunks([make_scene("scan1_train", 49, 12, 16, seed=0)], tmp_path / "test")  # DTU scans have 49 views
     cfg = dataset_cfg(tmp_path, height=12, width=16, test_times_per_scene=4,
                       view_sampler=ViewSamplerEvaluationCfg(index_path=str(path)))
-    loader = make_test_loader(cfg, DataLoaderStageCfg(), 0, 1)
+    loader = TestLoader(cfg, DataLoaderStageCfg(), 0, 1)
     batches = list(loader)
     assert [b["scene"][0] for b in batches] == runs
     for batch, run in zip(batches, runs):
@@ -71,7 +71,7 @@ def test_test_len_counts_usable_scenes(tmp_path):
     keys = make_split(tmp_path / "test", 5)
     entry = {"context": [0, 6], "target": [3]}
     index = {keys[0]: None, keys[2]: entry, keys[3]: entry, keys[4]: entry}  # keys[1] is missing
-    loader = make_test_loader(evaluation_cfg(tmp_path, index, test_len=2), DataLoaderStageCfg(), 0, 1)
+    loader = TestLoader(evaluation_cfg(tmp_path, index, test_len=2), DataLoaderStageCfg(), 0, 1)
     assert [b["scene"][0] for b in loader] == [keys[2], keys[3]]
     assert loader.index_skip_counts == {"null_in_index": 1, "not_in_index": 1}
 
@@ -79,8 +79,8 @@ def test_test_len_counts_usable_scenes(tmp_path):
 @pytest.fixture(scope="module")
 def synthetic_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("synthetic")
-    generate_synthetic_dataset(root, train_scenes=1, test_scenes=3, frames=12, height=32, width=32, seed=5,
-                               context_gap=6, progress=False)
+    generate_synthetic_dataset(root, SyntheticSpec(train_scenes=1, test_scenes=3, frames=12, height=32, width=32,
+                                                     seed=5, context_gap=6), progress=False)
     return root
 
 
@@ -97,7 +97,7 @@ def run_in_process(cfg):
 
     torch.manual_seed(0)
     fabric = Fabric(accelerator="cpu", devices=1)
-    return run_test(fabric, cfg, make_model(cfg), make_test_loader(cfg.dataset, cfg.data_loader.test, 0, 1))
+    return run_test(fabric, cfg, make_model(cfg), TestLoader(cfg.dataset, cfg.data_loader.test, 0, 1))
 
 
 def test_counts_of_rendered_scored_and_skipped_scenes(synthetic_root, tmp_path):
@@ -173,8 +173,9 @@ def test_ssim_and_lpips_see_the_unclamped_render_psnr_clips():
         return torch.zeros(len(prediction))
 
     context, indices = ground_truth[:1], torch.tensor([0])
-    plain = score_scene("s", rendered, ground_truth, context, indices, torch.tensor([1, 2]))
-    over = score_scene("s", overshooting, ground_truth, context, indices, torch.tensor([1, 2]), lpips_metric)
+    plain = score_scene(SceneViews("s", rendered, ground_truth, context, indices, torch.tensor([1, 2])))
+    over = score_scene(SceneViews("s", overshooting, ground_truth, context, indices, torch.tensor([1, 2])),
+                       lpips_metric)
     assert over.psnr == pytest.approx(plain.psnr)
     assert over.ssim < plain.ssim - 1e-3
     expected = [structural_similarity(t.numpy(), p.numpy(), win_size=11, gaussian_weights=True, channel_axis=0,
@@ -190,7 +191,8 @@ def test_nearest_context_baseline_on_a_known_case():
     assert [round(float(p.mean()), 3) for p in picked] == [0.2, 0.6, 0.6, 0.2]  # 15: a tie goes to the first
     # Targets 0.1 away from their nearest context image: MSE 0.01 -> exactly 20 dB.
     ground_truth = picked + 0.1
-    scores = score_scene("s", ground_truth, ground_truth, context_images, context_indices, target_indices)
+    scores = score_scene(SceneViews("s", ground_truth, ground_truth, context_images, context_indices,
+                                    target_indices))
     assert scores.psnr_nearest_context == pytest.approx(20.0, abs=1e-4)
     assert scores.psnr == math.inf or scores.psnr > 100
 

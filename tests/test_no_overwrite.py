@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from fabric_mvsplat.data.chunk_io import write_chunks
-from fabric_mvsplat.data.synthetic import ensure_synthetic_dataset, main
+from fabric_mvsplat.data.synthetic import SyntheticSpec, ensure_synthetic_dataset, main
 
-TINY = dict(train_scenes=1, test_scenes=1, frames=6, height=16, width=16, progress=False)
+TINY = dict(train_scenes=1, test_scenes=1, frames=6, height=16, width=16)
 TINY_ARGS = ["--train-scenes", "1", "--test-scenes", "1", "--frames", "6", "--height", "16", "--width", "16"]
 
 
@@ -60,26 +60,26 @@ def test_generator_overwrite_replaces_only_when_asked(tmp_path):
 
 def test_ensure_fills_only_an_absent_or_empty_folder(tmp_path, capsys):
     absent = tmp_path / "absent"
-    assert ensure_synthetic_dataset(absent, seed=1, **TINY) is True
+    assert ensure_synthetic_dataset(absent, SyntheticSpec(seed=1, **TINY), progress=False) is True
     assert "absent: generating the synthetic demo dataset" in capsys.readouterr().err
 
     empty = tmp_path / "empty"
     (empty / "test").mkdir(parents=True)  # empty folders hold no data
-    assert ensure_synthetic_dataset(empty, seed=1, **TINY) is True
+    assert ensure_synthetic_dataset(empty, SyntheticSpec(seed=1, **TINY), progress=False) is True
     assert "empty: generating" in capsys.readouterr().err
 
     images_only = tmp_path / "mistyped"
     (images_only / "images").mkdir(parents=True)
     (images_only / "images" / "0001.jpg").write_bytes(b"jpeg")
     with pytest.raises(FileExistsError, match="holds files but no chunks"):
-        ensure_synthetic_dataset(images_only, seed=1, **TINY)
+        ensure_synthetic_dataset(images_only, SyntheticSpec(seed=1, **TINY), progress=False)
     assert all_files(images_only) == {"images/0001.jpg": b"jpeg"}
     assert not (tmp_path / "mistyped.partial").exists()
 
     converted = tmp_path / "converted"
     converted_test_stage(converted)
     before = all_files(converted)
-    assert ensure_synthetic_dataset(converted, seed=1, **TINY) is False  # chunks: used as they are
+    assert ensure_synthetic_dataset(converted, SyntheticSpec(seed=1, **TINY), progress=False) is False  # chunks: used as they are
     assert all_files(converted) == before
 
 

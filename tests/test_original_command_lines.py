@@ -16,8 +16,8 @@ import torch
 from conftest import run_train
 from loop_fixtures import compose_cfg
 
-from fabric_mvsplat.data import StepTracker, make_train_stream
-from fabric_mvsplat.train import make_model
+from fabric_mvsplat.data import StepTracker, TrainStream
+from fabric_mvsplat.build import make_model
 
 # config/main.yaml of the original, every key with its value.
 ORIGINAL_MAIN = [
@@ -129,11 +129,11 @@ def test_the_original_main_yaml_composes_without_an_experiment():
 @pytest.fixture(scope="module")
 def scenes_64(tmp_path_factory) -> Path:
     """Synthetic 64 x 64 scenes with 48 frames: the bounded sampler's initial context gap of 25 fits."""
-    from fabric_mvsplat.data.synthetic import generate_synthetic_dataset
+    from fabric_mvsplat.data.synthetic import SyntheticSpec, generate_synthetic_dataset
 
     root = tmp_path_factory.mktemp("scenes_64")
-    generate_synthetic_dataset(root, train_scenes=1, test_scenes=1, frames=48, height=64, width=64, seed=11,
-                               progress=False)
+    generate_synthetic_dataset(root, SyntheticSpec(train_scenes=1, test_scenes=1, frames=48, height=64, width=64,
+                                                   seed=11), progress=False)
     return root
 
 
@@ -185,7 +185,7 @@ def test_the_original_ablation_keys_train_a_step(ablation, scenes_64, lpips_weig
     cfg = compose_cfg(original_command_line("re10k") + runnable(scenes_64, tmp_path, lpips_weights) + ablation)
     torch.manual_seed(0)
     model = make_model(cfg)
-    stream = make_train_stream(cfg.dataset, cfg.data_loader.train, StepTracker(), 0, 1, cfg.seed)
+    stream = TrainStream(cfg.dataset, cfg.data_loader.train, StepTracker(), 0, 1, cfg.seed)
     output = model(next(iter(stream)), 0)
     output.loss.backward()
     assert torch.isfinite(output.loss) and output.loss.item() > 0

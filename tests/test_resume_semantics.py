@@ -99,7 +99,7 @@ def test_a_changed_accumulation_keeps_the_view_samplers_step(tmp_path, before, a
     (3 steps done, so the batches before do not divide evenly by the new count)."""
     from data_fixtures import dataset_cfg, make_split
 
-    from fabric_mvsplat.data import StepTracker, make_train_stream
+    from fabric_mvsplat.data import StepTracker, TrainStream
     from fabric_mvsplat.data.chunks import ExampleBuilder
     from fabric_mvsplat.data.config import DataLoaderStageCfg
 
@@ -111,7 +111,7 @@ def test_a_changed_accumulation_keeps_the_view_samplers_step(tmp_path, before, a
 
     def stream(batches_per_step):
         tracker = StepTracker()
-        return tracker, make_train_stream(dataset_cfg(tmp_path), DataLoaderStageCfg(), tracker, 0, 1, 0,
+        return tracker, TrainStream(dataset_cfg(tmp_path), DataLoaderStageCfg(), tracker, 0, 1, 0,
                                           batches_per_step)
 
     tracker, first = stream(before)

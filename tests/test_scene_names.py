@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fabric_mvsplat.data import make_test_loader
+from fabric_mvsplat.data import TestLoader
 from fabric_mvsplat.data.chunk_io import write_chunks
 from fabric_mvsplat.data.scene_names import MAX_NAME_LENGTH, scene_file_name
 from fabric_mvsplat.evaluation.test_mode import run_test
@@ -67,7 +67,7 @@ def test_test_mode_writes_nothing_outside_its_folder_whatever_the_keys(tmp_path)
 
     torch.manual_seed(0)
     averages = run_test(Fabric(accelerator="cpu", devices=1), cfg, make_model(cfg),
-                        make_test_loader(cfg.dataset, cfg.data_loader.test, 0, 1))
+                        TestLoader(cfg.dataset, cfg.data_loader.test, 0, 1))
 
     assert averages["num_rendered"] == len(keys)
     assert snapshot(tmp_path, out) == before  # not one byte outside the output folder changed

@@ -11,6 +11,7 @@ from fabric_mvsplat.data.chunk_io import decode_image, read_chunk, vector_to_cam
 from fabric_mvsplat.data.synthetic import (
     FAR,
     NEAR,
+    SyntheticSpec,
     ensure_synthetic_dataset,
     generate_synthetic_dataset,
     main,
@@ -20,7 +21,7 @@ from fabric_mvsplat.data.synthetic import (
     scene_seed,
 )
 
-TINY = dict(train_scenes=2, test_scenes=2, frames=8, height=24, width=32, progress=False)
+TINY = dict(train_scenes=2, test_scenes=2, frames=8, height=24, width=32)
 
 
 def all_files(root: Path) -> dict[str, bytes]:
@@ -30,7 +31,7 @@ def all_files(root: Path) -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("synthetic")
-    generate_synthetic_dataset(root, seed=0, **TINY)
+    generate_synthetic_dataset(root, SyntheticSpec(seed=0, **TINY), progress=False)
     return root
 
 
@@ -58,8 +59,8 @@ def test_chunk_format(dataset):
 
 
 def test_same_seed_same_bytes_and_different_seed_differs(dataset, tmp_path):
-    generate_synthetic_dataset(tmp_path / "again", seed=0, **TINY)
-    generate_synthetic_dataset(tmp_path / "other", seed=1, **TINY)
+    generate_synthetic_dataset(tmp_path / "again", SyntheticSpec(seed=0, **TINY), progress=False)
+    generate_synthetic_dataset(tmp_path / "other", SyntheticSpec(seed=1, **TINY), progress=False)
     reference = all_files(dataset)
     assert all_files(tmp_path / "again") == reference
     other = all_files(tmp_path / "other")
@@ -149,13 +150,13 @@ def test_cameras_move_like_realestate10k():
 
 def test_ensure_generates_once(tmp_path):
     (tmp_path / "d" / "train").mkdir(parents=True)  # an empty stage folder does not count as cached
-    assert ensure_synthetic_dataset(tmp_path / "d", seed=2, **TINY) is True
+    assert ensure_synthetic_dataset(tmp_path / "d", SyntheticSpec(seed=2, **TINY), progress=False) is True
     before = all_files(tmp_path / "d")
     assert {"train/index.json", "test/index.json", "evaluation_index.json", "synthetic.json"} <= set(before)
     assert not (tmp_path / "d.partial").exists()
-    assert ensure_synthetic_dataset(tmp_path / "d", seed=2, **TINY) is False
+    assert ensure_synthetic_dataset(tmp_path / "d", SyntheticSpec(seed=2, **TINY), progress=False) is False
     with pytest.warns(UserWarning, match="seed"):
-        assert ensure_synthetic_dataset(tmp_path / "d", seed=3, **TINY) is False
+        assert ensure_synthetic_dataset(tmp_path / "d", SyntheticSpec(seed=3, **TINY), progress=False) is False
     assert all_files(tmp_path / "d") == before
 
 
@@ -165,6 +166,6 @@ def test_cli_and_bad_arguments(tmp_path):
     index = json.loads((tmp_path / "cli" / "evaluation_index.json").read_text())
     assert [entry["context"] for entry in index.values()] == [[0, 5]]
     with pytest.raises(ValueError, match="context-gap"):
-        generate_synthetic_dataset(tmp_path / "bad", frames=8, context_gap=9, progress=False)
+        generate_synthetic_dataset(tmp_path / "bad", SyntheticSpec(frames=8, context_gap=9), progress=False)
     with pytest.raises(ValueError, match="frames"):
-        generate_synthetic_dataset(tmp_path / "bad", frames=3, progress=False)
+        generate_synthetic_dataset(tmp_path / "bad", SyntheticSpec(frames=3), progress=False)

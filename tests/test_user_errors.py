@@ -30,8 +30,6 @@ def composed(overrides: list[str]):
     (["+experiment=re10k", "~loss.lpips"], "model.encoder.unimatch_weights_path"),
     ([*RE10K_WITHOUT_WEIGHTS, "loss=[mse,depth]"], "train.depth_mode"),
     ([*RE10K_WITHOUT_WEIGHTS, "~loss.mse"], "loss"),
-    ([*RE10K_WITHOUT_WEIGHTS, "dataset/view_sampler=arbitrary", "dataset.view_sampler.num_context_views=1"],
-     "dataset.view_sampler.num_context_views"),
     ([*RE10K_WITHOUT_WEIGHTS, "model.decoder.backend=gsplat", "trainer.accelerator=cpu"], "model.decoder.backend"),
     ([*RE10K_WITHOUT_WEIGHTS, "mode=test", "dataset/view_sampler=evaluation",
       "dataset.view_sampler.index_path=/nowhere/index.json", "checkpointing.load=latest"],
@@ -45,6 +43,15 @@ def test_late_failures_are_config_errors_at_start_up(overrides, key):
         check_before_work(cfg)
     assert error.value.key == key
     assert isinstance(error.value, UserError) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("sampler", ["bounded", "arbitrary", "evaluation"])
+def test_fewer_than_two_context_views_stop_at_start_up(sampler):
+    """One rule, checked once in the data config, for every sampler that picks context views."""
+    with pytest.raises(ConfigError) as error:
+        composed([*RE10K_WITHOUT_WEIGHTS, f"dataset/view_sampler={sampler}", "dataset.view_sampler.num_context_views=1"])
+    assert error.value.key == "dataset.view_sampler.num_context_views"
+    assert "at least 2" in str(error.value) and "\n" not in str(error.value)
 
 
 def test_a_valid_config_passes_and_latest_counts_as_a_checkpoint():

@@ -8,7 +8,7 @@ import torch
 from conftest import demo_overrides
 from loop_fixtures import compose_cfg
 
-from fabric_mvsplat.data import StepTracker, make_train_stream
+from fabric_mvsplat.data import StepTracker, TrainStream
 from fabric_mvsplat.train import make_model
 from fabric_mvsplat.visualization.validation_3d import camera_image, projection_cameras
 
@@ -20,7 +20,7 @@ def model_and_batch(synthetic_root):
     cfg = compose_cfg(demo_overrides(synthetic_root, "train.video_frames=5"))
     torch.manual_seed(0)
     model = make_model(cfg).eval()
-    stream = make_train_stream(cfg.dataset, cfg.data_loader.train, StepTracker(), 0, 1, cfg.seed)
+    stream = TrainStream(cfg.dataset, cfg.data_loader.train, StepTracker(), 0, 1, cfg.seed)
     return model, next(iter(stream))
 
 

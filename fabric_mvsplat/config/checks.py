@@ -7,7 +7,9 @@ from pathlib import Path
 import torch
 
 from ..errors import ConfigError
+from ..data.view_sampler import read_evaluation_index
 from ..metrics.lpips import find_weight_files
+from ..model.decoder.rendering import resolve_backend
 from ..model.loss_config import check_losses
 from .schema import LATEST_CHECKPOINT, RootCfg, scoring_lpips_weights
 
@@ -16,21 +18,9 @@ def check_before_work(cfg: RootCfg) -> None:
     """What would otherwise fail after output is written: cross-group combinations and the files the config
     names (ConfigError, or MissingWeightsError for LPIPS files)."""
     training = cfg.mode in ("train", "inspect")
-    num_context_views = getattr(cfg.dataset.view_sampler, "num_context_views", None)
-    if num_context_views is not None and num_context_views < 2:
-        raise ConfigError("dataset.view_sampler.num_context_views", num_context_views,
-                          "at least 2: the cost-volume encoder matches every context view against another")
-    if cfg.model.decoder.backend == "gsplat" and (cfg.trainer.accelerator in ("cpu", "mps")
-                                                  or not torch.cuda.is_available()):
-        raise ConfigError("model.decoder.backend", "gsplat",
-                          f"'auto' or 'torch' here: gsplat renders only on CUDA (trainer.accelerator="
-                          f"{cfg.trainer.accelerator}, cuda available: {torch.cuda.is_available()}); "
-                          "set model.decoder.backend=auto")
-    view_sampler = cfg.dataset.view_sampler
-    if view_sampler.name == "evaluation" and not Path(view_sampler.index_path).is_file():
-        raise ConfigError("dataset.view_sampler.index_path", view_sampler.index_path,
-                          "an existing evaluation index JSON (e.g. assets/evaluation_index_re10k.json, "
-                          "relative to the directory you run from)")
+    resolve_backend(cfg.model.decoder.backend, run_device_type(cfg.trainer.accelerator))
+    if cfg.dataset.view_sampler.name == "evaluation":
+        read_evaluation_index(cfg.dataset.view_sampler)
     if training:
         check_losses(cfg.loss)
         if cfg.loss.depth is not None and cfg.train.depth_mode not in ("log", "log_clamped"):
@@ -57,3 +47,10 @@ def check_before_work(cfg: RootCfg) -> None:
         raise ConfigError("checkpointing.load", load,
                           f"an existing checkpoint file, '{LATEST_CHECKPOINT}' (the newest in output_dir) "
                           "or null (start from scratch)")
+
+
+def run_device_type(accelerator: str) -> str:
+    """The device type Fabric picks for trainer.accelerator on this machine."""
+    if accelerator in ("cpu", "mps"):
+        return accelerator
+    return "cuda" if torch.cuda.is_available() else "cpu"

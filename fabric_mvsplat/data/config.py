@@ -7,6 +7,13 @@ from typing import Literal
 from ..errors import ConfigError
 
 
+def check_num_context_views(value: int) -> None:
+    """The one check of the context-view count, for every sampler that picks context views."""
+    if value < 2:
+        raise ConfigError("num_context_views", value,
+                          "at least 2: the cost-volume encoder matches every context view against another")
+
+
 @dataclass
 class ViewSamplerBoundedCfg:
     name: Literal["bounded"] = "bounded"
@@ -23,8 +30,7 @@ class ViewSamplerBoundedCfg:
     keep_min_gap_bug: bool = True
 
     def __post_init__(self) -> None:
-        if self.num_context_views < 2:
-            raise ConfigError("num_context_views", self.num_context_views, "an integer >= 2")
+        check_num_context_views(self.num_context_views)
         if self.num_target_views < 1:
             raise ConfigError("num_target_views", self.num_target_views, "an integer >= 1")
         if self.warm_up_steps < 0:
@@ -37,6 +43,9 @@ class ViewSamplerEvaluationCfg:
     index_path: str = "assets/evaluation_index_re10k.json"
     num_context_views: int = 2
 
+    def __post_init__(self) -> None:
+        check_num_context_views(self.num_context_views)
+
 
 @dataclass
 class ViewSamplerArbitraryCfg:
@@ -45,6 +54,9 @@ class ViewSamplerArbitraryCfg:
     num_target_views: int = 1
     context_views: list[int] | None = None
     target_views: list[int] | None = None
+
+    def __post_init__(self) -> None:
+        check_num_context_views(self.num_context_views)
 
 
 @dataclass

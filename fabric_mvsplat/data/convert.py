@@ -18,7 +18,7 @@ import warnings
 from pathlib import Path
 
 from .chunk_io import TARGET_BYTES_PER_CHUNK
-from .convert_colmap import convert_colmap
+from .convert_colmap import Destination, convert_colmap
 from .convert_realestate10k import convert_realestate10k
 
 
@@ -75,8 +75,9 @@ def run(args: argparse.Namespace) -> None:
         index = convert_realestate10k(args.cameras, args.frames, args.out, target_bytes=args.target_bytes)
         print(f"wrote {len(index)} scenes in {len(set(index.values()))} chunks + index.json to {args.out}")
     else:
-        convert_colmap(args.model, args.images, args.key, out=args.out, root=args.root,
-                       test_keys=args.test_keys, test_fraction=args.test_fraction, scale=args.scale,
+        destination = Destination(out=args.out, root=args.root, test_keys=args.test_keys,
+                                  test_fraction=args.test_fraction)
+        convert_colmap(args.model, args.images, args.key, destination, scale=args.scale,
                        fit_near_far=args.fit_near_far, target_bytes=args.target_bytes)
 
 

@@ -360,19 +360,29 @@ def suggestion(ranges: dict[str, DepthRange], gap: int = 10) -> str:
             f"{in_baselines[1]:.3g} baselines, to be covered by dataset.near/far")
 
 
-def convert_colmap(model_dirs: list[Path], images_dirs: list[Path], keys: list[str], out: Path | None = None,
-                   target_bytes: int = TARGET_BYTES_PER_CHUNK, root: Path | None = None,
-                   test_keys: list[str] | None = None, test_fraction: float | None = None,
-                   scale: float = 1.0, fit_near_far: tuple[float, float] | None = None,
-                   report=print) -> dict[str, dict[str, str]]:
+@dataclass(frozen=True)
+class Destination:
+    """Where converted scenes go: either `out` (one stage folder, reported under its name) or `root` with a split:
+    `test_keys` (those scenes -> root/test, the rest -> root/train) or `test_fraction` (each scene's last frames
+    -> root/test, the others -> root/train)."""
+
+    out: Path | None = None
+    root: Path | None = None
+    test_keys: list[str] | None = None
+    test_fraction: float | None = None
+
+
+def convert_colmap(model_dirs: list[Path], images_dirs: list[Path], keys: list[str], destination: Destination, *,
+                   target_bytes: int = TARGET_BYTES_PER_CHUNK, scale: float = 1.0,
+                   fit_near_far: tuple[float, float] | None = None, report=print) -> dict[str, dict[str, str]]:
     """Each (model, images, key) triple becomes one scene.
 
-    -> {stage: {key: chunk file}}. Either `out` (one stage folder, reported under its name) or `root` with a
-    split: `test_keys` (those scenes -> root/test, the rest -> root/train) or `test_fraction` (each scene's last
-    frames -> root/test, the others -> root/train). `scale` multiplies every translation; `fit_near_far` instead
+    -> {stage: {key: chunk file}}. `scale` multiplies every translation; `fit_near_far` instead
     scales each scene so that its 1st-percentile depth is near (each reconstruction has its own arbitrary scale).
     Each stage folder also gets `depth_ranges.json` (after scaling) for its scenes.
     """
+    out, root = destination.out, destination.root
+    test_keys, test_fraction = destination.test_keys, destination.test_fraction
     if not len(model_dirs) == len(images_dirs) == len(keys):
         raise ValueError(f"got {len(model_dirs)} --model, {len(images_dirs)} --images and {len(keys)} --key: "
                          "give one of each per scene")

@@ -12,13 +12,14 @@ import hashlib
 import signal
 import warnings
 from collections import Counter
+from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from ..errors import DatasetError
+from ..errors import DatasetError, UnusableDataError
 from ..types import BatchedExample
 from .chunks import CORRUPT_REASONS, ChunkCache, ExampleBuilder, SceneRef, list_scenes, warn_skip
 from .config import DataLoaderStageCfg, DatasetCfg, ViewSamplerEvaluationCfg
@@ -74,34 +75,61 @@ class PassOrder:
         return self.cache[p]
 
 
-def no_usable_scene_error(reasons: Counter, examples: dict[str, str], num_scenes: int, where: str) -> RuntimeError:
+def no_usable_scene_error(reasons: Counter, examples: dict[str, str], num_scenes: int,
+                          where: str) -> UnusableDataError:
     summary = ", ".join(f"{reason}: {count}x (e.g. {examples[reason]})" for reason, count in reasons.most_common())
-    return RuntimeError(f"none of the {num_scenes} scenes of {where} is usable; rejected by {summary}. "
+    return UnusableDataError(f"none of the {num_scenes} scenes of {where} is usable; rejected by {summary}. "
                         "Fix the data or the dataset/view_sampler settings named above.")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a stream is cut: this rank of `world_size`, each rank's share split again over `num_workers` DataLoader
+    workers (0: read in the calling process), `batch_size` scenes per batch."""
+
+    batch_size: int
+    rank: int = 0
+    world_size: int = 1
+    num_workers: int = 0
+
+
+@dataclass(frozen=True)
+class BatchSteps:
+    """The training step the view sampler sees for a batch: the tracker's live step when `offset` is None
+    (validation, which runs in the calling process), else offset + (batch - phase) // batches_per_step (training:
+    the step that batch is trained at, so prefetching workers neither lag behind the curriculum nor race it; phase
+    is the batch from which batches_per_step applies, 0 unless a resume changed the accumulation)."""
+
+    tracker: StepTracker
+    offset: int | None = None
+    batches_per_step: int = 1
+    phase: int = 0
+
+    def step_of(self, batch_index: int) -> int:
+        if self.offset is None:
+            return self.tracker.get_step()
+        return self.offset + (batch_index - self.phase) // self.batches_per_step
 
 
 class SceneStream(IterableDataset):
     """One rank's endless batch stream; in a DataLoader each worker plays one logical worker.
 
     Yields (batch, meta); meta tells the owner which logical worker produced batch `batch` and where that
-    worker's cursor now stands, so the owner can save an exact position.
+    worker's cursor now stands, so the owner can save an exact position (`state`, which the owner keeps).
     """
 
-    def __init__(self, dataset_cfg: DatasetCfg, stage: Stage, scenes: list[SceneRef], seed: int, shuffle: bool,
-                 rank: int, world_size: int, num_workers: int, batch_size: int, state: dict,
-                 step_tracker: StepTracker, step_offset: int | None, batches_per_step: int = 1) -> None:
+    def __init__(self, dataset_cfg: DatasetCfg, stage: Stage, scenes: list[SceneRef], *, seed: int, shuffle: bool,
+                 layout: Layout, state: dict, steps: BatchSteps) -> None:
         self.cfg, self.stage, self.scenes, self.seed, self.shuffle = dataset_cfg, stage, scenes, seed, shuffle
-        self.batches_per_step = batches_per_step
-        self.rank, self.world_size, self.num_workers, self.batch_size = rank, world_size, num_workers, batch_size
-        self.state, self.step_tracker, self.step_offset = state, step_tracker, step_offset
+        self.layout, self.state, self.steps = layout, state, steps
 
     def __iter__(self) -> Iterator[tuple[BatchedExample, dict]]:
         info = get_worker_info()
-        workers, first_batch = max(1, self.num_workers), self.state["batches"]
+        workers, first_batch = max(1, self.layout.num_workers), self.state["batches"]
         # DataLoader asks its workers round-robin from worker 0; rotating the roles makes the batch that is
         # due next after a restore come first.
         worker = ((info.id if info else 0) + first_batch) % workers
-        num_shards, shard = self.world_size * workers, self.rank * workers + worker
+        num_shards, shard = self.layout.world_size * workers, self.layout.rank * workers + worker
         num_scenes = len(self.scenes)
         block = max(1, num_scenes // num_shards)
         builder, cache = ExampleBuilder(self.cfg, self.stage), ChunkCache()
@@ -112,14 +140,13 @@ class SceneStream(IterableDataset):
         reasons, reason_examples = Counter(), {}
         while True:
             examples, positions = [], []
-            while len(examples) < self.batch_size:
+            while len(examples) < self.layout.batch_size:
                 position = self.state["start"] + shard_position(shard, cursor, num_shards, block)
                 cursor += 1
                 pass_index, i = divmod(position, num_scenes)
                 scene_index = order(pass_index)[i]
                 ref = self.scenes[scene_index]
-                step = (self.step_tracker.get_step() if self.step_offset is None else self.step_offset
-                        + (batch_index - self.state.get("phase", 0)) // self.batches_per_step)
+                step = self.steps.step_of(batch_index)
                 generator = torch.Generator().manual_seed(mix_seed(self.seed, "scene", position))
                 try:
                     examples.append(builder.build(cache.scene(ref), ref.chunk, generator, step))
@@ -226,9 +253,11 @@ class TrainStream:
             self.step_offset = (self.step_tracker.get_step()
                                 - (self.state["batches"] - self.state.get("phase", 0)) // self.batches_per_step)
         num_workers = self.loader_cfg.num_workers
-        dataset = SceneStream(self.dataset_cfg, "train", self.scenes, self.seed, True, self.rank, self.world_size,
-                              num_workers, self.loader_cfg.batch_size, self.state, self.step_tracker,
-                              self.step_offset, self.batches_per_step)
+        layout = Layout(self.loader_cfg.batch_size, self.rank, self.world_size, num_workers)
+        dataset = SceneStream(self.dataset_cfg, "train", self.scenes, seed=self.seed, shuffle=True, layout=layout,
+                              state=self.state,
+                              steps=BatchSteps(self.step_tracker, self.step_offset, self.batches_per_step,
+                                               self.state.get("phase", 0)))
         for batch, meta in iterate(dataset, num_workers, prefetch_factor=2):
             _record(self.state, meta)
             self.last_positions = meta["positions"]
@@ -272,11 +301,6 @@ class TrainStream:
     def _layout(self) -> dict:
         return {"rank": self.rank, "world_size": self.world_size, "num_workers": self.loader_cfg.num_workers,
                 "batch_size": self.loader_cfg.batch_size, "num_scenes": len(self.scenes), "seed": self.seed}
-
-
-def make_train_stream(dataset_cfg: DatasetCfg, loader_cfg: DataLoaderStageCfg, step_tracker: StepTracker,
-                      rank: int, world_size: int, seed: int, batches_per_step: int = 1) -> TrainStream:
-    return TrainStream(dataset_cfg, loader_cfg, step_tracker, rank, world_size, seed, batches_per_step)
 
 
 class TestScenes(IterableDataset):
@@ -366,7 +390,3 @@ class TestLoader:
             if batch is not None:
                 yield batch
 
-
-def make_test_loader(dataset_cfg: DatasetCfg, loader_cfg: DataLoaderStageCfg, rank: int,
-                     world_size: int) -> TestLoader:
-    return TestLoader(dataset_cfg, loader_cfg, rank, world_size)

@@ -22,7 +22,7 @@ import os
 import shutil
 import sys
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -365,26 +365,35 @@ def default_context_gap(frames: int) -> int:
     return max(4, min(frames - 1, frames // 2))
 
 
-def generate_synthetic_dataset(
-    out: Path,
-    train_scenes: int = 64,
-    test_scenes: int = 8,
-    frames: int = 32,
-    height: int = 64,
-    width: int = 64,
-    seed: int = 0,
-    context_gap: int | None = None,
-    quality: int = 95,
-    supersample: int = 1,
-    target_bytes: int = 100_000_000,
-    progress: bool = True,
-    overwrite: bool = False,
-) -> None:
+@dataclass(frozen=True)
+class SyntheticSpec:
+    """What a synthetic dataset holds (recorded in its synthetic.json); the command line's defaults."""
+
+    train_scenes: int = 64
+    test_scenes: int = 8
+    frames: int = 32
+    height: int = 64
+    width: int = 64
+    seed: int = 0
+    context_gap: int | None = None  # the evaluation index's context gap (None: default_context_gap(frames))
+    quality: int = 95  # JPEG quality
+    supersample: int = 1  # anti-aliasing: N x N samples per pixel
+
+    def requested(self) -> dict:
+        """The fields set away from their defaults."""
+        default = SyntheticSpec()
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) != getattr(default, f.name)}
+
+
+def generate_synthetic_dataset(out: Path, spec: SyntheticSpec = SyntheticSpec(), *, target_bytes: int = 100_000_000,
+                               progress: bool = True, overwrite: bool = False) -> None:
     """Write out/train, out/test (chunks + index.json) and out/evaluation_index.json.
 
     A folder that already holds chunks or an index is refused (it may be someone's converted data)
     unless `overwrite`, which first deletes the files this function writes."""
-    gap = default_context_gap(frames) if context_gap is None else context_gap
+    train_scenes, test_scenes, frames, seed = spec.train_scenes, spec.test_scenes, spec.frames, spec.seed
+    height, width, quality, supersample = spec.height, spec.width, spec.quality, spec.supersample
+    gap = default_context_gap(frames) if spec.context_gap is None else spec.context_gap
     if frames < 5:
         raise ValueError(f"--frames {frames} is too short: need >= 5 (two contexts + three targets between them)")
     if not 4 <= gap < frames:
@@ -428,7 +437,7 @@ def existing_dataset_files(root: Path) -> list[Path]:
     return sorted(files)
 
 
-def ensure_synthetic_dataset(root: Path, **kwargs) -> bool:
+def ensure_synthetic_dataset(root: Path, spec: SyntheticSpec = SyntheticSpec(), *, progress: bool = True) -> bool:
     """The demo's dataset: generate it under `root` if that folder is absent or holds no files. -> whether it generated.
 
     A root with chunks is used as it is (whatever made them); a root holding other files but no chunks is
@@ -439,9 +448,9 @@ def ensure_synthetic_dataset(root: Path, **kwargs) -> bool:
     root = Path(root)
     if any(any((root / stage).glob("*.torch")) for stage in ("train", "test")):
         recorded = root / "synthetic.json"
-        if recorded.exists() and kwargs:
+        if recorded.exists() and spec.requested():
             params = json.loads(recorded.read_text())
-            differing = {k: v for k, v in kwargs.items() if k in params and params[k] != v}
+            differing = {k: v for k, v in spec.requested().items() if k in params and params[k] != v}
             if differing:
                 warnings.warn(f"{root} holds synthetic data generated with {params}; keeping it although "
                               f"{differing} was requested (delete {root} to regenerate)")
@@ -454,7 +463,7 @@ def ensure_synthetic_dataset(root: Path, **kwargs) -> bool:
           f"dataset there", file=sys.stderr, flush=True)
     partial = root.with_name(root.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
-    generate_synthetic_dataset(partial, **kwargs)
+    generate_synthetic_dataset(partial, spec, progress=progress)
     root.mkdir(parents=True, exist_ok=True)
     for item in sorted(partial.iterdir()):
         target = root / item.name
@@ -468,25 +477,26 @@ def ensure_synthetic_dataset(root: Path, **kwargs) -> bool:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--train-scenes", type=int, default=64)
-    parser.add_argument("--test-scenes", type=int, default=8)
-    parser.add_argument("--frames", type=int, default=32)
-    parser.add_argument("--height", type=int, default=64)
-    parser.add_argument("--width", type=int, default=64)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--context-gap", type=int, default=None, help="evaluation index context gap (default frames // 2)")
-    parser.add_argument("--quality", type=int, default=95, help="JPEG quality")
-    parser.add_argument("--supersample", type=int, default=1, help="anti-aliasing: render at N x N samples per pixel")
+    spec = SyntheticSpec()  # the defaults
+    parser.add_argument("--train-scenes", type=int, default=spec.train_scenes)
+    parser.add_argument("--test-scenes", type=int, default=spec.test_scenes)
+    parser.add_argument("--frames", type=int, default=spec.frames)
+    parser.add_argument("--height", type=int, default=spec.height)
+    parser.add_argument("--width", type=int, default=spec.width)
+    parser.add_argument("--seed", type=int, default=spec.seed)
+    parser.add_argument("--context-gap", type=int, default=spec.context_gap,
+                        help="evaluation index context gap (default frames // 2)")
+    parser.add_argument("--quality", type=int, default=spec.quality, help="JPEG quality")
+    parser.add_argument("--supersample", type=int, default=spec.supersample,
+                        help="anti-aliasing: render at N x N samples per pixel")
     parser.add_argument("--target-bytes", type=int, default=100_000_000, help="approximate chunk size")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the chunks and indices of a dataset already in --out (refused otherwise)")
     args = parser.parse_args(argv)
     try:
-        generate_synthetic_dataset(
-            args.out, args.train_scenes, args.test_scenes, args.frames, args.height, args.width, args.seed,
-            context_gap=args.context_gap, quality=args.quality, supersample=args.supersample,
-            target_bytes=args.target_bytes, overwrite=args.overwrite,
-        )
+        spec = SyntheticSpec(args.train_scenes, args.test_scenes, args.frames, args.height, args.width, args.seed,
+                             context_gap=args.context_gap, quality=args.quality, supersample=args.supersample)
+        generate_synthetic_dataset(args.out, spec, target_bytes=args.target_bytes, overwrite=args.overwrite)
     except (FileExistsError, ValueError) as error:
         parser.exit(2, f"fabric_mvsplat.data.synthetic: {error}\n")
     print(f"wrote {args.out}/train, {args.out}/test, {args.out}/evaluation_index.json (near={NEAR}, far={FAR})")

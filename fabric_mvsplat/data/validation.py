@@ -14,7 +14,7 @@ from ..types import BatchedExample
 from .chunks import list_scenes
 from .config import DataLoaderStageCfg, DatasetCfg
 from .step_tracker import StepTracker
-from .stream import SceneStream, fresh_state, mix_seed
+from .stream import BatchSteps, Layout, SceneStream, fresh_state, mix_seed
 
 
 class ValidationSource:
@@ -34,8 +34,9 @@ class ValidationSource:
 
     def __next__(self) -> BatchedExample:
         if self.iterator is None:
-            stream = SceneStream(self.dataset_cfg, "val", self.scenes, self.seed, self.dataset_cfg.shuffle_val,
-                                 0, 1, 0, self.loader_cfg.batch_size, self.state, self.step_tracker, None)
+            stream = SceneStream(self.dataset_cfg, "val", self.scenes, seed=self.seed,
+                                 shuffle=self.dataset_cfg.shuffle_val, layout=Layout(self.loader_cfg.batch_size),
+                                 state=self.state, steps=BatchSteps(self.step_tracker))
             self.iterator = iter(stream)
         batch, meta = next(self.iterator)
         self.state["batches"] += 1

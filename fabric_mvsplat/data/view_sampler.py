@@ -88,24 +88,32 @@ class BoundedSampler:
         return context, target
 
 
+def read_evaluation_index(cfg: ViewSamplerEvaluationCfg) -> dict[str, tuple[list[int], list[int]] | None]:
+    """The index JSON {key: {"context": [...], "target": [...]} | null}, or a ConfigError naming
+    dataset.view_sampler.index_path (the start-up check and the sampler both read it through here)."""
+    path = Path(cfg.index_path)
+    if not path.is_file():
+        raise ConfigError("dataset.view_sampler.index_path", cfg.index_path,
+                          "an existing evaluation index JSON (e.g. assets/evaluation_index_re10k.json, "
+                          "relative to the directory you run from)")
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ConfigError("dataset.view_sampler.index_path", cfg.index_path, f"valid JSON ({error})") from error
+    index: dict[str, tuple[list[int], list[int]] | None] = {}
+    for key, entry in raw.items():
+        if entry is not None and not (isinstance(entry, dict) and "context" in entry and "target" in entry):
+            raise ConfigError("dataset.view_sampler.index_path", cfg.index_path,
+                              f"entries with 'context' and 'target' lists or null; scene {key!r} has {entry!r}")
+        index[key] = None if entry is None else (list(entry["context"]), list(entry["target"]))
+    return index
+
+
 class EvaluationSampler:
-    """Fixed views per scene from an index JSON {key: {"context": [...], "target": [...]} | null}."""
+    """Fixed views per scene from an evaluation index (see read_evaluation_index)."""
 
     def __init__(self, cfg: ViewSamplerEvaluationCfg):
-        path = Path(cfg.index_path)
-        if not path.is_file():
-            raise ConfigError("dataset.view_sampler.index_path", cfg.index_path,
-                              "an existing evaluation index JSON (e.g. assets/evaluation_index_re10k.json)")
-        try:
-            raw = json.loads(path.read_text())
-        except json.JSONDecodeError as error:
-            raise ConfigError("dataset.view_sampler.index_path", cfg.index_path, f"valid JSON ({error})") from error
-        self.index: dict[str, tuple[list[int], list[int]] | None] = {}
-        for key, entry in raw.items():
-            if entry is not None and not (isinstance(entry, dict) and "context" in entry and "target" in entry):
-                raise ConfigError("dataset.view_sampler.index_path", cfg.index_path,
-                                  f"entries with 'context' and 'target' lists or null; scene {key!r} has {entry!r}")
-            self.index[key] = None if entry is None else (list(entry["context"]), list(entry["target"]))
+        self.index = read_evaluation_index(cfg)
 
     def lookup(self, key: str) -> tuple[list[int], list[int]]:
         """The entry for `key` (a DTU-style run name `<scene>_<run:02d>` under test_times_per_scene > 1),

@@ -132,8 +132,8 @@ class Inspection:
             hook.remove()
         with torch.no_grad():  # the targets once more with depth, for the picture (training renders colour only)
             shimmed = model.data_shim(batch)["target"]
-            captured["rendered"] = model.render_views(captured["gaussians"], shimmed, tuple(shimmed["image"].shape[-2:]),
-                                                      depth_mode="depth")
+            image_shape = tuple(shimmed["image"].shape[-2:])
+            captured["rendered"] = model.render_views(captured["gaussians"], shimmed, image_shape, depth_mode="depth")
         self.say(f"  loss {output.loss.item():.6f}  " + "  ".join(
             f"{name} {float(value):.4g}" for name, value in sorted(output.logs.items()) if name != "loss/total"))
         memory = "GPU" if self.fabric.device.type == "cuda" else "CPU"
@@ -182,10 +182,10 @@ class Inspection:
 
     # ---- the data ----------------------------------------------------------------------------------------
     def read_batches(self) -> tuple[list[dict], object]:
-        from ..data import StepTracker, make_train_stream
+        from ..data import StepTracker, TrainStream
 
         cfg = self.cfg
-        stream = make_train_stream(cfg.dataset, cfg.data_loader.train, StepTracker(), 0, 1, cfg.seed)
+        stream = TrainStream(cfg.dataset, cfg.data_loader.train, StepTracker(), 0, 1, cfg.seed)
         iterator = iter(stream)
         batches = [next(iterator) for _ in range(cfg.debug.inspect_batches)]
         return batches, stream
@@ -516,7 +516,8 @@ def images_and_depth(batch: dict, gaussians: Gaussians, rendered) -> Tensor:
         rows += [hcat(list(context_images)), hcat(list(depth))]
         labels += ["context", "predicted depth"]
     if rendered is not None:
-        rows += [hcat(list(target["image"][0].float())), hcat(list(rendered.color[0].detach().float().cpu().clamp(0, 1))),
-                 hcat(list(colorize_depth(rendered.depth[0].detach().float().cpu().clamp_min(1e-6), near, far)))]
+        color = rendered.color[0].detach().float().cpu().clamp(0, 1)
+        depth = colorize_depth(rendered.depth[0].detach().float().cpu().clamp_min(1e-6), near, far)
+        rows += [hcat(list(target["image"][0].float())), hcat(list(color)), hcat(list(depth))]
         labels += ["target", "rendered", "rendered depth"]
     return vcat(label_rows(rows, labels))

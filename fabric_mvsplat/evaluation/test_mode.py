@@ -36,6 +36,21 @@ if TYPE_CHECKING:
 
 
 @dataclass
+class SceneViews:
+    """One scene of a test batch, as scoring and the saved images read it."""
+
+    scene: str
+    rendered: torch.Tensor  # [V, 3, H, W], unclamped (the original's SSIM/LPIPS input)
+    ground_truth: torch.Tensor  # [V, 3, H, W]
+    context_images: torch.Tensor  # [Vc, 3, H, W]
+    context_indices: torch.Tensor  # [Vc] frame indices
+    target_indices: torch.Tensor  # [V] frame indices
+    depth: torch.Tensor | None = None  # rendered expected depth [V, H, W]
+    alpha: torch.Tensor | None = None  # accumulated opacity [V, H, W]
+    depth_truth: torch.Tensor | None = None  # the chunks' depth [V, H, W], where the data has it
+
+
+@dataclass
 class SceneScores:
     """One scene's means over its target views."""
 
@@ -130,17 +145,15 @@ def _nan_mean(values: torch.Tensor) -> float | None:
     return float(finite.mean()) if finite.numel() else None
 
 
-def score_scene(scene: str, rendered: torch.Tensor, ground_truth: torch.Tensor, context_images: torch.Tensor,
-                context_indices: torch.Tensor, target_indices: torch.Tensor, lpips_metric=None,
-                depth: torch.Tensor | None = None, alpha: torch.Tensor | None = None,
-                depth_truth: torch.Tensor | None = None) -> SceneScores:
-    """rendered / ground_truth [V, 3, H, W] (rendered unclamped), context_images [Vc, 3, H, W], frame
-    indices [Vc] / [V]; depth, alpha, depth_truth [V, H, W] when the scene has ground-truth depth."""
+def score_scene(views: SceneViews, lpips_metric=None) -> SceneScores:
+    """The scene's means over its target views; the depth errors only where it has ground-truth depth."""
+    scene, rendered, ground_truth = views.scene, views.rendered, views.ground_truth
+    context_images, depth, alpha, depth_truth = views.context_images, views.depth, views.alpha, views.depth_truth
     lpips = None
     if lpips_metric is not None:
         lpips = float(lpips_metric(rendered, ground_truth, normalize=True).mean())
     mean_colour = context_images.mean(dim=(0, 2, 3))[None, :, None, None].expand_as(ground_truth)
-    nearest = nearest_context_images(context_images, context_indices, target_indices)
+    nearest = nearest_context_images(context_images, views.context_indices, views.target_indices)
     scores = SceneScores(scene, float(compute_psnr(ground_truth, rendered).mean()),
                          float(compute_ssim(ground_truth, rendered).mean()), lpips,
                          float(compute_psnr(ground_truth, mean_colour).mean()),
@@ -222,28 +235,26 @@ def run_test(fabric: "Fabric", cfg: "RootCfg", model: "MVSplat", test_loader: It
             depth_output = module.render_views(gaussians, target, image_shape, depth_mode="expected_depth")
 
         for b, (scene, file_name) in enumerate(zip(batch["scene"], batch["file_name"])):
-            rendered = output.color[b].float()  # [V, 3, H, W], unclamped (the original's SSIM/LPIPS input)
-            ground_truth = target["image"][b].float()
+            views = SceneViews(
+                scene, rendered=output.color[b].float(), ground_truth=target["image"][b].float(),
+                context_images=context["image"][b].float(), context_indices=context["index"][b],
+                target_indices=target["index"][b],
+                depth=depth_output.depth[b].float() if depth_output is not None else None,
+                alpha=depth_output.alpha[b].float() if depth_output is not None else None,
+                depth_truth=target["depth"][b].float() if has_depth else None)
             file_names[scene] = file_name
             if test_cfg.save_image:
-                save_scene_images(inside(out_dir, file_name), context["image"][b], context["index"][b],
-                                  ground_truth, rendered, target["index"][b], depth_output.depth[b],
-                                  target["near"][b, 0], target["far"][b, 0], target["depth"][b] if has_depth else None)
+                save_scene_images(inside(out_dir, file_name), views, target["near"][b, 0], target["far"][b, 0])
             if test_cfg.save_video:
                 first, last = context["index"][b, 0].item(), context["index"][b, -1].item()
-                save_video(rendered, inside(out_dir / "video", f"{file_name}_frame_{first}_{last}.mp4"))
+                save_video(views.rendered, inside(out_dir / "video", f"{file_name}_frame_{first}_{last}.mp4"))
             if test_cfg.save_gaussians:
                 from ..model.ply_export import export_ply
 
                 export_ply(gaussians, inside(out_dir / "gaussians", f"{file_name}.ply"), batch_index=b)
             rendered_scenes += 1
             if test_cfg.compute_scores:
-                scores.append(score_scene(
-                    scene, rendered, ground_truth, context["image"][b].float(), context["index"][b],
-                    target["index"][b], module.lpips_metric,
-                    depth=depth_output.depth[b].float() if has_depth else None,
-                    alpha=depth_output.alpha[b].float() if has_depth else None,
-                    depth_truth=target["depth"][b].float() if has_depth else None))
+                scores.append(score_scene(views, module.lpips_metric))
         progress.update(len(batch["scene"]))
     progress.close()
 
@@ -301,21 +312,18 @@ def write_file_names(out_dir: Path, file_names: dict[str, str]) -> None:
               file=sys.stderr)
 
 
-def save_scene_images(scene_dir: Path, context_images: torch.Tensor, context_indices: torch.Tensor,
-                      ground_truth: torch.Tensor, rendered: torch.Tensor, target_indices: torch.Tensor,
-                      depth: torch.Tensor, near: torch.Tensor, far: torch.Tensor,
-                      depth_truth: torch.Tensor | None) -> None:
+def save_scene_images(scene_dir: Path, views: SceneViews, near: torch.Tensor, far: torch.Tensor) -> None:
     """<scene>/color/<frame>.png as the original, plus what a person compares it with without the dataset:
     context/, ground_truth/, depth/ (log-scaled colours between near and far) and depth_ground_truth/."""
     from .media import save_image
 
-    for frame, image in zip(context_indices.tolist(), context_images):
+    for frame, image in zip(views.context_indices.tolist(), views.context_images):
         save_image(image.float(), scene_dir / "context" / f"{frame:06d}.png")
-    depth_images = colorize_depth(depth.float(), near, far)
-    truth_images = colorize_depth(depth_truth.float(), near, far) if depth_truth is not None else None
-    for i, frame in enumerate(target_indices.tolist()):
-        save_image(rendered[i], scene_dir / "color" / f"{frame:06d}.png")
-        save_image(ground_truth[i], scene_dir / "ground_truth" / f"{frame:06d}.png")
+    depth_images = colorize_depth(views.depth.float(), near, far)
+    truth_images = colorize_depth(views.depth_truth, near, far) if views.depth_truth is not None else None
+    for i, frame in enumerate(views.target_indices.tolist()):
+        save_image(views.rendered[i], scene_dir / "color" / f"{frame:06d}.png")
+        save_image(views.ground_truth[i], scene_dir / "ground_truth" / f"{frame:06d}.png")
         save_image(depth_images[i], scene_dir / "depth" / f"{frame:06d}.png")
         if truth_images is not None:
             save_image(truth_images[i], scene_dir / "depth_ground_truth" / f"{frame:06d}.png")
@@ -331,7 +339,7 @@ def timing_lines(averages: dict, skipped_batches: int) -> str:
         calls, seconds = averages[key]
         return f"{seconds * 1000:.1f} ms" if calls else "n/a"
 
-    after = f"after {skipped_batches} warm-up batch(es), {averages['encoder'][0]} scene(s)"
+    after = f"{averages['encoder'][0]} batch(es) after {skipped_batches} warm-up batch(es)"
     return (f"test timing, the original's method (host clock, not synchronised; {after}): encoder {ms('encoder')}, "
             f"colour render {ms('decoder')} per view\n"
             f"test timing, synchronised: encoder {ms('encoder_synchronised')}, colour render "

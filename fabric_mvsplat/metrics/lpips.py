@@ -153,7 +153,8 @@ def _find_vgg16_file(weights_dir: Path) -> Path | None:
 def _missing_weights_error(path: Path, what: str, url: str) -> MissingWeightsError:
     return MissingWeightsError(
         f"LPIPS weight file not found: {path} ({what}). Put it in the directory given by "
-        f"loss.lpips.weights (training) or test.lpips_weights (testing); download it from "
+        f"loss.lpips.weights (training; test mode uses it too) or test.lpips_weights (testing, taken first); "
+        f"download it from "
         f"{url} (no download happens here)."
     )
 
@@ -173,8 +174,8 @@ def find_weight_files(weights_dir: str | Path | None) -> tuple[Path, Path]:
     where to download it. Config validation calls this at start-up; `load_lpips` again when it loads."""
     if weights_dir is None:
         raise MissingWeightsError(
-            "no LPIPS weights directory given: set loss.lpips.weights (training) or "
-            f"test.lpips_weights (testing) to a directory holding vgg16.pth ({VGG16_URL}) "
+            "no LPIPS weights directory given: set loss.lpips.weights (training; test mode uses it too) or "
+            f"test.lpips_weights (testing, taken first) to a directory holding vgg16.pth ({VGG16_URL}) "
             f"and vgg.pth (the lpips repo's lpips/weights/v0.1/vgg.pth, {LIN_URL})"
         )
     weights_dir = Path(weights_dir).expanduser()

@@ -34,11 +34,10 @@ class MVSplat(nn.Module):
     lpips_weights: where the LPIPS net for val/lpips and test scores comes from when no LPIPS loss has one.
     """
 
-    def __init__(self, cfg: ModelCfg, losses: LossCfg | None, num_context_views: int,
-                 background_color: list[float], depth_mode: str | None = None, video_frames: int = 30,
-                 lpips_weights: str | None = None) -> None:
+    def __init__(self, cfg: ModelCfg, losses: LossCfg | None, *, background_color: list[float],
+                 depth_mode: str | None = None, video_frames: int = 30, lpips_weights: str | None = None) -> None:
         super().__init__()
-        self.encoder = EncoderCostVolume(cfg.encoder, num_context_views=num_context_views)
+        self.encoder = EncoderCostVolume(cfg.encoder)
         self.decoder = DecoderSplatting(cfg.decoder, background_color)
         self.losses = build_losses(losses) if losses is not None else nn.ModuleDict()
         self.data_shim = self.encoder.get_data_shim()
@@ -58,7 +57,7 @@ class MVSplat(nn.Module):
 
     # ---- the pieces ----------------------------------------------------------------------
     def encode(self, context: BatchedViews, global_step: int) -> Gaussians:
-        return self.encoder(context, global_step, deterministic=False)
+        return self.encoder(context, global_step)
 
     def render_views(self, gaussians: Gaussians, views: Mapping[str, Tensor], image_shape: tuple[int, int],
                      depth_mode: str | None = None):
@@ -179,13 +178,14 @@ class MVSplat(nn.Module):
                                    context["far"][0, :1], image_shape)
 
 
-def build_model(cfg: ModelCfg, losses: LossCfg | None, num_context_views: int, background_color: list[float],
+def build_model(cfg: ModelCfg, losses: LossCfg | None, *, background_color: list[float],
                 depth_mode: str | None = None, video_frames: int = 30, lpips_weights: str | None = None,
                 load_unimatch_backbone: bool = False) -> MVSplat:
     """The model; with `load_unimatch_backbone` (training from scratch) the UniMatch backbone comes from
     `cfg.encoder.unimatch_weights_path` when set (a resumed or fine-tuned run overwrites every encoder weight
     from its checkpoint)."""
-    model = MVSplat(cfg, losses, num_context_views, background_color, depth_mode, video_frames, lpips_weights)
+    model = MVSplat(cfg, losses, background_color=background_color, depth_mode=depth_mode,
+                    video_frames=video_frames, lpips_weights=lpips_weights)
     if load_unimatch_backbone and cfg.encoder.unimatch_weights_path is not None:
         from .encoder import load_unimatch_backbone as load_backbone
 

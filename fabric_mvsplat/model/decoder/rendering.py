@@ -24,8 +24,9 @@ class DecoderOutput:
     alpha: Tensor | None = None  # [B, V, H, W] accumulated opacity (1 - final transmittance)
 
 
-def resolve_backend(backend: str, device: torch.device) -> Literal["torch", "gsplat"]:
-    """'auto' -> gsplat on CUDA tensors, torch otherwise; 'gsplat' without CUDA is a config error."""
+def resolve_backend(backend: str, device: torch.device | str) -> Literal["torch", "gsplat"]:
+    """'auto' -> gsplat on CUDA, torch otherwise; 'gsplat' without CUDA is a config error. The one place of this
+    rule: the start-up check (config.checks, with the run's device), the decoder and every render call use it."""
     device = torch.device(device)
     if backend not in BACKENDS:
         raise ConfigError("model.decoder.backend", backend, "one of 'auto', 'gsplat', 'torch'")
@@ -33,7 +34,7 @@ def resolve_backend(backend: str, device: torch.device) -> Literal["torch", "gsp
         return "gsplat" if device.type == "cuda" else "torch"
     if backend == "gsplat" and device.type != "cuda":
         raise ConfigError("model.decoder.backend", backend,
-                          f"'torch' or 'auto' here: gsplat renders only on CUDA and the tensors are on "
+                          f"'torch' or 'auto' here: gsplat renders only on CUDA and this runs on "
                           f"'{device}' (cuda available: {torch.cuda.is_available()}); "
                           "set model.decoder.backend=auto or model.decoder.backend=torch")
     return backend  # type: ignore[return-value]

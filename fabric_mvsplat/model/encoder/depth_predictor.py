@@ -8,32 +8,21 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import Tensor, nn
 
+from .config import EncoderCostVolumeCfg
 from .cost_volume import correlation_volume, disparity_candidates
 from .unet import UNetModel, ViewSequential
 
 
 class DepthPredictorMultiView(nn.Module):
-    def __init__(
-        self,
-        feature_channels: int = 128,
-        upscale_factor: int = 4,
-        num_depth_candidates: int = 32,
-        costvolume_unet_feat_dim: int = 128,
-        costvolume_unet_channel_mult: list[int] = (1, 1, 1),
-        costvolume_unet_attn_res: list[int] = (),
-        gaussian_raw_channels: int = 84,
-        gaussians_per_pixel: int = 1,
-        depth_unet_feat_dim: int = 64,
-        depth_unet_attn_res: list[int] = (),
-        depth_unet_channel_mult: list[int] = (1, 1, 1),
-        wo_depth_refine: bool = False,
-        wo_cost_volume: bool = False,
-        wo_cost_volume_refine: bool = False,
-        gradient_checkpointing: bool = True,
-        attention: str = "sdpa",
-        cost_volume: str = "auto",
-    ) -> None:
+    def __init__(self, cfg: EncoderCostVolumeCfg, gaussian_raw_channels: int) -> None:
+        """cfg: the encoder's config slice; gaussian_raw_channels: what the Gaussian adapter reads per surface."""
         super().__init__()
+        feature_channels, upscale_factor = cfg.d_feature, cfg.downscale_factor
+        num_depth_candidates, gaussians_per_pixel = cfg.num_depth_candidates, cfg.gaussians_per_pixel
+        costvolume_unet_feat_dim, depth_unet_feat_dim = cfg.costvolume_unet_feat_dim, cfg.depth_unet_feat_dim
+        wo_depth_refine, wo_cost_volume = cfg.wo_depth_refine, cfg.wo_cost_volume
+        wo_cost_volume_refine, cost_volume = cfg.wo_cost_volume_refine, cfg.cost_volume
+        unet = {"gradient_checkpointing": cfg.gradient_checkpointing, "attention_kind": cfg.attention}
         self.num_depth_candidates = num_depth_candidates
         self.upscale_factor = upscale_factor
         self.gaussians_per_pixel = gaussians_per_pixel
@@ -54,8 +43,7 @@ class DepthPredictorMultiView(nn.Module):
                 nn.Conv2d(in_channels, width, 3, padding=1),
                 nn.GroupNorm(8, width),
                 nn.GELU(),
-                UNetModel(width, width, width, 1, list(costvolume_unet_attn_res), list(costvolume_unet_channel_mult),
-                          32, gradient_checkpointing, attention),
+                UNetModel(width, list(cfg.costvolume_unet_attn_res), list(cfg.costvolume_unet_channel_mult), **unet),
                 nn.Conv2d(width, d, 3, padding=1),
             )
             self.regressor_residual = nn.Conv2d(in_channels, d, 1)
@@ -82,8 +70,7 @@ class DepthPredictorMultiView(nn.Module):
                 nn.Conv2d(refine_in, width, 3, padding=1),
                 nn.GroupNorm(4, width),
                 nn.GELU(),
-                UNetModel(width, width, width, 1, list(depth_unet_attn_res), list(depth_unet_channel_mult),
-                          32, gradient_checkpointing, attention),
+                UNetModel(width, list(cfg.depth_unet_attn_res), list(cfg.depth_unet_channel_mult), **unet),
             )
 
         gaussians_in = depth_unet_feat_dim + 3 + c

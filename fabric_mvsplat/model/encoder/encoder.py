@@ -13,7 +13,6 @@ from .backbone import BackboneMultiview
 from .config import EncoderCostVolumeCfg, OpacityMappingCfg
 from .depth_predictor import DepthPredictorMultiView
 from .gaussian_adapter import GaussianAdapter, sample_image_grid
-from ...errors import ConfigError
 
 
 def map_pdf_to_opacity(pdf: Tensor, global_step: int, cfg: OpacityMappingCfg) -> Tensor:
@@ -38,37 +37,16 @@ def crop_views_to_patch(views: BatchedViews, patch_size: int) -> BatchedViews:
 
 
 class EncoderCostVolume(nn.Module):
-    def __init__(self, cfg: EncoderCostVolumeCfg, num_context_views: int = 2) -> None:
+    def __init__(self, cfg: EncoderCostVolumeCfg) -> None:
+        """Any number of context views >= 2 works: the view count is read from the batch (the original sized
+        the U-Net's joint attention from the config); the data config checks the count."""
         super().__init__()
-        if num_context_views < 2:
-            raise ConfigError("dataset.view_sampler.num_context_views", num_context_views,
-                              "at least 2 (the cost volume needs a second view)")
         self.cfg = cfg
-        # Kept for reference: the original sized the U-Net's joint attention with it; we read the
-        # view count from the batch, so any number of context views >= 2 works.
-        self.num_context_views = num_context_views
         self.backbone = BackboneMultiview(cfg.d_feature, cfg.downscale_factor, cfg.wo_backbone_cross_attn,
                                           cfg.attention, cfg.transformer_checkpointing)
         self.gaussian_adapter = GaussianAdapter(cfg.gaussian_adapter)
         self.depth_predictor = DepthPredictorMultiView(
-            feature_channels=cfg.d_feature,
-            upscale_factor=cfg.downscale_factor,
-            num_depth_candidates=cfg.num_depth_candidates,
-            costvolume_unet_feat_dim=cfg.costvolume_unet_feat_dim,
-            costvolume_unet_channel_mult=cfg.costvolume_unet_channel_mult,
-            costvolume_unet_attn_res=cfg.costvolume_unet_attn_res,
-            gaussian_raw_channels=cfg.num_surfaces * (self.gaussian_adapter.d_in + 2),
-            gaussians_per_pixel=cfg.gaussians_per_pixel,
-            depth_unet_feat_dim=cfg.depth_unet_feat_dim,
-            depth_unet_attn_res=cfg.depth_unet_attn_res,
-            depth_unet_channel_mult=cfg.depth_unet_channel_mult,
-            wo_depth_refine=cfg.wo_depth_refine,
-            wo_cost_volume=cfg.wo_cost_volume,
-            wo_cost_volume_refine=cfg.wo_cost_volume_refine,
-            gradient_checkpointing=cfg.gradient_checkpointing,
-            attention=cfg.attention,
-            cost_volume=cfg.cost_volume,
-        )
+            cfg, gaussian_raw_channels=cfg.num_surfaces * (self.gaussian_adapter.d_in + 2))
 
     def required_multiple(self) -> int:
         """Smallest number that the image height and width must be multiples of."""
@@ -83,12 +61,10 @@ class EncoderCostVolume(nn.Module):
     def map_pdf_to_opacity(self, pdf: Tensor, global_step: int) -> Tensor:
         return map_pdf_to_opacity(pdf, global_step, self.cfg.opacity_mapping)
 
-    def forward(self, context: BatchedViews, global_step: int, deterministic: bool = False,
-                visualization_dump: dict | None = None) -> Gaussians:
+    def forward(self, context: BatchedViews, global_step: int, visualization_dump: dict | None = None) -> Gaussians:
         """context: image [b, v, 3, H, W] in [0, 1], c2w extrinsics, normalised intrinsics, near/far [b, v].
 
         H and W must be multiples of 16 with the default config (apply `get_data_shim()` first).
-        `deterministic` is accepted for interface compatibility; the encoder has no sampling.
         """
         images = context["image"]
         b, v, _, h, w = images.shape

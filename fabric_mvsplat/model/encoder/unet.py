@@ -112,10 +112,13 @@ class Chain(nn.ModuleList):
 
 
 class UNetModel(nn.Module):
-    def __init__(self, in_channels: int, model_channels: int, out_channels: int, num_res_blocks: int,
-                 attention_resolutions: list[int], channel_mult: list[int], num_head_channels: int = 32,
-                 gradient_checkpointing: bool = True, attention_kind: str = "sdpa") -> None:
+    def __init__(self, channels: int, attention_resolutions: list[int], channel_mult: list[int], *,
+                 num_res_blocks: int = 1, num_head_channels: int = 32, gradient_checkpointing: bool = True,
+                 attention_kind: str = "sdpa") -> None:
+        """channels in, at the first level (`channel_mult` scales it per level) and out: MVSplat's two U-Nets
+        use one width for all three."""
         super().__init__()
+        in_channels = model_channels = out_channels = channels
 
         def attention(ch: int) -> AttentionBlock:
             return AttentionBlock(ch, num_head_channels, gradient_checkpointing, attention_kind)
