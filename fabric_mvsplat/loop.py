@@ -29,7 +29,7 @@ from .checkpoint import Lineage, capture_rng, restore_rng, save_checkpoint
 from .config import ProfileCfg, RootCfg
 from .debug.health import HealthHistograms
 from .debug.replay import Replay
-from .debug.watchdog import Watchdog, stall_if_asked, watchdog_enabled
+from .debug.watchdog import TRAINING_STEP, Watchdog, stall_if_asked
 from .distributed import gather_objects, show_progress_bar
 from .tb_logging import RankZeroWriter
 
@@ -110,8 +110,7 @@ def fit(fabric: Fabric, cfg: RootCfg, state: dict, output_dir: Path) -> Training
     agreement = RankAgreement(fabric)
     stop = StopSignals()
     debug = cfg.debug
-    watchdog = Watchdog(debug.watchdog, output_dir, fabric.global_rank, fabric.world_size,
-                        enabled=watchdog_enabled(debug.watchdog, fabric.world_size))
+    watchdog = Watchdog(debug.watchdog, output_dir, fabric.global_rank, fabric.world_size)
     histograms = HealthHistograms(debug.health_every_n_steps if is_rank_zero else None, module, writer)  # rank 0 writes
     replay = Replay(debug.replay_step, module, is_rank_zero)  # replays no step unless debug.replay_step is set
     validating = validating and not replay.active  # a replay validates and saves nothing
@@ -133,7 +132,7 @@ def fit(fabric: Fabric, cfg: RootCfg, state: dict, output_dir: Path) -> Training
                     val_source.load_state_dict(position)
             batches = iter(train_stream)
             while trainer.max_steps == -1 or step < trainer.max_steps:
-                watchdog.beat(f"training step {step}")
+                watchdog.beat(TRAINING_STEP, step)
                 replay.before_step(step)
                 profiler.before_step(step)
                 step_tracker.set_step(step)  # the view-sampler curriculum reads the step when it samples
@@ -146,7 +145,7 @@ def fit(fabric: Fabric, cfg: RootCfg, state: dict, output_dir: Path) -> Training
                     last = micro_batch == accumulate - 1
                     with fabric.no_backward_sync(model, enabled=not last):  # DDP syncs gradients once per step
                         output = model(batch, step)
-                        replay.after_forward(step, output.loss, list(batch["scene"]))
+                        replay.after_forward(step, output.loss, batch["scene"])
                         # One CPU collective per micro-batch: ranks agree on stopping and on a graph-less loss
                         # before anyone enters backward (a rank skipping backward alone would hang the others).
                         signalled, (graphless,) = agreement.signals_and(stop.number, not output.loss.requires_grad)
@@ -190,12 +189,12 @@ def fit(fabric: Fabric, cfg: RootCfg, state: dict, output_dir: Path) -> Training
                 with meter.paused():  # throughput and step time count training only
                     if validating and validation_due(step):
                         health.check(step)  # never render or save diverged weights
-                        watchdog.beat(f"validation after step {step}")
+                        watchdog.beat("validation after step", step)
                         validate(fabric, module, val_source, writer, step, 1, summary)
                     saving = step % cfg.checkpointing.every_n_train_steps == 0 or finished or stop_requested
                     if saving and not replay.active:
                         health.check(step)
-                        watchdog.beat(f"checkpoint save after step {step}")
+                        watchdog.beat("checkpoint save after step", step)
                         with stop.deferring_exit():  # a second Ctrl-C never leaves a half-written file
                             summary.last_checkpoint = save(fabric, cfg, state, checkpoints)
                 if stop_requested:  # the same on every rank, whichever rank(s) got the signal

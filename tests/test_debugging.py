@@ -42,7 +42,7 @@ def test_watchdog_names_the_stalled_rank_and_where_each_rank_waits(tmp_path):
     [rank1] = [line for line in lines if "watchdog: rank 1:" in line]
     assert "main thread waits in stall_if_asked (fabric_mvsplat/debug/watchdog.py:" in rank1
     [rank0] = [line for line in lines if "watchdog: rank 0:" in line]
-    assert "all_reduce" in rank0 and "called from any_rank (fabric_mvsplat/loop.py:" in rank0, rank0
+    assert "all_reduce" in rank0 and "called from signals_and (fabric_mvsplat/loop.py:" in rank0, rank0
     assert any("progress again after" in line for line in lines)
     for rank in (0, 1):  # every rank's file holds every thread's stack
         text = (run / "hang" / f"rank_{rank}.txt").read_text()
@@ -66,10 +66,20 @@ def test_watchdog_is_on_by_default_only_for_several_processes():
     cfg = tiny_cfg().debug.watchdog
     assert cfg.enabled is None and not watchdog_enabled(cfg, 1) and watchdog_enabled(cfg, 2)
     # The automatic limit: 3 x min_timeout until 3 steps are measured, then max(min_timeout, 20 x median step).
-    watchdog = Watchdog(cfg, Path("."), 0, 1, enabled=False)
+    watchdog = Watchdog(cfg, Path("."), 0, 1)
     assert watchdog.limit() == 900
     watchdog.step_seconds = [1.0, 30.0, 31.0]
     assert watchdog.limit() == 600
+
+
+@pytest.mark.parametrize("stall, named", [("{rank:-1,step:2,seconds:5}", "'debug.stall.rank' = -1"),
+                                           ("{rank:0,step:-2,seconds:5}", "'debug.stall.step' = -2"),
+                                           ("{rank:0,step:2,seconds:0}", "'debug.stall.seconds' = 0")])
+def test_a_wrong_stall_names_its_key_and_value(stall, named):
+    from fabric_mvsplat.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(named)):
+        compose_cfg([f"debug.stall={stall}"])
 
 
 # -------------------------------------------------------------------------------------------------- replay

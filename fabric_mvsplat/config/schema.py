@@ -159,9 +159,12 @@ class StallCfg:
     seconds: float = 60.0
 
     def __post_init__(self) -> None:
-        if self.rank < 0 or self.step < 0 or not self.seconds > 0:
-            raise ConfigError("seconds" if self.rank >= 0 and self.step >= 0 else "rank" if self.rank < 0 else "step",
-                              (self.rank, self.step, self.seconds), "rank >= 0, step >= 0 and seconds > 0")
+        if self.rank < 0:
+            raise ConfigError("rank", self.rank, "a rank >= 0")
+        if self.step < 0:
+            raise ConfigError("step", self.step, "a global step >= 0")
+        if not self.seconds > 0:
+            raise ConfigError("seconds", self.seconds, "a number of seconds > 0")
 
 
 @dataclass

@@ -228,13 +228,13 @@ class Inspection:
                         "context cameras): the model interpolates between its context views")
 
     def check_rotations(self, number: int, side: str, extrinsics: Tensor, scenes: list[str]) -> None:
-        rotation = extrinsics[..., :3, :3].double()
-        determinant = torch.linalg.det(rotation)
-        off = (rotation.transpose(-1, -2) @ rotation - torch.eye(3, dtype=torch.float64)).abs().amax((-1, -2))
+        from ..data.chunk_io import rotation_defects
+
+        determinant, off = rotation_defects(extrinsics[..., :3, :3])
         bad = (off > ROTATION_TOLERANCE) | ((determinant - 1).abs() > ROTATION_TOLERANCE)
         for example, view in bad.nonzero().tolist():
             self.problems.append(f"batch {number} scene {scenes[example]} {side} view {view}: the camera-to-world "
-                                 f"rotation is not a rotation (det {determinant[example, view]:.3g}, max |R^T R - I| "
+                                 f"rotation is not a rotation (det {determinant[example, view]:.3g}, max |R R^T - I| "
                                  f"{off[example, view]:.3g}{'; mirrored' if determinant[example, view] < 0 else ''})")
 
     def report_scene_cameras(self) -> None:

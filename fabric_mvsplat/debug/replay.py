@@ -26,16 +26,18 @@ REPLACED_KEYS = ("output_dir", "checkpointing.load", "checkpointing.resume", "de
 
 
 def replay_command(output_dir: Path, step: int, overrides: list[str], world_size: int, num_nodes: int = 1) -> str:
-    """The shell command (quoted for a POSIX shell) that replays global step `step` of the run in
-    `output_dir` from its newest checkpoint at or before that step (from the start when there is none)."""
+    """The shell command (quoted for a POSIX shell, its values for Hydra: shell_command) that replays global step
+    `step` of the run in `output_dir` from its newest checkpoint at or before that step (from the start when there
+    is none)."""
     output_dir = Path(output_dir)
-    kept = [o for o in overrides if override_key(o) not in REPLACED_KEYS]
     before = [path for saved_step, path in list_checkpoints(output_dir / "checkpoints") if saved_step <= step]
     settings = {"output_dir": str(output_dir / f"replay_step_{step}"), "debug.replay_step": str(step)}
+    replaced = REPLACED_KEYS
     if before:
         settings |= {"checkpointing.load": str(before[-1]), "checkpointing.resume": "true"}
     else:  # from the same start as the run (its own checkpointing.load, if any, stays)
-        kept = [o for o in overrides if override_key(o) not in ("output_dir", "debug.replay_step")]
+        replaced = ("output_dir", "debug.replay_step")
+    kept = [o for o in overrides if override_key(o) not in replaced]
     return train_command(kept, settings, world_size, num_nodes)
 
 
@@ -88,13 +90,13 @@ class Replay:
         torch.autograd.set_detect_anomaly(True)  # until the loop's own anomaly setting is restored at its end
         self.watch = NonFiniteForward(self.model)
 
-    def after_forward(self, step: int, loss: torch.Tensor, scenes: list[str]) -> None:
+    def after_forward(self, step: int, loss: torch.Tensor, scenes) -> None:
         """Before backward (which anomaly detection may end with its error): what the forward produced."""
         if step != self.step or self.watch is None:
             return
         value = loss.detach().float().item()
         first = self.watch.first or "none"
-        print(f"fabric_mvsplat: replay: step {step}: scenes {scenes}: loss {value}; first module with a "
+        print(f"fabric_mvsplat: replay: step {step}: scenes {list(scenes)}: loss {value}; first module with a "
               f"non-finite forward output: {first}", file=sys.stderr, flush=True)
 
     def finished(self, steps_done: int) -> bool:
