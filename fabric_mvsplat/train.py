@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .build import make_fabric, make_model, prepare_data, prepare_training
 from .checkpoint import load_weights
-from .config import RootCfg, check_before_work, load_config
+from .config import CONFIG_DIR, RootCfg, check_before_work, load_config
 from .data import StepTracker, TestLoader, TrainStream, ValidationSource
 from .debug.determinism import make_deterministic
 from .debug.inspect import run_inspect
@@ -29,8 +29,6 @@ from .model.decoder.gsplat_build import prepare_gsplat
 from .output_folder import open_output_folder, refuse_to_mix_runs, resolve_latest, write_config
 from .report import report_end
 
-# The Hydra configs ship inside the package, so a plain `pip install .` finds them from any directory.
-CONFIG_DIR = str(Path(__file__).resolve().parent / "configs")
 EXIT_USER_ERROR = 2  # a key, value or file the user fixes: one line names it
 EXIT_EMPTY_EVALUATION = 3  # test mode rendered or scored no scene (the counts are written first)
 
