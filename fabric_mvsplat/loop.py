@@ -13,7 +13,6 @@ collective first, so no rank is ever left waiting in one.
 
 import math
 import os
-import resource
 import signal
 import sys
 import time
@@ -31,8 +30,10 @@ from .debug.health import HealthHistograms
 from .debug.replay import Replay
 from .debug.watchdog import TRAINING_STEP, Watchdog, stall_if_asked
 from .distributed import gather_objects, show_progress_bar
+from .progress import StepClock
 from .tb_logging import RankZeroWriter
 
+# SIGUSR1 (SLURM's warning) is POSIX-only: where the platform lacks a signal (Windows), it is left out.
 STOP_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGINT")
 EXIT_STOPPED_BY_SIGNAL = 75  # sysexits' EX_TEMPFAIL: a checkpoint was saved, run the same command again
 
@@ -105,7 +106,7 @@ def fit(fabric: Fabric, cfg: RootCfg, state: dict, output_dir: Path) -> Training
     progress = tqdm(initial=step, total=None if trainer.max_steps == -1 else trainer.max_steps,
                     disable=not (is_rank_zero and show_progress_bar()), dynamic_ncols=True, unit="step")
     profiler = StepProfiler(trainer.profile, output_dir / "profile", enabled=is_rank_zero)
-    meter = StepMeter(fabric.device)
+    meter = StepMeter(fabric.device, StepClock(start_step, None if trainer.max_steps == -1 else trainer.max_steps))
     health = DivergenceWatch(fabric, check_gradients=scaler is None)
     agreement = RankAgreement(fabric)
     stop = StopSignals()
@@ -127,7 +128,7 @@ def fit(fabric: Fabric, cfg: RootCfg, state: dict, output_dir: Path) -> Training
             if validating and trainer.num_sanity_val_steps > 0:
                 watchdog.beat("sanity validation")
                 position = val_source.state_dict() if val_source is not None and start_step > 0 else None
-                validate(fabric, module, val_source, None, start_step, 1, summary)
+                validate(fabric, module, val_source, None, start_step, summary)
                 if position is not None:
                     val_source.load_state_dict(position)
             batches = iter(train_stream)
@@ -190,7 +191,7 @@ def fit(fabric: Fabric, cfg: RootCfg, state: dict, output_dir: Path) -> Training
                     if validating and validation_due(step):
                         health.check(step)  # never render or save diverged weights
                         watchdog.beat("validation after step", step)
-                        validate(fabric, module, val_source, writer, step, 1, summary)
+                        validate(fabric, module, val_source, writer, step, summary)
                     saving = step % cfg.checkpointing.every_n_train_steps == 0 or finished or stop_requested
                     if saving and not replay.active:
                         health.check(step)
@@ -339,14 +340,16 @@ def log_training(fabric: Fabric, writer: RankZeroWriter, meter: "StepMeter", hea
     writer.scalars(scalars, step)
     if fabric.global_rank == 0:
         near_far = "".join(f" | {k.split('/')[1]} {scalars[k]:.2f}" for k in ("info/near", "info/far") if k in scalars)
-        tqdm.write(f"step {step}: loss {scalars['loss/total']:.6f} | lr {lr:.3e} | grad norm {grad_norm:.3g} | "
-                   f"{scalars['train/scenes_per_second']:.2f} scenes/s | data wait "
-                   f"{scalars['time/data_wait_seconds'] * 1000:.0f} ms{near_far} | scenes {scenes[:4]}")
+        eta = meter.clock.eta(step)
+        tqdm.write(f"{meter.clock.step_of_total(step)}: loss {scalars['loss/total']:.6f} | lr {lr:.3e} | grad norm "
+                   f"{grad_norm:.3g} | {scalars['train/scenes_per_second']:.2f} scenes/s | data wait "
+                   f"{scalars['time/data_wait_seconds'] * 1000:.0f} ms{near_far}{' | ' + eta if eta else ''} | "
+                   f"scenes {scenes[:4]}")
 
 
-def validate(fabric: Fabric, module, val_source, writer: RankZeroWriter | None, step: int, num_batches: int,
+def validate(fabric: Fabric, module, val_source, writer: RankZeroWriter | None, step: int,
              summary: TrainingSummary) -> None:
-    """Render `num_batches` validation batches on rank 0 while the other ranks wait at the barrier.
+    """Render one validation batch on rank 0 while the other ranks wait at the barrier.
 
     Validation is a visual check of one scene per interval (as in the original), so it is not sharded.
     It runs on the unwrapped module (no DDP collectives) with the training RNG states saved and
@@ -355,24 +358,21 @@ def validate(fabric: Fabric, module, val_source, writer: RankZeroWriter | None, 
     if fabric.global_rank == 0:
         module.eval()
         with torch.no_grad(), fabric.autocast(), preserved_rng():
-            for _ in range(num_batches):
-                batch = fabric.to_device(next(val_source))
-                result = module.validation_step(batch, step)
-                if writer is None:
-                    continue
-                writer.scalars(result.scalars, step)
-                for name, image in result.images.items():
-                    writer.image(name, image, step)
-                for name, video in result.videos.items():
-                    writer.video(name, video, step)
-                summary.val = dict(result.scalars)
-                if "val/psnr" in result.scalars:
-                    best = summary.best_val_psnr
-                    summary.best_val_psnr = max(result.scalars["val/psnr"], best if best is not None else -math.inf)
-                shown = " | ".join(f"{name} {value:.4f}" for name, value in sorted(result.scalars.items()))
-                tqdm.write(f"step {step}: validation ({batch['scene'][0]}): {shown}")
+            batch = fabric.to_device(next(val_source))
+            result = module.validation_step(batch, step)
         if writer is not None:
+            writer.scalars(result.scalars, step)
+            for name, image in result.images.items():
+                writer.image(name, image, step)
+            for name, video in result.videos.items():
+                writer.video(name, video, step)
             writer.flush()
+            summary.val = dict(result.scalars)
+            if "val/psnr" in result.scalars:
+                best = summary.best_val_psnr
+                summary.best_val_psnr = max(result.scalars["val/psnr"], best if best is not None else -math.inf)
+            shown = " | ".join(f"{name} {value:.4f}" for name, value in sorted(result.scalars.items()))
+            tqdm.write(f"step {step}: validation ({batch['scene'][0]}): {shown}")
         module.train()
     fabric.barrier()
 
@@ -547,7 +547,8 @@ class StopSignals:
         if threading.current_thread() is not threading.main_thread():
             yield
             return
-        previous = {name: signal.signal(getattr(signal, name), self.handle) for name in STOP_SIGNALS}
+        previous = {name: signal.signal(getattr(signal, name), self.handle)
+                    for name in STOP_SIGNALS if hasattr(signal, name)}
         try:
             yield
         finally:
@@ -562,6 +563,16 @@ def ignore_signals(names: tuple[str, ...]) -> None:
     if threading.current_thread() is threading.main_thread():
         for name in names:
             signal.signal(getattr(signal, name), signal.SIG_IGN)
+
+
+def peak_resident_gib() -> float:
+    """Peak resident set size of this process; NaN where the POSIX `resource` module is missing (Windows)."""
+    try:
+        import resource
+    except ImportError:
+        return math.nan
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return peak / 2**30 if sys.platform == "darwin" else peak / 2**20
 
 
 @contextmanager
@@ -592,8 +603,9 @@ class StepMeter:
     clock; on CUDA the logging synchronisation settles queued work into the interval), the last step's
     gradient norm and clip flag (device tensors, read with the logging all-reduce), and peak memory."""
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, clock: StepClock | None = None) -> None:
         self.device = device
+        self.clock = clock or StepClock(0, None)  # `step N/total` and the ETA of the log lines
         self.total_scenes, self.total_seconds = 0, 0.0
         self.grad_norm = self.clipped = torch.zeros((), device=device)
         self._reset(time.perf_counter())
@@ -628,8 +640,8 @@ class StepMeter:
         if self.device.type == "cuda":
             allocated = torch.cuda.max_memory_allocated(self.device) / 2**30
             reserved = torch.cuda.max_memory_reserved(self.device) / 2**30
-        else:  # peak resident set size of this process (Linux reports KiB)
-            allocated = reserved = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        else:
+            allocated = reserved = peak_resident_gib()
         result = MeterInterval(scenes=self.scenes, steps=self.steps, data_seconds=self.data_seconds,
                                compute_seconds=max(seconds - self.data_seconds, 0.0), grad_norm=self.grad_norm,
                                clipped=self.clipped, memory_allocated_gib=allocated, memory_reserved_gib=reserved)

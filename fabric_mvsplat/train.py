@@ -6,6 +6,7 @@ builds Fabric, data, model, optimizer and scheduler (`build`) and hands them to 
 Fabric reads the rank layout from torchrun's environment and every rank runs this same file.
 """
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .build import make_fabric, make_model, prepare_data, prepare_training
 from .checkpoint import load_weights
-from .config import RootCfg, check_before_work, load_config
+from .config import CONFIG_DIR, RootCfg, check_before_work, load_config
 from .data import StepTracker, TestLoader, TrainStream, ValidationSource
 from .debug.determinism import make_deterministic
 from .debug.inspect import run_inspect
@@ -27,19 +28,34 @@ from .evaluation.test_mode import run_test
 from .loop import EXIT_STOPPED_BY_SIGNAL, STOP_SIGNALS, TrainingDiverged, TrainingSummary, fit, ignore_signals
 from .model.decoder.gsplat_build import prepare_gsplat
 from .output_folder import RunLog, RunStart, claim_output_folders, record_start, refuse_to_mix_runs, resolve_latest
+from .progress import advise_if_busy
 from .report import report_end
 from .shell_command import hydra_overrides
 
-# The Hydra configs ship inside the package, so a plain `pip install .` finds them from any directory.
-CONFIG_DIR = str(Path(__file__).resolve().parent / "configs")
 EXIT_USER_ERROR = 2  # a key, value or file the user fixes: one line names it
 EXIT_EMPTY_EVALUATION = 3  # test mode rendered or scored no scene (the counts are written first)
 EXIT_DISK_FULL = 74  # sysexits' EX_IOERR: no space left while writing; what was written before is intact
 EXIT_INTERRUPTED = 130  # 128 + SIGINT: a second Ctrl-C
 
 
+def main() -> None:
+    """The command line: our check of its Hydra overrides (a mistyped group option, key or syntax ends here in one
+    line, exit code 2, before any folder exists), then Hydra's composition and the run. Hydra's own flags
+    (--help, --cfg, -m, --config-dir ...) go to Hydra unchecked."""
+    from .config.command_line import check_overrides
+
+    overrides = sys.argv[1:]
+    if not any(arg.startswith("-") for arg in overrides):
+        try:
+            check_overrides(CONFIG_DIR, overrides)
+        except UserError as error:
+            print(f"fabric_mvsplat: {error}", file=sys.stderr)
+            sys.exit(EXIT_USER_ERROR)
+    run_from_hydra()
+
+
 @hydra.main(version_base=None, config_path=CONFIG_DIR, config_name="main")
-def main(dict_config: DictConfig) -> None:
+def run_from_hydra(dict_config: DictConfig) -> None:
     """The one place errors become exit codes (docs/errors.md): one line each, no traceback for what the user
     fixes; a bug keeps its traceback."""
     run_log = RunLog().install()  # log records wait in memory until the run has started
@@ -89,6 +105,9 @@ def run(cfg: RootCfg, output_dir: Path, config_yaml: str | None = None,
         run_log: RunLog | None = None) -> TrainingSummary | dict | None:
     """Everything after the config: the same code for one process and for every torchrun rank. Returns the
     training summary (mode=train) or test mode's averaged scores (rank 0; None elsewhere)."""
+    advice = advise_if_busy()
+    if advice is not None and os.environ.get("LOCAL_RANK", "0") == "0":  # once per machine under torchrun
+        print(f"fabric_mvsplat: {advice}", file=sys.stderr, flush=True)
     make_deterministic(cfg.trainer.deterministic)  # before anything creates the CUDA context
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")  # TF32 matmuls, as the original
@@ -106,7 +125,7 @@ def run(cfg: RootCfg, output_dir: Path, config_yaml: str | None = None,
         if cfg.mode == "test":
             result = run_test_mode(fabric, cfg, output_dir, started)
         elif cfg.mode == "inspect":
-            record_start(fabric, cfg, output_dir, RunStart(None, run_log), 0)  # the log; inspect writes its own report
+            record_start(fabric, cfg, output_dir, RunStart(None, run_log), 0)  # the log; inspect writes its report
             result = run_inspect(fabric, cfg, make_model(cfg), output_dir, config_yaml)
         else:
             result = run_training(fabric, cfg, output_dir, started)

@@ -213,6 +213,15 @@ def inspect_in_process(root: Path, output_dir: Path, *extra: str) -> dict:
     return run(cfg, output_dir)
 
 
+def test_inspect_runs_the_forward_at_the_loaded_checkpoints_step(synthetic_root, demo_training, tmp_path, capsys):
+    """The opacity schedule depends on the global step: a loaded checkpoint's forward runs at its step."""
+    checkpoint = demo_training[1] / "checkpoints" / "epoch_0-step_2.ckpt"
+    inspect_in_process(synthetic_root, tmp_path / "run", f"checkpointing.load={checkpoint}")
+    printed = capsys.readouterr().out
+    assert f"  weights from {checkpoint}" in printed
+    assert "== one forward and backward at global step 2 (first batch) ==" in printed
+
+
 def test_inspect_flags_near_far_that_exclude_the_scene(synthetic_root, tmp_path):
     """The demo's scenes lie at depths 1-20; near/far ten times too large leave most ground-truth depths out."""
     result = inspect_in_process(synthetic_root, tmp_path / "run", "dataset.near=10", "dataset.far=200")

@@ -62,7 +62,7 @@ class TrainerCfg:
     max_steps: int = -1
     # An integer: every that many optimizer steps. A float in (0, 1]: that fraction of a pass over the
     # training scenes per rank, counted from the start of each pass (Lightning's meaning; see
-    # `validation_interval_steps`). null: no validation.
+    # `loop.ValidationSchedule`). null: no validation.
     val_check_interval: int | float | None = 0.5
     gradient_clip_val: float | None = 0.5
     num_sanity_val_steps: int = 2

@@ -13,6 +13,7 @@ CUDA code; later processes load the built library. Without a compiler, or if the
 why and rendering continues with the pure-PyTorch rasterizer (same images, slower).
 """
 
+import hashlib
 import os
 import shutil
 import sys
@@ -27,7 +28,9 @@ from torch import Tensor
 from .rasterize_torch import bin_to_tiles, rasterize_torch
 
 SOURCE = Path(__file__).with_name("csrc") / "rasterize_cpu.cpp"
-EXTENSION_NAME = "fabric_mvsplat_rasterize_cpu"
+# Named after the source's content: checkouts of the same code share one build, and different versions (several
+# checkouts or environments on one machine) each keep their own instead of rebuilding over each other.
+EXTENSION_NAME = "fabric_mvsplat_rasterize_cpu_" + hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:12]
 TILE_SIZE = 8  # per-pixel loops skip a missed pair cheaply, so larger tiles (fewer intersections) pay here
 
 _lock = threading.Lock()
@@ -39,6 +42,18 @@ def build_directory() -> Path:
     from torch.utils.cpp_extension import _get_build_directory  # the function load() itself uses
 
     return Path(_get_build_directory(EXTENSION_NAME, verbose=False))
+
+
+def staged_source() -> Path:
+    """The source copied into the build directory: ninja rebuilds when a source's path changes, so every checkout
+    compiles the same path (the build directory is per content, so the copy never changes once written)."""
+    staged = build_directory() / SOURCE.name
+    if not staged.exists() or staged.read_bytes() != SOURCE.read_bytes():
+        staged.parent.mkdir(parents=True, exist_ok=True)
+        temporary = staged.with_suffix(f".{os.getpid()}.tmp")
+        temporary.write_bytes(SOURCE.read_bytes())
+        os.replace(temporary, staged)  # atomic: a concurrent build never reads half a file
+    return staged
 
 
 def is_built() -> bool:
@@ -75,8 +90,8 @@ def load_cpu_kernels(verbose: bool = False):
                 start = time.perf_counter()
                 with warnings.catch_warnings():  # e.g. compiler ABI notes: the outcome is reported in one line
                     warnings.simplefilter("ignore")
-                    module = load(name=EXTENSION_NAME, sources=[str(SOURCE)], extra_cflags=["-O3", "-fopenmp"],
-                                  extra_ldflags=["-fopenmp"], verbose=verbose)
+                    module = load(name=EXTENSION_NAME, sources=[str(staged_source())],
+                                  extra_cflags=["-O3", "-fopenmp"], extra_ldflags=["-fopenmp"], verbose=verbose)
                 seconds = time.perf_counter() - start
                 if seconds > 5:
                     print(f"fabric_mvsplat: compiled the CPU rasterizer in {seconds:.0f} s into {build_directory()} "
