@@ -95,7 +95,7 @@ def test_second_ctrl_c_during_a_checkpoint_write_lets_the_write_finish(tmp_path)
     process = subprocess.Popen([sys.executable, *tiny_command(tmp_path, KEYS, 0.2)], stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, start_new_session=True,
                                env={**ENV, "FABRIC_MVSPLAT_TEST_SLOW_SAVE": "3"})
-    lines = wait_for_line(process, r"^step 1: loss")
+    lines = wait_for_line(process, r"^step 1/\d+: loss")
     os.kill(process.pid, signal.SIGINT)
     lines += wait_for_line(process, r"^writing checkpoint")
     os.kill(process.pid, signal.SIGINT)
@@ -181,7 +181,7 @@ def test_sigterm_to_one_rank_stops_every_rank_with_the_same_exit_code(tmp_path):
     record.mkdir()
     process = subprocess.Popen(torchrun(run, keys, 0.4), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                start_new_session=True, env={**ENV, "FABRIC_MVSPLAT_TEST_EXIT_RECORD": str(record)})
-    lines = wait_for_line(process, r"^step 2: loss")
+    lines = wait_for_line(process, r"^step 2/\d+: loss")
     ranks = rank_pids(process.pid)
     assert sorted(ranks) == [0, 1]
     os.kill(ranks[1], signal.SIGTERM)
