@@ -134,14 +134,18 @@ def test_read_only_test_output_is_refused_before_rendering(synthetic_root, train
 
 
 def test_a_failed_start_leaves_no_log_and_no_folder(synthetic_root, tmp_path):
-    """A run that stops at start-up (here: no dataset) after its first log lines: output_dir is not created."""
+    """A run that stops at start-up after it has taken its folder and logged its first lines (here: the checkpoint
+    to resume is not a checkpoint): output_dir is not left behind, nor a train.log in it."""
     from conftest import demo_overrides, run_train
 
     run = tmp_path / "run"
-    result = run_train(demo_overrides(tmp_path / "no_dataset", f"output_dir={run}", "trainer.max_steps=1"),
-                       cwd=tmp_path, check=False)
+    broken = tmp_path / "broken.ckpt"
+    broken.write_text("not a checkpoint")
+    result = run_train(demo_overrides(synthetic_root, f"output_dir={run}", "trainer.max_steps=1",
+                                      f"checkpointing.load={broken}"), cwd=tmp_path, check=False)
     assert result.returncode == EXIT_USER_ERROR, result.stderr[-3000:]
-    assert "has no chunks" in result.stderr.strip().splitlines()[-1]
+    assert "broken.ckpt is not a torch.save file" in result.stderr.strip().splitlines()[-1]
+    assert "output directory:" in result.stdout + result.stderr  # it had started logging
     assert not run.exists()
 
 
