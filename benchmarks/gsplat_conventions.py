@@ -135,7 +135,7 @@ def measure(cfg, lpips_weights: str | None, limit: int | None) -> dict:
     from fabric_mvsplat.data import TestLoader
     from fabric_mvsplat.metrics import compute_psnr, compute_ssim
     from fabric_mvsplat.model.decoder import render
-    from fabric_mvsplat.train import make_model
+    from fabric_mvsplat.build import make_model
 
     model = make_model(cfg)
     load_weights(model, cfg.checkpointing.load, cfg.checkpointing.allow_unsafe_load)
