@@ -156,7 +156,7 @@ def measure(cfg, lpips_weights: str | None, limit: int | None) -> dict:
         renders = {}
         for variant in VARIANTS:
             with rasterizer(variant) as backend:
-                output = render(gaussians, target["extrinsics"], target["intrinsics"], target["near"], target["far"],
+                output = render(gaussians, (target["extrinsics"], target["intrinsics"], target["near"], target["far"]),
                                 image_shape, backend=backend, use_principal_point=cfg.model.decoder.use_principal_point,
                                 background_color=model.decoder.background_color)
             renders[variant] = output.color[0].float()
