@@ -18,3 +18,13 @@ if "PYTEST_XDIST_WORKER" in os.environ:
 
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
+def pytest_sessionstart(session) -> None:
+    """Build the compiled CPU rasterizer once, before any worker or subprocess renders: otherwise the first
+    test to render pays the build (about a minute) and its subprocess's stderr carries the build's line.
+    Without a compiler this prints the fallback line and the suite runs on the PyTorch rasterizer."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        from fabric_mvsplat.model.decoder.rasterize_cpu import load_cpu_kernels
+
+        load_cpu_kernels()

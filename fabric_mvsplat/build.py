@@ -70,9 +70,12 @@ def make_model(cfg: RootCfg) -> MVSplat:
     )
 
 
-def make_optimizer(cfg: OptimizerCfg, model: torch.nn.Module) -> torch.optim.Adam:
-    """Adam over all parameters in one group, default betas/eps, no weight decay (the original)."""
-    return torch.optim.Adam(model.parameters(), lr=cfg.lr)
+def make_optimizer(cfg: OptimizerCfg, model: torch.nn.Module, fused: bool = False) -> torch.optim.Adam:
+    """Adam over all parameters in one group, default betas/eps, no weight decay (the original).
+
+    fused: torch's fused Adam kernel, used for CPU training: one vectorised pass over all parameters
+    instead of a dozen tensor ops per parameter (4x faster on the demo model; same update up to rounding)."""
+    return torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=fused or None)
 
 
 def make_scheduler(cfg: OptimizerCfg, max_steps: int, optimizer: torch.optim.Optimizer, done: int = 0):
@@ -100,7 +103,9 @@ def prepare_training(fabric: Fabric, cfg: RootCfg, model: torch.nn.Module, train
         fabric.print(f"loaded weights from {load} (checkpointing.resume=false: optimizer and step start fresh)")
     if cfg.trainer.compile:
         model.encoder.compile()  # in place: state_dict keys stay `encoder.*`
-    optimizer = make_optimizer(cfg.optimizer, model)
+    # Fused Adam on CPU, except under 16-mixed: a fused optimizer unscales by itself, and Fabric then cannot clip.
+    scaler = getattr(fabric.strategy.precision, "scaler", None)
+    optimizer = make_optimizer(cfg.optimizer, model, fused=fabric.device.type == "cpu" and scaler is None)
     scheduler = make_scheduler(cfg.optimizer, cfg.trainer.max_steps, optimizer)
 
     wrapped, optimizer = fabric.setup(model, optimizer)

@@ -135,8 +135,9 @@ def check_cameras(extrinsics: Tensor, intrinsics: Tensor, names: Sequence[str]) 
     if not finite.all():
         view = int((~finite).nonzero()[0])
         raise InputError(f"the camera of {names[view]} has non-finite values (NaN or inf): fix its pose/intrinsics")
-    if (extrinsics[:, 3] - torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=extrinsics.dtype)).abs().max() > 1e-6:
-        view = int((extrinsics[:, 3] - torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=extrinsics.dtype)).abs().amax(1).argmax())
+    last_row_error = (extrinsics[:, 3] - torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=extrinsics.dtype)).abs().amax(1)
+    if (last_row_error > 1e-6).any():
+        view = int(last_row_error.argmax())
         raise InputError(f"the camera-to-world matrix of {names[view]} has last row {extrinsics[view, 3].tolist()}, "
                          "expected [0, 0, 0, 1]")
     world_to_camera = torch.linalg.inv(extrinsics.double())

@@ -29,7 +29,7 @@ from .checkpoint import capture_rng, restore_rng, save_checkpoint
 from .config import ProfileCfg, RootCfg
 from .debug.health import HealthHistograms
 from .debug.replay import Replay
-from .debug.watchdog import Watchdog, stall_if_asked, watchdog_enabled
+from .debug.watchdog import TRAINING_STEP, Watchdog, stall_if_asked
 from .distributed import gather_objects, show_progress_bar
 from .tb_logging import RankZeroWriter
 
@@ -106,8 +106,7 @@ def fit(fabric: Fabric, cfg: RootCfg, state: dict, output_dir: Path) -> Training
     agreement = RankAgreement(fabric)
     stop = StopSignals()
     debug = cfg.debug
-    watchdog = Watchdog(debug.watchdog, output_dir, fabric.global_rank, fabric.world_size,
-                        enabled=watchdog_enabled(debug.watchdog, fabric.world_size))
+    watchdog = Watchdog(debug.watchdog, output_dir, fabric.global_rank, fabric.world_size)
     histograms = HealthHistograms(debug.health_every_n_steps if is_rank_zero else None, module, writer)  # rank 0 writes
     replay = Replay(debug.replay_step, module, is_rank_zero)  # replays no step unless debug.replay_step is set
     validating = validating and not replay.active  # a replay validates and saves nothing
@@ -121,10 +120,10 @@ def fit(fabric: Fabric, cfg: RootCfg, state: dict, output_dir: Path) -> Training
             # it finds a broken validation path before hours of training, not after.
             if validating and trainer.num_sanity_val_steps > 0:
                 watchdog.beat("sanity validation")
-                validate(fabric, module, val_source, None, start_step, 1, summary)
+                validate(fabric, module, val_source, None, start_step, summary)
             batches = iter(train_stream)
             while trainer.max_steps == -1 or step < trainer.max_steps:
-                watchdog.beat(f"training step {step}")
+                watchdog.beat(TRAINING_STEP, step)
                 replay.before_step(step)
                 profiler.before_step(step)
                 step_tracker.set_step(step)  # the view-sampler curriculum reads the step when it samples
@@ -137,7 +136,7 @@ def fit(fabric: Fabric, cfg: RootCfg, state: dict, output_dir: Path) -> Training
                     last = micro_batch == accumulate - 1
                     with fabric.no_backward_sync(model, enabled=not last):  # DDP syncs gradients once per step
                         output = model(batch, step)
-                        replay.after_forward(step, output.loss, list(batch["scene"]))
+                        replay.after_forward(step, output.loss, batch["scene"])
                         # One CPU collective per micro-batch: ranks agree on stopping and on a graph-less loss
                         # before anyone enters backward (a rank skipping backward alone would hang the others).
                         stop_requested, graphless = agreement.any_rank(stop.requested, not output.loss.requires_grad)
@@ -180,12 +179,12 @@ def fit(fabric: Fabric, cfg: RootCfg, state: dict, output_dir: Path) -> Training
                 with meter.paused():  # throughput and step time count training only
                     if validating and validation_due(step):
                         health.check(step)  # never render or save diverged weights
-                        watchdog.beat(f"validation after step {step}")
-                        validate(fabric, module, val_source, writer, step, 1, summary)
+                        watchdog.beat("validation after step", step)
+                        validate(fabric, module, val_source, writer, step, summary)
                     saving = step % cfg.checkpointing.every_n_train_steps == 0 or finished or stop_requested
                     if saving and not replay.active:
                         health.check(step)
-                        watchdog.beat(f"checkpoint save after step {step}")
+                        watchdog.beat("checkpoint save after step", step)
                         summary.last_checkpoint = save(fabric, cfg, state, checkpoints)
                 if stop_requested:
                     summary.stopped_by = stop.name
@@ -315,9 +314,9 @@ def log_training(fabric: Fabric, writer: RankZeroWriter, meter: "StepMeter", hea
                    f"{scalars['time/data_wait_seconds'] * 1000:.0f} ms{near_far} | scenes {scenes[:4]}")
 
 
-def validate(fabric: Fabric, module, val_source, writer: RankZeroWriter | None, step: int, num_batches: int,
+def validate(fabric: Fabric, module, val_source, writer: RankZeroWriter | None, step: int,
              summary: TrainingSummary) -> None:
-    """Render `num_batches` validation batches on rank 0 while the other ranks wait at the barrier.
+    """Render one validation batch on rank 0 while the other ranks wait at the barrier.
 
     Validation is a visual check of one scene per interval (as in the original), so it is not sharded.
     It runs on the unwrapped module (no DDP collectives) with the training RNG states saved and
@@ -326,24 +325,21 @@ def validate(fabric: Fabric, module, val_source, writer: RankZeroWriter | None, 
     if fabric.global_rank == 0:
         module.eval()
         with torch.no_grad(), fabric.autocast(), preserved_rng():
-            for _ in range(num_batches):
-                batch = fabric.to_device(next(val_source))
-                result = module.validation_step(batch, step)
-                if writer is None:
-                    continue
-                writer.scalars(result.scalars, step)
-                for name, image in result.images.items():
-                    writer.image(name, image, step)
-                for name, video in result.videos.items():
-                    writer.video(name, video, step)
-                summary.val = dict(result.scalars)
-                if "val/psnr" in result.scalars:
-                    best = summary.best_val_psnr
-                    summary.best_val_psnr = max(result.scalars["val/psnr"], best if best is not None else -math.inf)
-                shown = " | ".join(f"{name} {value:.4f}" for name, value in sorted(result.scalars.items()))
-                tqdm.write(f"step {step}: validation ({batch['scene'][0]}): {shown}")
+            batch = fabric.to_device(next(val_source))
+            result = module.validation_step(batch, step)
         if writer is not None:
+            writer.scalars(result.scalars, step)
+            for name, image in result.images.items():
+                writer.image(name, image, step)
+            for name, video in result.videos.items():
+                writer.video(name, video, step)
             writer.flush()
+            summary.val = dict(result.scalars)
+            if "val/psnr" in result.scalars:
+                best = summary.best_val_psnr
+                summary.best_val_psnr = max(result.scalars["val/psnr"], best if best is not None else -math.inf)
+            shown = " | ".join(f"{name} {value:.4f}" for name, value in sorted(result.scalars.items()))
+            tqdm.write(f"step {step}: validation ({batch['scene'][0]}): {shown}")
         module.train()
     fabric.barrier()
 

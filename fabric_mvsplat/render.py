@@ -326,8 +326,9 @@ def write_outputs(model: InferenceModel, prediction: Prediction, capture: Captur
 
     # The fly-through, chunk by chunk.
     path_c2w, path_k = trajectory(args.trajectory, context_c2w, context_k, args.frames)
-    video = out / ("video.mp4" if find_ffmpeg() is not None else "video.gif")
-    if video.suffix == ".gif":
+    video = out / f"video.{args.video_format}"
+    if args.video_format == "mp4" and find_ffmpeg() is None:
+        video = out / "video.gif"
         print("video: no ffmpeg binary found (pip install imageio-ffmpeg), writing a GIF instead")
     video_shape = tuple(args.video_shape) if args.video_shape else (height, width)
     frame_seconds = write_video(model, prediction, path_c2w, path_k, video, fps=args.fps, chunk_size=args.chunk_size,
@@ -375,6 +376,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--trajectory", choices=TRAJECTORIES, default="interpolation")
     parser.add_argument("--frames", type=int, default=60, help="video frames (default 60)")
     parser.add_argument("--fps", type=int, default=30)
+    parser.add_argument("--video-format", choices=("mp4", "gif"), default="mp4",
+                        help="mp4 (H.264; a GIF when no ffmpeg is found) or gif")
     parser.add_argument("--video-shape", type=int, nargs=2, metavar=("H", "W"),
                         help="video frame size (default: the model's image size; same field of view)")
     parser.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE, help="frames per decoder call")

@@ -66,10 +66,20 @@ def test_watchdog_is_on_by_default_only_for_several_processes():
     cfg = tiny_cfg().debug.watchdog
     assert cfg.enabled is None and not watchdog_enabled(cfg, 1) and watchdog_enabled(cfg, 2)
     # The automatic limit: 3 x min_timeout until 3 steps are measured, then max(min_timeout, 20 x median step).
-    watchdog = Watchdog(cfg, Path("."), 0, 1, enabled=False)
+    watchdog = Watchdog(cfg, Path("."), 0, 1)
     assert watchdog.limit() == 900
     watchdog.step_seconds = [1.0, 30.0, 31.0]
     assert watchdog.limit() == 600
+
+
+@pytest.mark.parametrize("stall, named", [("{rank:-1,step:2,seconds:5}", "'debug.stall.rank' = -1"),
+                                           ("{rank:0,step:-2,seconds:5}", "'debug.stall.step' = -2"),
+                                           ("{rank:0,step:2,seconds:0}", "'debug.stall.seconds' = 0")])
+def test_a_wrong_stall_names_its_key_and_value(stall, named):
+    from fabric_mvsplat.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(named)):
+        compose_cfg([f"debug.stall={stall}"])
 
 
 # -------------------------------------------------------------------------------------------------- replay
@@ -201,6 +211,15 @@ def inspect_in_process(root: Path, output_dir: Path, *extra: str) -> dict:
     cfg = compose_cfg(demo_overrides(root, "mode=inspect", f"output_dir={output_dir}", "debug.inspect_batches=1",
                                      *extra))
     return run(cfg, output_dir)
+
+
+def test_inspect_runs_the_forward_at_the_loaded_checkpoints_step(synthetic_root, demo_training, tmp_path, capsys):
+    """The opacity schedule depends on the global step: a loaded checkpoint's forward runs at its step."""
+    checkpoint = demo_training[1] / "checkpoints" / "epoch_0-step_2.ckpt"
+    inspect_in_process(synthetic_root, tmp_path / "run", f"checkpointing.load={checkpoint}")
+    printed = capsys.readouterr().out
+    assert f"  weights from {checkpoint}" in printed
+    assert "== one forward and backward at global step 2 (first batch) ==" in printed
 
 
 def test_inspect_flags_near_far_that_exclude_the_scene(synthetic_root, tmp_path):

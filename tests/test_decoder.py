@@ -181,9 +181,13 @@ def test_log_depth_equals_the_originals_formula(z):
 
 
 def test_backend_resolution():
-    assert resolve_backend("auto", torch.device("cpu")) == "torch"
+    assert resolve_backend("auto", torch.device("cpu")) == "cpu"
     assert resolve_backend("auto", torch.device("cuda")) == "gsplat"
+    assert resolve_backend("auto", torch.device("mps")) == "torch"
     assert resolve_backend("torch", torch.device("cuda")) == "torch"
+    assert resolve_backend("cpu", torch.device("cpu")) == "cpu"
+    with pytest.raises(ConfigError, match="model.decoder.backend.*set model.decoder.backend=auto"):
+        resolve_backend("cpu", torch.device("cuda"))
     with pytest.raises(ConfigError, match="model.decoder.backend.*set model.decoder.backend=auto"):
         resolve_backend("gsplat", torch.device("cpu"))
     with pytest.raises(ConfigError, match="model.decoder.backend"):

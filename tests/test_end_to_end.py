@@ -129,6 +129,8 @@ def test_resume_tells_the_story_and_keeps_output_dir(demo_training, synthetic_ro
     assert "steps 2 -> 3" in out and "validation PSNR: last" in out and "validation depth: AbsRel" in out
     assert f"tensorboard --logdir {run_dir / 'tensorboard'}" in out
     assert f"test it with: python -m fabric_mvsplat.train mode=test checkpointing.load={last}" in out
+    # ... and the render command for the same checkpoint (tests/test_render.py runs it).
+    assert f"render it (Gaussians, video, depth; then the viewer): python -m fabric_mvsplat.render {last} --chunks" in out
 
 
 

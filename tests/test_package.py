@@ -85,6 +85,7 @@ def test_wheel_holds_configs_and_console_script(tmp_path):
     configs = {str(p.relative_to(REPO)) for p in (REPO / "fabric_mvsplat" / "configs").rglob("*.yaml")}
     assert "fabric_mvsplat/configs/experiment/demo.yaml" in configs
     assert configs <= names, sorted(configs - names)
+    assert "fabric_mvsplat/model/decoder/csrc/rasterize_cpu.cpp" in names  # built on first use from the install
     (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert "fabric-mvsplat-train = fabric_mvsplat.train:main" in text

@@ -19,15 +19,15 @@ def leaves(gaussians: Gaussians) -> list[torch.Tensor]:
 
 
 def compare_with_dense(gaussians, extrinsics, intrinsics, near, far, shape, depth_mode="depth",
-                       background=(0.0, 0.0, 0.0), **render_kwargs):
+                       background=(0.0, 0.0, 0.0), backend="torch", **render_kwargs):
     tensors = leaves(gaussians)
-    ours = render(gaussians, (extrinsics, intrinsics, near, far), shape, depth_mode, backend="torch",
+    ours = render(gaussians, (extrinsics, intrinsics, near, far), shape, depth_mode, backend=backend,
                   background_color=background, **render_kwargs)
     dense = render_dense(gaussians, extrinsics, intrinsics, near, far, shape, depth_mode, background_color=background)
     assert (ours.color - dense.color).abs().max() <= 1e-5
     assert (ours.depth - dense.depth).abs().max() <= 1e-5
     with torch.no_grad():  # the inference path reuses the selection's alphas
-        inference = render(gaussians, (extrinsics, intrinsics, near, far), shape, depth_mode, backend="torch",
+        inference = render(gaussians, (extrinsics, intrinsics, near, far), shape, depth_mode, backend=backend,
                            background_color=background, **render_kwargs)
     assert (inference.color - dense.color).abs().max() <= 1e-5
     weights = torch.randn_like(ours.color, generator=torch.Generator().manual_seed(7))

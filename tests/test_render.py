@@ -351,3 +351,21 @@ def test_bad_input_through_the_console_entry_point(trained_checkpoint, tmp_path)
                             timeout=600)
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "absent.json does not exist" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_images_of_another_size_are_resized_as_test_mode_with_one_line(json_capture, trained_checkpoint, tmp_path,
+                                                                      capsys):
+    """48x64 photos (the scene upscaled) for a 32x32 model: resized to cover and centre-cropped, said in one line."""
+    folder, document = json_capture
+    frames = []
+    for frame in document["frames"][:2]:
+        with Image.open(folder / frame["image"]) as picture:
+            picture.resize((64, 48), Image.LANCZOS).save(tmp_path / frame["image"])
+        k = np.array(frame["K"]) * np.array([[2.0], [1.5], [1.0]])  # pixels of the 64x48 image
+        frames.append({**frame, "K": k.tolist()})
+    cameras = write_json(tmp_path, frames)
+    render_command.main([str(trained_checkpoint), "--cameras", str(cameras), "--frames", "2", "--output",
+                         str(tmp_path / "out")])
+    stdout = capsys.readouterr().out
+    assert "images: 64x48 resized to cover the model's 32x32 and centre-cropped (as test mode)" in stdout
+    assert np.asarray(Image.open(tmp_path / "out" / "context" / frames[0]["image"])).shape == (32, 32, 3)

@@ -34,10 +34,9 @@ def check_before_work(cfg: RootCfg) -> None:
             raise ConfigError("model.encoder.unimatch_weights_path", unimatch,
                               "an existing file (download gmdepth-scale1-resumeflowthings-scannet-5d9d7964.pth "
                               "from the UniMatch model zoo), or null to start the backbone from random init")
-    if cfg.mode == "test" and scoring_lpips_weights(cfg) is not None:
-        find_weight_files(scoring_lpips_weights(cfg))
-    elif cfg.test.lpips_weights is not None:
-        find_weight_files(cfg.test.lpips_weights)
+    scoring_weights = scoring_lpips_weights(cfg)  # the folder make_model loads LPIPS scores from, in any mode
+    if scoring_weights is not None:
+        find_weight_files(scoring_weights)
     load = cfg.checkpointing.load
     if load is not None and load != LATEST_CHECKPOINT and not Path(load).is_file():
         raise ConfigError("checkpointing.load", load,

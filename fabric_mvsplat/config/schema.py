@@ -62,7 +62,7 @@ class TrainerCfg:
     max_steps: int = -1
     # An integer: every that many optimizer steps. A float in (0, 1]: that fraction of a pass over the
     # training scenes per rank, counted from the start of each pass (Lightning's meaning; see
-    # `validation_interval_steps`). null: no validation.
+    # `loop.ValidationSchedule`). null: no validation.
     val_check_interval: int | float | None = 0.5
     gradient_clip_val: float | None = 0.5
     num_sanity_val_steps: int = 2
@@ -159,9 +159,12 @@ class StallCfg:
     seconds: float = 60.0
 
     def __post_init__(self) -> None:
-        if self.rank < 0 or self.step < 0 or not self.seconds > 0:
-            raise ConfigError("seconds" if self.rank >= 0 and self.step >= 0 else "rank" if self.rank < 0 else "step",
-                              (self.rank, self.step, self.seconds), "rank >= 0, step >= 0 and seconds > 0")
+        if self.rank < 0:
+            raise ConfigError("rank", self.rank, "a rank >= 0")
+        if self.step < 0:
+            raise ConfigError("step", self.step, "a global step >= 0")
+        if not self.seconds > 0:
+            raise ConfigError("seconds", self.seconds, "a number of seconds > 0")
 
 
 @dataclass

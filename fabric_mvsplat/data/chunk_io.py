@@ -155,15 +155,20 @@ def camera_problem(cameras: Tensor) -> str | None:
     if (focal <= 0).any():
         view = int(np.argmax((focal <= 0).any(axis=1)))
         return f"view {view} has focal length fx, fy = {focal[view].tolist()} (must be > 0)"
-    rotation = values[:, 6:].reshape(-1, 3, 4)[:, :, :3]
-    determinant = np.linalg.det(rotation)
-    off = np.abs(rotation @ rotation.transpose(0, 2, 1) - np.eye(3)).max(axis=(1, 2))
-    bad = (off > ROTATION_TOLERANCE) | (np.abs(determinant - 1) > ROTATION_TOLERANCE)
+    determinant, off = rotation_defects(torch.from_numpy(values[:, 6:].reshape(-1, 3, 4)[:, :, :3]))
+    bad = (off > ROTATION_TOLERANCE) | ((determinant - 1).abs() > ROTATION_TOLERANCE)
     if bad.any():
-        view = int(np.argmax(bad))
-        return (f"view {view}'s world-to-camera rotation is not a rotation (det {determinant[view]:.3g}, "
-                f"max |R R^T - I| {off[view]:.3g}, tolerance {ROTATION_TOLERANCE})")
+        view = int(bad.int().argmax())
+        return (f"view {view}'s world-to-camera rotation is not a rotation (det {float(determinant[view]):.3g}, "
+                f"max |R R^T - I| {float(off[view]):.3g}, tolerance {ROTATION_TOLERANCE})")
     return None
+
+
+def rotation_defects(rotation: Tensor) -> tuple[Tensor, Tensor]:
+    """[..., 3, 3] -> (det R, max |R R^T - I|) [...] in float64: 1 and 0 for a rotation, det < 0 mirrored."""
+    rotation = rotation.double()
+    off = (rotation @ rotation.transpose(-1, -2) - torch.eye(3, dtype=torch.float64)).abs().amax((-1, -2))
+    return torch.linalg.det(rotation), off
 
 
 def _scene_bytes(scene: dict) -> int:

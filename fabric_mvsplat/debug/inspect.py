@@ -16,7 +16,6 @@ import math
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import yaml
 from PIL import Image, ImageDraw
@@ -25,7 +24,7 @@ from torch import Tensor, nn
 from ..config import RootCfg
 from ..evaluation.media import save_image
 from ..types import Gaussians
-from ..visualization.layout import colorize_depth, hcat, label_rows, vcat
+from ..visualization.layout import colorize_depth, hcat, image_tensor, label_rows, vcat
 from .health import gaussian_statistics, gradient_norms, model_parts, plane_fractions
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -66,8 +65,11 @@ class Inspection:
         self.section("config: differences from the defaults (python -m fabric_mvsplat.train with no arguments)")
         for line in config_differences(config_yaml, cfg):
             self.say("  " + line)
+        # The global step the forward runs at (the opacity schedule depends on it): the checkpoint's, else 0.
+        step = 0
         if cfg.checkpointing.load is not None:
-            load_weights(self.model, cfg.checkpointing.load, cfg.checkpointing.allow_unsafe_load)
+            checkpoint = load_weights(self.model, cfg.checkpointing.load, cfg.checkpointing.allow_unsafe_load)
+            step = int(checkpoint.get("global_step", 0))
             self.say(f"  weights from {cfg.checkpointing.load}")
         self.report_parameters()
         self.report_scene_cameras()
@@ -75,7 +77,6 @@ class Inspection:
         for number, batch in enumerate(batches):
             self.report_batch(number, batch)
         self.report_skips(stream)
-        step = self.checkpoint_step()
         gaussians, context, rendered = self.report_forward_backward(batches[0], step)
         self.report_gaussians(gaussians, context)
         self.report_ground_truth_depth()
@@ -103,15 +104,6 @@ class Inspection:
             frozen = f" ({count - trainable:,} frozen)" if trainable != count else ""
             self.say(f"  {name:<45} {count:>12,}{frozen}")
         self.say(f"  {'total':<45} {total:>12,}")
-
-    def checkpoint_step(self) -> int:
-        """The global step the forward runs at (the opacity schedule depends on it): the checkpoint's, else 0."""
-        load = self.cfg.checkpointing.load
-        if load is None:
-            return 0
-        from ..checkpoint import load_file
-
-        return int(load_file(load, self.cfg.checkpointing.allow_unsafe_load).get("global_step", 0))
 
     def report_forward_backward(self, batch: dict, step: int) -> tuple[Gaussians, dict, object]:
         self.section(f"one forward and backward at global step {step} (first batch)")
@@ -228,13 +220,13 @@ class Inspection:
                         "context cameras): the model interpolates between its context views")
 
     def check_rotations(self, number: int, side: str, extrinsics: Tensor, scenes: list[str]) -> None:
-        rotation = extrinsics[..., :3, :3].double()
-        determinant = torch.linalg.det(rotation)
-        off = (rotation.transpose(-1, -2) @ rotation - torch.eye(3, dtype=torch.float64)).abs().amax((-1, -2))
+        from ..data.chunk_io import rotation_defects
+
+        determinant, off = rotation_defects(extrinsics[..., :3, :3])
         bad = (off > ROTATION_TOLERANCE) | ((determinant - 1).abs() > ROTATION_TOLERANCE)
         for example, view in bad.nonzero().tolist():
             self.problems.append(f"batch {number} scene {scenes[example]} {side} view {view}: the camera-to-world "
-                                 f"rotation is not a rotation (det {determinant[example, view]:.3g}, max |R^T R - I| "
+                                 f"rotation is not a rotation (det {determinant[example, view]:.3g}, max |R R^T - I| "
                                  f"{off[example, view]:.3g}{'; mirrored' if determinant[example, view] < 0 else ''})")
 
     def report_scene_cameras(self) -> None:
@@ -496,7 +488,7 @@ def camera_panel(cameras: list[tuple[Tensor, tuple[int, int, int]]], axes: tuple
             draw.ellipse([x - 4, y - 4, x + 4, y + 4], fill=colour)
     draw.text((4, 4), title, fill=(0, 0, 0))
     draw.text((4, size - 14), "blue: context  orange: target", fill=(0, 0, 0))
-    return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).float() / 255
+    return image_tensor(image)
 
 
 def images_and_depth(batch: dict, gaussians: Gaussians, rendered) -> Tensor:

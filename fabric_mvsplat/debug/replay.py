@@ -48,13 +48,14 @@ def replay_command(output_dir: Path, step: int, overrides: list[str], world_size
     """The shell command (quoted for a POSIX shell) that replays global step `step` of the run in
     `output_dir` from its newest checkpoint at or before that step (from the start when there is none)."""
     output_dir = Path(output_dir)
-    kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in REPLACED_KEYS]
     before = [path for saved_step, path in list_checkpoints(output_dir / "checkpoints") if saved_step <= step]
     settings = [f"output_dir={output_dir / f'replay_step_{step}'}", f"debug.replay_step={step}"]
+    replaced = REPLACED_KEYS
     if before:
         settings += [f"checkpointing.load={before[-1]}", "checkpointing.resume=true"]
     else:  # from the same start as the run (its own checkpointing.load, if any, stays)
-        kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in ("output_dir", "debug.replay_step")]
+        replaced = ("output_dir", "debug.replay_step")
+    kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in replaced]
     return shlex.join([*launcher(world_size, num_nodes), "fabric_mvsplat.train", *kept, *settings])
 
 
@@ -107,13 +108,13 @@ class Replay:
         torch.autograd.set_detect_anomaly(True)  # until the loop's own anomaly setting is restored at its end
         self.watch = NonFiniteForward(self.model)
 
-    def after_forward(self, step: int, loss: torch.Tensor, scenes: list[str]) -> None:
+    def after_forward(self, step: int, loss: torch.Tensor, scenes) -> None:
         """Before backward (which anomaly detection may end with its error): what the forward produced."""
         if step != self.step or self.watch is None:
             return
         value = loss.detach().float().item()
         first = self.watch.first or "none"
-        print(f"fabric_mvsplat: replay: step {step}: scenes {scenes}: loss {value}; first module with a "
+        print(f"fabric_mvsplat: replay: step {step}: scenes {list(scenes)}: loss {value}; first module with a "
               f"non-finite forward output: {first}", file=sys.stderr, flush=True)
 
     def finished(self, steps_done: int) -> bool:

@@ -1,6 +1,6 @@
 """The hang watchdog: a daemon thread per rank that notices when the loop makes no progress.
 
-The loop calls `beat(what)` when a training step, a validation or a checkpoint save begins. When the time
+The loop calls `beat(what, step)` when a training step, a validation or a checkpoint save begins. When the time
 since the last beat exceeds the limit, every rank writes the Python stacks of all its threads to
 output_dir/hang/rank_<r>.txt; rank 0 then reads the other ranks' files (a filesystem shared by the ranks, as
 output_dir already is for checkpoints) and prints one line per rank naming the function and line its main
@@ -26,6 +26,7 @@ EXIT_HANG = 124  # as coreutils' timeout
 PACKAGE_DIR = str(Path(__file__).resolve().parents[1])
 STEPS_FOR_MEDIAN = 3  # steps measured before the automatic limit follows the median step
 SECONDS_TO_COLLECT = 60.0  # how long rank 0 waits for the other ranks' stack files
+TRAINING_STEP = "training step"  # the beats whose intervals the automatic limit's median is taken over
 
 
 def watchdog_enabled(cfg: WatchdogCfg, world_size: int) -> bool:
@@ -33,13 +34,14 @@ def watchdog_enabled(cfg: WatchdogCfg, world_size: int) -> bool:
 
 
 class Watchdog:
-    def __init__(self, cfg: WatchdogCfg, output_dir: Path, rank: int, world_size: int, enabled: bool,
+    def __init__(self, cfg: WatchdogCfg, output_dir: Path, rank: int, world_size: int,
                  poll_seconds: float = 1.0) -> None:
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
         self.directory = Path(output_dir) / "hang"
-        self.enabled = enabled
+        self.enabled = watchdog_enabled(cfg, world_size)
         self.poll_seconds = poll_seconds
         self.what, self.since = "start", time.monotonic()
+        self.what_kind = self.what  # `what` without its step: whether the time since is a training step's
         self.step_seconds: list[float] = []
         self.reported = 0  # how many hangs were reported (the files of the current one carry this number)
         self.hanging = False
@@ -47,23 +49,25 @@ class Watchdog:
         self._lock = threading.Lock()
         self._stopped = threading.Event()
         self._thread = None
-        if enabled:
+        if self.enabled:
             self._thread = threading.Thread(target=self._watch, name="fabric_mvsplat-watchdog", daemon=True)
             self._thread.start()
 
     # ---- called by the loop ------------------------------------------------------------------------------
-    def beat(self, what: str) -> None:
-        """`what` (e.g. "training step 12") begins; the previous one is done."""
+    def beat(self, what: str, step: int | None = None) -> None:
+        """`what` (e.g. TRAINING_STEP, 12) begins; the previous one is done. Off, it returns at once: the label is
+        formatted only when on."""
         if not self.enabled:
             return
         now = time.monotonic()
         with self._lock:
-            if self.what.startswith("training step"):
+            if self.what_kind == TRAINING_STEP:
                 self.step_seconds = (self.step_seconds + [now - self.since])[-100:]
             if self.hanging and self.rank == 0:
                 print(f"fabric_mvsplat: watchdog: progress again after {now - self.since:.0f} s in {self.what}",
                       file=sys.stderr, flush=True)
-            self.what, self.since, self.hanging = what, now, False
+            self.what_kind, self.since, self.hanging = what, now, False
+            self.what = what if step is None else f"{what} {step}"
 
     def close(self) -> None:
         self._stopped.set()

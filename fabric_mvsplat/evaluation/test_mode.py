@@ -88,28 +88,22 @@ TIMING_NOTE = (
     "and everything after the colour render are outside the timed part.")
 
 
+# Per call: the encoder per batch, the decoder per rendered view, scene_synchronised the encoder and all of a
+# batch's views together. encoder/decoder are the original's measurement, the _synchronised ones ours (TIMING_NOTE).
+TIMING_KEYS = ("encoder", "decoder", "encoder_synchronised", "decoder_synchronised", "scene_synchronised")
+
+
 @dataclass
 class Timings:
-    """Seconds per call; the first `skip` batches are warm-up. `encoder`/`decoder` are the original's
-    measurement, the `_synchronised` lists ours (TIMING_NOTE)."""
+    """Seconds per call under TIMING_KEYS; the first `skip` batches are warm-up."""
 
     skip: int
-    encoder: list[float] = field(default_factory=list)
-    decoder: list[float] = field(default_factory=list)  # per rendered view
-    encoder_synchronised: list[float] = field(default_factory=list)
-    decoder_synchronised: list[float] = field(default_factory=list)  # per rendered view
-    scene_synchronised: list[float] = field(default_factory=list)  # encoder + all views of one batch
+    seconds: dict[str, list[float]] = field(default_factory=lambda: {key: [] for key in TIMING_KEYS})
     batches_seen: int = 0
 
     def record(self, name: str, seconds: float, calls: int = 1) -> None:
         if self.batches_seen >= self.skip:
-            getattr(self, name).extend([seconds / calls] * calls)
-
-    def lists(self) -> dict[str, list[float]]:
-        return {name: getattr(self, name) for name in TIMING_KEYS}
-
-
-TIMING_KEYS = ("encoder", "decoder", "encoder_synchronised", "decoder_synchronised", "scene_synchronised")
+            self.seconds[name].extend([seconds / calls] * calls)
 
 
 class BatchClock:
@@ -264,7 +258,7 @@ def run_test(fabric: "Fabric", cfg: "RootCfg", model: "MVSplat", test_loader: It
     peak_memory = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
     load_skips = dict(getattr(test_loader, "skip_counts", {}))
     per_rank: list[RankResults] = gather_objects(fabric, RankResults(
-        [vars(s) for s in scores], timings.lists(), peak_memory, rendered_scenes, load_skips))
+        [vars(s) for s in scores], timings.seconds, peak_memory, rendered_scenes, load_skips))
     skip_reasons = Counter(getattr(test_loader, "index_skip_counts", {}))  # the same on every rank: once
     for rank in per_rank:
         skip_reasons.update(rank.load_skips)

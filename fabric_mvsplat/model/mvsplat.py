@@ -130,8 +130,7 @@ class MVSplat(nn.Module):
 
     def render_projections(self, gaussians: Gaussians, resolution: int = 256) -> Tensor:
         """The first scene's Gaussians seen along each world axis through a nearly orthographic camera."""
-        gaussians_0 = Gaussians(*(t[:1] for t in (gaussians.means, gaussians.covariances,
-                                                  gaussians.harmonics, gaussians.opacities)))
+        gaussians_0 = first_scene(gaussians)
         extrinsics, intrinsics, near, far = projection_cameras(gaussians_0.means.float())
         output = render(gaussians_0, (extrinsics, intrinsics, near, far), (resolution, resolution),
                         backend=self.decoder.cfg.backend, background_color=(0.0, 0.0, 0.0))  # on black, as the original
@@ -141,8 +140,7 @@ class MVSplat(nn.Module):
                        far: Tensor, image_shape: tuple[int, int]) -> Tensor:
         """extrinsics [T,4,4], intrinsics [T,3,3] for the first scene -> [2T - 2, 3, 2H, W]: RGB over depth (coloured
         as the original's videos), played forward then backward without repeating the ends (its loop_reverse)."""
-        gaussians_0 = Gaussians(*(t[:1] for t in (gaussians.means, gaussians.covariances,
-                                                  gaussians.harmonics, gaussians.opacities)))
+        gaussians_0 = first_scene(gaussians)
         num_frames = extrinsics.shape[0]
         near_t = near.expand(1, num_frames)
         far_t = far.expand(1, num_frames)
@@ -176,6 +174,12 @@ class MVSplat(nn.Module):
         intrinsics = context["intrinsics"][0, 0].expand(t.shape[0], 3, 3)
         return self._render_frames(gaussians, extrinsics, intrinsics, context["near"][0, :1],
                                    context["far"][0, :1], image_shape)
+
+
+def first_scene(gaussians: Gaussians) -> Gaussians:
+    """The batch's first scene, keeping the batch dimension ([1, G, ...]): what validation visualises."""
+    return Gaussians(*(t[:1] for t in (gaussians.means, gaussians.covariances, gaussians.harmonics,
+                                       gaussians.opacities)))
 
 
 def build_model(cfg: ModelCfg, losses: LossCfg | None, *, background_color: list[float],

@@ -14,11 +14,10 @@ import math
 import struct
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from .layout import comparison_grid, text_image, vcat
+from .layout import comparison_grid, image_tensor, text_image, vcat
 
 
 def read_scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
@@ -142,8 +141,7 @@ def _load(folder: Path) -> tuple[list[int], torch.Tensor | None]:
     files = sorted(folder.glob("*.png")) if folder.is_dir() else []
     if not files:
         return [], None
-    images = [torch.from_numpy(np.asarray(Image.open(f).convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)
-              for f in files]
+    images = [image_tensor(Image.open(f)) for f in files]
     return [int(f.stem) for f in files], torch.stack(images)
 
 

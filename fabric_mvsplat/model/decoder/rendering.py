@@ -1,4 +1,5 @@
-"""render(): Gaussians + cameras -> images (and depth), through gsplat on CUDA or our torch rasterizer."""
+"""render(): Gaussians + cameras -> images (and depth), through gsplat on CUDA, our compiled CPU rasterizer,
+or our pure-PyTorch rasterizer."""
 
 from dataclasses import dataclass
 from typing import Literal, NamedTuple, Sequence
@@ -9,12 +10,13 @@ from torch import Tensor
 from ...errors import ConfigError
 from ...types import Gaussians
 from .projection import pixel_intrinsics, project_gaussians
+from .rasterize_cpu import rasterize_cpu
 from .rasterize_torch import rasterize_torch
 from .sh import sh_to_color
 
 DepthMode = Literal["depth", "disparity", "relative_disparity", "log", "log_clamped", "expected_depth"]
 DEPTH_MODES = ("depth", "disparity", "relative_disparity", "log", "log_clamped", "expected_depth")
-BACKENDS = ("auto", "gsplat", "torch")
+BACKENDS = ("auto", "gsplat", "cpu", "torch")
 
 
 @dataclass
@@ -24,14 +26,19 @@ class DecoderOutput:
     alpha: Tensor | None = None  # [B, V, H, W] accumulated opacity (1 - final transmittance)
 
 
-def resolve_backend(backend: str, device: torch.device | str) -> Literal["torch", "gsplat"]:
-    """'auto' -> gsplat on CUDA, torch otherwise; 'gsplat' without CUDA is a config error. The one place of this
-    rule: the start-up check (config.checks, with the run's device), the decoder and every render call use it."""
+def resolve_backend(backend: str, device: torch.device | str) -> Literal["torch", "gsplat", "cpu"]:
+    """'auto' -> gsplat on CUDA, the compiled CPU rasterizer on CPU, torch elsewhere (MPS); 'gsplat' without CUDA
+    and 'cpu' on another device are config errors. The one place of this rule: the start-up check
+    (config.checks, with the run's device), the decoder and every render call use it."""
     device = torch.device(device)
     if backend not in BACKENDS:
-        raise ConfigError("model.decoder.backend", backend, "one of 'auto', 'gsplat', 'torch'")
+        raise ConfigError("model.decoder.backend", backend, "one of 'auto', 'gsplat', 'cpu', 'torch'")
     if backend == "auto":
-        return "gsplat" if device.type == "cuda" else "torch"
+        return {"cuda": "gsplat", "cpu": "cpu"}.get(device.type, "torch")  # type: ignore[return-value]
+    if backend == "cpu" and device.type != "cpu":
+        raise ConfigError("model.decoder.backend", backend,
+                          f"'auto' or 'torch' here: the compiled rasterizer runs on CPU tensors and these are on "
+                          f"'{device}'; set model.decoder.backend=auto")
     if backend == "gsplat" and device.type != "cuda":
         raise ConfigError("model.decoder.backend", backend,
                           f"'torch' or 'auto' here: gsplat renders only on CUDA and this runs on "
@@ -147,7 +154,8 @@ def _render(gaussians: Gaussians, cameras: Cameras, image_shape: tuple[int, int]
         projected = project_gaussians(gaussians.means, gaussians.covariances, world_to_camera, k_pixel, near,
                                       image_shape)
         opacities = gaussians.opacities[:, None].expand(b, v, -1).flatten(0, 1)
-        image, alpha = rasterize_torch(projected, opacities, features.flatten(0, 1), image_shape, background)
+        rasterize = rasterize_cpu if kind == "cpu" else rasterize_torch  # cpu falls back to torch by itself
+        image, alpha = rasterize(projected, opacities, features.flatten(0, 1), image_shape, background)
         image, alpha = image.view(b, v, height, width, -1), alpha.view(b, v, height, width)
 
     color = image[..., :3].permute(0, 1, 4, 2, 3)
