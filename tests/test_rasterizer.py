@@ -49,6 +49,7 @@ def cameras(batch, views, seed, dtype=torch.float64):
     return extrinsics, intrinsics, near, far
 
 
+@pytest.mark.isa_sensitive  # a tolerance at float rounding: rerun with the AVX2 kernels
 @pytest.mark.parametrize("seed", [0, 1])
 def test_random_scenes_match_dense(seed):
     """Random scenes with Gaussians behind the camera, off-screen, straddling tile borders of a
@@ -78,6 +79,7 @@ def test_many_depth_blocks_with_checkpointing_match_dense(monkeypatch, tile_size
     assert len(calls) > 10
 
 
+@pytest.mark.isa_sensitive  # a tolerance at float rounding: rerun with the AVX2 kernels
 def test_tile_border_gaussians_match_dense():
     """Small Gaussians centred exactly on tile corners and edges (pixels 8, 16 and 32 lie on the borders of the
     4-pixel tiles, and of 8- and 16-pixel ones)."""
@@ -121,6 +123,7 @@ def test_early_stop_keeps_only_the_front_layers(monkeypatch, block):
     compare_with_dense(gaussians, extrinsics, intrinsics, near, far, (17, 17))
 
 
+@pytest.mark.isa_sensitive  # a tolerance at float rounding: rerun with the AVX2 kernels
 def test_float32_matches_dense_in_float64():
     gaussians = random_gaussians(1, 200, torch.Generator().manual_seed(5), torch.float32)
     extrinsics, intrinsics, near, far = cameras(1, 2, 5, torch.float32)
