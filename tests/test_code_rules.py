@@ -50,10 +50,18 @@ def is_main_guard(node: ast.AST) -> bool:
             and isinstance(node.test.left, ast.Name) and node.test.left.id == "__name__")
 
 
+def is_hydra_main(node: ast.AST) -> bool:
+    """A function under `@hydra.main(...)`: Hydra calls it as the command's main."""
+    return isinstance(node, ast.FunctionDef) and any(
+        isinstance(d, ast.Call) and ast.unparse(d.func) == "hydra.main" for d in node.decorator_list)
+
+
 def exits_outside_main(tree: ast.Module, where: str) -> list[str]:
-    """Exits anywhere but in a top-level function named `main` or under `if __name__ == "__main__"`."""
+    """Exits anywhere but in a top-level function named `main`, the `@hydra.main` function, or under
+    `if __name__ == "__main__"`."""
     allowed = [node for node in tree.body
-               if (isinstance(node, ast.FunctionDef) and node.name == "main") or is_main_guard(node)]
+               if (isinstance(node, ast.FunctionDef) and node.name == "main") or is_hydra_main(node)
+               or is_main_guard(node)]
     inside = {id(child) for node in allowed for child in ast.walk(node)}
     return [f"{where}:{node.lineno}" for node in ast.walk(tree) if is_exit(node) and id(node) not in inside]
 
@@ -76,6 +84,7 @@ def test_the_rules_see_what_they_forbid():
               "def helper(a, b, c, d, e, f, g, h, *, i):\n    sys.exit(2)\n"
               "class C:\n    def method(self, a, b, c, d, e, f, g, h):\n        raise SystemExit(1)\n"
               "def main():\n    sys.exit(3)\n"
+              "@hydra.main(config_name='x')\ndef run(cfg):\n    sys.exit(4)\n"
               "if __name__ == '__main__':\n    sys.exit(main())\n")
     tree = ast.parse(source)
     assert [line.split(" ")[1].split("(")[0] for line in wide_functions(tree, "x")] == ["helper"]
