@@ -6,7 +6,7 @@ from pathlib import Path
 
 from lightning_fabric import Fabric
 
-from .config import RootCfg
+from .config import LATEST_CHECKPOINT, RootCfg
 from .data.scene_names import scene_file_name
 from .loop import EXIT_STOPPED_BY_SIGNAL, TrainingSummary
 from .shell_command import hydra_overrides, override_key, train_command
@@ -44,8 +44,9 @@ def report_end(fabric: Fabric, cfg: RootCfg, summary: TrainingSummary, output_di
     lines.append(f"TensorBoard: {shlex.join(['tensorboard', '--logdir', str(summary.tensorboard)])}")
     if summary.stopped_by is not None:
         lines.insert(0, f"stopped by {summary.stopped_by} after step {summary.end_step}: checkpoint {last}")
-        lines.append("resume with: " + launch_command({"output_dir": str(output_dir), "checkpointing.load": "latest"},
-                                                      fabric.world_size, cfg.trainer.num_nodes))
+        lines.append("resume with: " + launch_command({"output_dir": str(output_dir),
+                                                     "checkpointing.load": LATEST_CHECKPOINT},
+                                                     fabric.world_size, cfg.trainer.num_nodes))
         lines.append(f"exit code {EXIT_STOPPED_BY_SIGNAL} (stopped by a signal after saving; run the same command to resume)")
     elif last is not None:
         lines.append("test it with: " + launch_command({"mode": "test", "checkpointing.load": str(last),

@@ -1,4 +1,4 @@
-"""Test mode (spec §8.4): render the evaluation index, score it, write the original's files.
+"""Test mode: render the evaluation index, score it, write the original's files.
 
 Scenes are sharded across ranks by the test loader; each rank scores its share and the
 per-scene results are gathered on every rank, sorted by scene key, so 1 and N ranks write the
@@ -48,6 +48,18 @@ class SceneViews:
     depth: torch.Tensor | None = None  # rendered expected depth [V, H, W]
     alpha: torch.Tensor | None = None  # accumulated opacity [V, H, W]
     depth_truth: torch.Tensor | None = None  # the chunks' depth [V, H, W], where the data has it
+
+
+@dataclass
+class RankResults:
+    """What one rank sends to the others at the end of test mode (plain values: it is pickled)."""
+
+    scores: list[dict]  # vars() of this rank's SceneScores
+    timings: dict[str, list[float]]  # per-call seconds under TIMING_KEYS
+    peak_memory: int  # bytes (CUDA), 0 elsewhere
+    rendered_scenes: int
+    load_skips: dict[str, int]  # scenes the loader skipped, by reason
+    file_names: dict[str, str]  # scene key -> the name of its files (data.scene_names)
 
 
 @dataclass
@@ -254,22 +266,22 @@ def run_test(fabric: "Fabric", cfg: "RootCfg", model: "MVSplat", test_loader: It
 
     peak_memory = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
     load_skips = dict(getattr(test_loader, "skip_counts", {}))
-    per_rank = gather_objects(fabric, ([vars(s) for s in scores], timings.seconds, peak_memory, rendered_scenes,
-                                       load_skips, file_names))
+    per_rank: list[RankResults] = gather_objects(fabric, RankResults(
+        [vars(s) for s in scores], timings.seconds, peak_memory, rendered_scenes, load_skips, file_names))
     skip_reasons = Counter(getattr(test_loader, "index_skip_counts", {}))  # the same on every rank: once
     for rank in per_rank:
-        skip_reasons.update(rank[4])
-    counts = {"rendered": sum(rank[3] for rank in per_rank),
-              "scored": sum(len(rank[0]) for rank in per_rank),
+        skip_reasons.update(rank.load_skips)
+    counts = {"rendered": sum(rank.rendered_scenes for rank in per_rank),
+              "scored": sum(len(rank.scores) for rank in per_rank),
               "skipped": skip_summary(skip_reasons), "skip_reasons": dict(sorted(skip_reasons.items()))}
     averages = None
     if fabric.global_rank == 0:
-        all_scores = sorted((s for rank in per_rank for s in rank[0]), key=lambda s: s["scene"])
-        all_timings = {key: [t for rank in per_rank for t in rank[1][key]] for key in TIMING_KEYS}
-        peak_memory = max(rank[2] for rank in per_rank)
+        all_scores = sorted((s for rank in per_rank for s in rank.scores), key=lambda s: s["scene"])
+        all_timings = {key: [t for rank in per_rank for t in rank.timings[key]] for key in TIMING_KEYS}
+        peak_memory = max(rank.peak_memory for rank in per_rank)
         averages = write_test_results(out_dir, all_scores, all_timings, peak_memory, test_cfg.compute_scores,
                                       counts, lpips_missing)
-        write_file_names(out_dir, {key: name for rank in per_rank for key, name in rank[5].items()})
+        write_file_names(out_dir, {key: name for rank in per_rank for key, name in rank.file_names.items()})
         summary = ", ".join(f"{k} {v:.4f}" for k, v in averages.items() if isinstance(v, float))
         skipped = ", ".join(f"{kind} {n}" for kind, n in counts["skipped"].items())
         fabric.print(f"test: rendered {counts['rendered']} scenes, scored {counts['scored']}, skipped {skipped} "
