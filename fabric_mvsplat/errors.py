@@ -30,6 +30,10 @@ class ConfigError(UserError, ValueError):
         return ConfigError(key, self.value, self.allowed)
 
 
+class CommandLineError(UserError, ValueError):
+    """An override Hydra cannot apply: a config group option or key that does not exist, or unreadable syntax."""
+
+
 class CheckpointError(UserError, RuntimeError):
     """A checkpoint file is missing, corrupt, refused by weights_only, does not fit the model, or cannot be
     written (disk full)."""
@@ -54,6 +58,17 @@ class WeightsError(UserError, ValueError):
 
 class MissingWeightsError(WeightsError, FileNotFoundError):
     """A pretrained-weights file the config points at does not exist."""
+
+
+class MissingFilesError(UserError, FileNotFoundError):
+    """Several files or folders the run needs are missing: one line each, with its fix, so that one run lists
+    everything to provide."""
+
+    def __init__(self, problems: list[UserError]) -> None:
+        self.problems = problems
+        lines = [f"{len(problems)} files or folders this run needs are missing (provide all, then run again):"]
+        lines += [f"  {i}. {problem}" for i, problem in enumerate(problems, 1)]
+        super().__init__("\n".join(lines))
 
 
 class InputError(UserError, ValueError):

@@ -13,7 +13,6 @@ collective first, so no rank is ever left waiting in one.
 
 import math
 import os
-import resource
 import signal
 import sys
 import time
@@ -31,8 +30,10 @@ from .debug.health import HealthHistograms
 from .debug.replay import Replay
 from .debug.watchdog import TRAINING_STEP, Watchdog, stall_if_asked
 from .distributed import gather_objects, show_progress_bar
+from .progress import StepClock
 from .tb_logging import RankZeroWriter
 
+# SIGUSR1 (SLURM's warning) is POSIX-only: where the platform lacks a signal (Windows), it is left out.
 STOP_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGINT")
 EXIT_STOPPED_BY_SIGNAL = 75  # sysexits' EX_TEMPFAIL: a checkpoint was saved, run the same command again
 
@@ -101,7 +102,7 @@ def fit(fabric: Fabric, cfg: RootCfg, state: dict, output_dir: Path) -> Training
     progress = tqdm(initial=step, total=None if trainer.max_steps == -1 else trainer.max_steps,
                     disable=not (is_rank_zero and show_progress_bar()), dynamic_ncols=True, unit="step")
     profiler = StepProfiler(trainer.profile, output_dir / "profile", enabled=is_rank_zero)
-    meter = StepMeter(fabric.device)
+    meter = StepMeter(fabric.device, StepClock(start_step, None if trainer.max_steps == -1 else trainer.max_steps))
     health = DivergenceWatch(fabric, check_gradients=scaler is None)
     agreement = RankAgreement(fabric)
     stop = StopSignals()
@@ -309,9 +310,11 @@ def log_training(fabric: Fabric, writer: RankZeroWriter, meter: "StepMeter", hea
     writer.scalars(scalars, step)
     if fabric.global_rank == 0:
         near_far = "".join(f" | {k.split('/')[1]} {scalars[k]:.2f}" for k in ("info/near", "info/far") if k in scalars)
-        tqdm.write(f"step {step}: loss {scalars['loss/total']:.6f} | lr {lr:.3e} | grad norm {grad_norm:.3g} | "
-                   f"{scalars['train/scenes_per_second']:.2f} scenes/s | data wait "
-                   f"{scalars['time/data_wait_seconds'] * 1000:.0f} ms{near_far} | scenes {scenes[:4]}")
+        eta = meter.clock.eta(step)
+        tqdm.write(f"{meter.clock.step_of_total(step)}: loss {scalars['loss/total']:.6f} | lr {lr:.3e} | grad norm "
+                   f"{grad_norm:.3g} | {scalars['train/scenes_per_second']:.2f} scenes/s | data wait "
+                   f"{scalars['time/data_wait_seconds'] * 1000:.0f} ms{near_far}{' | ' + eta if eta else ''} | "
+                   f"scenes {scenes[:4]}")
 
 
 def validate(fabric: Fabric, module, val_source, writer: RankZeroWriter | None, step: int,
@@ -484,12 +487,23 @@ class StopSignals:
         if threading.current_thread() is not threading.main_thread():
             yield
             return
-        previous = {name: signal.signal(getattr(signal, name), self.handle) for name in STOP_SIGNALS}
+        previous = {name: signal.signal(getattr(signal, name), self.handle)
+                    for name in STOP_SIGNALS if hasattr(signal, name)}
         try:
             yield
         finally:
             for name, handler in previous.items():
                 signal.signal(getattr(signal, name), handler)
+
+
+def peak_resident_gib() -> float:
+    """Peak resident set size of this process; NaN where the POSIX `resource` module is missing (Windows)."""
+    try:
+        import resource
+    except ImportError:
+        return math.nan
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return peak / 2**30 if sys.platform == "darwin" else peak / 2**20
 
 
 @contextmanager
@@ -520,8 +534,9 @@ class StepMeter:
     clock; on CUDA the logging synchronisation settles queued work into the interval), the last step's
     gradient norm and clip flag (device tensors, read with the logging all-reduce), and peak memory."""
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, clock: StepClock | None = None) -> None:
         self.device = device
+        self.clock = clock or StepClock(0, None)  # `step N/total` and the ETA of the log lines
         self.total_scenes, self.total_seconds = 0, 0.0
         self.grad_norm = self.clipped = torch.zeros((), device=device)
         self._reset(time.perf_counter())
@@ -556,8 +571,8 @@ class StepMeter:
         if self.device.type == "cuda":
             allocated = torch.cuda.max_memory_allocated(self.device) / 2**30
             reserved = torch.cuda.max_memory_reserved(self.device) / 2**30
-        else:  # peak resident set size of this process (Linux reports KiB)
-            allocated = reserved = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        else:
+            allocated = reserved = peak_resident_gib()
         result = MeterInterval(scenes=self.scenes, steps=self.steps, data_seconds=self.data_seconds,
                                compute_seconds=max(seconds - self.data_seconds, 0.0), grad_norm=self.grad_norm,
                                clipped=self.clipped, memory_allocated_gib=allocated, memory_reserved_gib=reserved)

@@ -8,7 +8,7 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from lightning_fabric import Fabric
 
-from .config import RootCfg
+from .config import LATEST_CHECKPOINT, RootCfg
 from .loop import EXIT_STOPPED_BY_SIGNAL, TrainingSummary
 
 
@@ -49,7 +49,8 @@ def report_end(fabric: Fabric, cfg: RootCfg, summary: TrainingSummary, output_di
     lines.append(f"TensorBoard: tensorboard --logdir {summary.tensorboard}")
     if summary.stopped_by is not None:
         lines.insert(0, f"stopped by {summary.stopped_by} after step {summary.end_step}: checkpoint {last}")
-        lines.append("resume with: " + launch_command({"output_dir": str(output_dir), "checkpointing.load": "latest"}))
+        lines.append("resume with: " + launch_command({"output_dir": str(output_dir),
+                                                     "checkpointing.load": LATEST_CHECKPOINT}))
         lines.append(f"exit code {EXIT_STOPPED_BY_SIGNAL} (stopped by a signal after saving; run the same command to resume)")
     elif last is not None:
         lines.append("test it with: " + launch_command({"mode": "test", "checkpointing.load": str(last),

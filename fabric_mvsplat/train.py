@@ -6,6 +6,7 @@ builds Fabric, data, model, optimizer and scheduler (`build`) and hands them to 
 Fabric reads the rank layout from torchrun's environment and every rank runs this same file.
 """
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .build import make_fabric, make_model, prepare_data, prepare_training
 from .checkpoint import load_weights
-from .config import RootCfg, check_before_work, load_config
+from .config import CONFIG_DIR, RootCfg, check_before_work, load_config
 from .data import StepTracker, TestLoader, TrainStream, ValidationSource
 from .debug.determinism import make_deterministic
 from .debug.inspect import run_inspect
@@ -27,16 +28,31 @@ from .evaluation.test_mode import run_test
 from .loop import EXIT_STOPPED_BY_SIGNAL, TrainingDiverged, TrainingSummary, fit
 from .model.decoder.gsplat_build import prepare_gsplat
 from .output_folder import open_output_folder, refuse_to_mix_runs, resolve_latest, write_config
+from .progress import advise_if_busy
 from .report import report_end
 
-# The Hydra configs ship inside the package, so a plain `pip install .` finds them from any directory.
-CONFIG_DIR = str(Path(__file__).resolve().parent / "configs")
 EXIT_USER_ERROR = 2  # a key, value or file the user fixes: one line names it
 EXIT_EMPTY_EVALUATION = 3  # test mode rendered or scored no scene (the counts are written first)
 
 
+def main() -> None:
+    """The command line: our check of its Hydra overrides (a mistyped group option, key or syntax ends here in one
+    line, exit code 2, before any folder exists), then Hydra's composition and the run. Hydra's own flags
+    (--help, --cfg, -m, --config-dir ...) go to Hydra unchecked."""
+    from .config.command_line import check_overrides
+
+    overrides = sys.argv[1:]
+    if not any(arg.startswith("-") for arg in overrides):
+        try:
+            check_overrides(CONFIG_DIR, overrides)
+        except UserError as error:
+            print(f"fabric_mvsplat: {error}", file=sys.stderr)
+            sys.exit(EXIT_USER_ERROR)
+    run_from_hydra()
+
+
 @hydra.main(version_base=None, config_path=CONFIG_DIR, config_name="main")
-def main(dict_config: DictConfig) -> None:
+def run_from_hydra(dict_config: DictConfig) -> None:
     """The one place errors end: one line naming the key or file, the value and the fix, and the exit code."""
     try:
         cfg = load_config(dict_config)
@@ -55,6 +71,9 @@ def main(dict_config: DictConfig) -> None:
 def run(cfg: RootCfg, output_dir: Path, config_yaml: str | None = None) -> TrainingSummary | dict | None:
     """Everything after the config: the same code for one process and for every torchrun rank. Returns the
     training summary (mode=train) or test mode's averaged scores (rank 0; None elsewhere)."""
+    advice = advise_if_busy()
+    if advice is not None and os.environ.get("LOCAL_RANK", "0") == "0":  # once per machine under torchrun
+        print(f"fabric_mvsplat: {advice}", file=sys.stderr, flush=True)
     resolve_latest(cfg, output_dir)
     refuse_to_mix_runs(cfg, output_dir)
     make_deterministic(cfg.trainer.deterministic)  # before anything creates the CUDA context

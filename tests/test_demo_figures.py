@@ -19,7 +19,8 @@ def write_run(run_dir, steps=40):
             writer.add_scalar("val/psnr", 10 + step / 10, global_step=step)
     writer.add_image("comparison", np.zeros((3, 4, 4), dtype=np.float32), global_step=steps)
     writer.close()
-    (run_dir / "config.yaml").write_text("dataset:\n  near: 1.0\n  far: 20.0\n")
+    (run_dir / "config.yaml").write_text("dataset:\n  near: 1.0\n  far: 20.0\nwandb:\n  name: demo\n"
+                                         "test:\n  output_path: outputs/test\n")
 
 
 def test_scalars_match_what_tensorboard_reads(tmp_path):
@@ -36,9 +37,7 @@ def test_scalars_match_what_tensorboard_reads(tmp_path):
     assert len(ours["loss/total"]) == 40 and len(ours["val/psnr"]) == 4
 
 
-def test_demo_figures_from_a_run_and_its_test_outputs(tmp_path):
-    run_dir, test_dir, out = tmp_path / "run", tmp_path / "test", tmp_path / "docs"
-    write_run(run_dir)
+def write_test_outputs(test_dir):
     scene = test_dir / "abc"
     rng = np.random.default_rng(0)
     for folder, frames in (("context", [0, 8]), ("ground_truth", [2, 5]), ("color", [2, 5]), ("depth", [2, 5]),
@@ -48,6 +47,12 @@ def test_demo_figures_from_a_run_and_its_test_outputs(tmp_path):
             Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(scene / folder / f"{frame:06d}.png")
     (test_dir / "scores_per_scene.json").write_text(json.dumps([
         {"scene": "abc", "psnr": 25.0, "psnr_nearest_context": 19.0, "depth_abs_rel": 0.1}]))
+
+
+def test_demo_figures_from_a_run_and_its_test_outputs(tmp_path):
+    run_dir, test_dir, out = tmp_path / "run", tmp_path / "test", tmp_path / "docs"
+    write_run(run_dir)
+    write_test_outputs(test_dir)
     main([str(run_dir), "--test-dir", str(test_dir), "--out", str(out)])
     comparison = Image.open(out / "demo_comparison.png")
     curve = Image.open(out / "demo_training_curve.png")
@@ -56,3 +61,15 @@ def test_demo_figures_from_a_run_and_its_test_outputs(tmp_path):
     assert curve.width >= 600 and curve.height >= 200
     pixels = np.asarray(comparison.convert("L"))
     assert (pixels[20:, :30] < 128).any()  # the row labels are drawn
+
+
+def test_by_default_the_figures_go_beside_the_run(tmp_path, monkeypatch):
+    """Without --out: RUN_DIR/figures, never a docs/ folder; the test outputs are found where the run's
+    config says test mode writes them (test.output_path/<wandb.name>, relative to where you run)."""
+    monkeypatch.chdir(tmp_path)
+    run_dir = tmp_path / "outputs" / "demo"
+    write_run(run_dir)
+    write_test_outputs(tmp_path / "outputs" / "test" / "demo")
+    main(["outputs/demo"])
+    assert sorted(p.name for p in (run_dir / "figures").iterdir()) == ["demo_comparison.png", "demo_training_curve.png"]
+    assert not (tmp_path / "docs").exists()

@@ -14,7 +14,7 @@ from fabric_mvsplat.model.encoder import EncoderCostVolume, EncoderCostVolumeCfg
 
 GOLDEN = SHARED / "golden"
 
-# +experiment=re10k (spec §6.6); written out so the layout test also runs without ../shared.
+# +experiment=re10k; written out so the layout test also runs without ../shared.
 RE10K = dict(d_feature=128, num_depth_candidates=128, costvolume_unet_feat_dim=128,
              costvolume_unet_channel_mult=[1, 1, 1], costvolume_unet_attn_res=[4], depth_unet_feat_dim=32,
              depth_unet_attn_res=[16], depth_unet_channel_mult=[1, 1, 1, 1, 1], unimatch_weights_path=None)
@@ -115,6 +115,7 @@ def test_wo_cost_volume_refine_needs_matching_width():
 # ----------------------------------------------------------------------------------- forward
 
 
+@pytest.mark.isa_sensitive  # a tolerance at float rounding: rerun with the AVX2 kernels
 def test_forward_three_views_batch_two_matches_per_item():
     encoder = perturbed(EncoderCostVolume(cfg())).eval()
     context = make_context(b=2, v=3, h=16, w=32)
@@ -152,7 +153,7 @@ def test_image_size_checked():
 def test_gradient_reaches_every_trained_parameter():
     encoder = perturbed(EncoderCostVolume(cfg())).train()
     gaussians = encoder(make_context(1, 2, 16, 16), global_step=0)
-    # The renderer uses SH degrees <= 3 (spec §7.2), so degree-4 channels get no gradient there.
+    # The renderer uses SH degrees <= 3, so degree-4 channels get no gradient there.
     loss = (gaussians.means.mean() + gaussians.covariances.mean() + gaussians.opacities.mean()
             + gaussians.harmonics[..., :16].mean())
     loss.backward()
@@ -167,6 +168,7 @@ def test_gradient_reaches_every_trained_parameter():
     assert (head_bias[others] != 0).all()
 
 
+@pytest.mark.isa_sensitive  # a tolerance at float rounding: rerun with the AVX2 kernels
 def test_gradient_checkpointing_gives_same_gradients():
     torch.manual_seed(0)
     grads = []
@@ -197,13 +199,14 @@ def test_compiled_encoder_matches_eager():
     encoder = perturbed(EncoderCostVolume(cfg(gradient_checkpointing=False))).cuda().eval()
     context = {key: value.cuda() for key, value in make_context(b=1, v=2, h=64, w=64).items()}
     with torch.no_grad():
-        eager = encoder(context, global_step=0, deterministic=True)
+        eager = encoder(context, global_step=0)
         encoder.compile()
-        compiled = encoder(context, global_step=0, deterministic=True)
+        compiled = encoder(context, global_step=0)
     for name in ("means", "covariances", "harmonics", "opacities"):
         torch.testing.assert_close(getattr(compiled, name), getattr(eager, name), rtol=2e-3, atol=2e-3)
 
 
+@pytest.mark.isa_sensitive  # a tolerance at float rounding: rerun with the AVX2 kernels
 @pytest.mark.parametrize("shift_px", [0, 2])
 def test_bf16_autocast_warp_samples_at_exact_positions(shift_px):
     """The cost volume's warp keeps its sampling grid in fp32 under bf16 autocast: a camera moved sideways by
@@ -253,6 +256,7 @@ def test_attention_and_cost_volume_options_validated(key, value):
         cfg(**{key: value})
 
 
+@pytest.mark.isa_sensitive  # a tolerance at float rounding: rerun with the AVX2 kernels
 def test_cost_volume_methods_agree_with_gradients():
     """`correlate` swaps the two sums of the original's warp-multiply-sum: same volume, same gradients,
     including samples that fall outside the other view (zero padding) with three views."""

@@ -22,6 +22,7 @@ FORBIDDEN = {
     "camera": ["model", "data", "loop", "train", "evaluation", "config"],
     "types": ["model", "data", "loop", "train", "evaluation", "config"],
     "distributed": ["model", "data", "loop", "train", "evaluation", "config"],
+    "progress": ["model", "data", "loop", "train", "evaluation", "config"],
     "errors": ["model", "data", "loop", "train", "evaluation", "config"],
     "loop": ["train"],
     "debug": ["train", "loop"],

@@ -57,7 +57,7 @@ def test_sigterm_saves_the_stopped_step_and_resume_is_bit_identical(tmp_path):
 
     run = tmp_path / "run"
     process = start([sys.executable, *tiny_command(run, KEYS, 0.3)])
-    lines = wait_for_line(process, r"^step 3: loss")
+    lines = wait_for_line(process, r"^step 3/12: loss")
     os.kill(process.pid, signal.SIGTERM)
     output = finish(process, lines)
     assert process.returncode == EXIT_STOPPED_BY_SIGNAL, output[-3000:]
@@ -66,7 +66,7 @@ def test_sigterm_saves_the_stopped_step_and_resume_is_bit_identical(tmp_path):
     assert f"stopped by SIGTERM after step {stopped_at}: checkpoint {path}" in output
     assert f"resume with: python -m fabric_mvsplat.train output_dir={run} checkpointing.load=latest" in output
     assert torch.load(path, weights_only=True)["global_step"] == stopped_at
-    assert f"step {stopped_at + 1}: loss" not in output  # nothing ran after the saved step
+    assert f"step {stopped_at + 1}/12: loss" not in output  # nothing ran after the saved step
 
     _, resumed, state, *_ = train_tiny(tiny_cfg(**KEYS, **{"checkpointing.load": "latest"}), run)
     assert resumed.seen_steps == list(range(stopped_at, 12)) and state["step"] == 12
@@ -75,7 +75,7 @@ def test_sigterm_saves_the_stopped_step_and_resume_is_bit_identical(tmp_path):
 
 def test_second_ctrl_c_exits_at_once_without_saving(tmp_path):
     process = start([sys.executable, *tiny_command(tmp_path, KEYS, 1.0)])
-    lines = wait_for_line(process, r"^step 1: loss")
+    lines = wait_for_line(process, r"^step 1/12: loss")
     os.kill(process.pid, signal.SIGINT)
     lines += wait_for_line(process, r"SIGINT received")
     os.kill(process.pid, signal.SIGINT)
@@ -93,7 +93,7 @@ def test_sigterm_to_the_process_group_spares_the_dataloader_workers(tmp_path):
     make_split(tmp_path / "data" / "train", num_scenes=12)
     process = start([sys.executable, str(TESTS / "loop_fixtures.py"), "workers", str(tmp_path / "data"),
                      str(tmp_path / "run")])
-    lines = wait_for_line(process, r"^step 2: loss")
+    lines = wait_for_line(process, r"^step 2/\d+: loss")
     os.killpg(process.pid, signal.SIGTERM)  # the process group: the main process and its 2 workers
     output = finish(process, lines)
     assert process.returncode == EXIT_STOPPED_BY_SIGNAL, output[-3000:]
@@ -114,7 +114,7 @@ def test_sigterm_to_torchrun_with_two_ranks_and_accumulation(tmp_path):
                                  stderr=subprocess.STDOUT, text=True, env=ENV)
     run = tmp_path / "run"
     process = start(torchrun(run, keys, 0.4))
-    lines = wait_for_line(process, r"^step 2: loss")
+    lines = wait_for_line(process, r"^step 2/\d+: loss")
     os.kill(process.pid, signal.SIGTERM)  # torchrun passes it on to both ranks
     output = finish(process, lines)
     reference_output, _ = reference.communicate(timeout=300)

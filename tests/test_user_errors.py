@@ -10,14 +10,30 @@ import warnings
 import pytest
 from conftest import run_train
 from hydra import compose, initialize_config_dir
+from data_fixtures import make_split
 from lpips_test_weights import write_lpips_test_weights
 
 from fabric_mvsplat.config import check_before_work, load_config
-from fabric_mvsplat.errors import ConfigError, MissingWeightsError, UserError
+from fabric_mvsplat.errors import ConfigError, MissingFilesError, MissingWeightsError, UserError
 from fabric_mvsplat.train import CONFIG_DIR
 
 # +experiment=re10k without the two weight files a user may not have (each has its own case below).
 RE10K_WITHOUT_WEIGHTS = ["+experiment=re10k", "~loss.lpips", "model.encoder.unimatch_weights_path=null"]
+
+
+@pytest.fixture(scope="module")
+def folder_with_re10k_chunks(tmp_path_factory):
+    """A working directory where +experiment=re10k's dataset.roots (datasets/re10k) holds a few chunks."""
+    folder = tmp_path_factory.mktemp("run_from")
+    for stage in ("train", "test"):
+        make_split(folder / "datasets" / "re10k" / stage, 2, num_frames=4)
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def run_where_the_dataset_is(folder_with_re10k_chunks, monkeypatch):
+    """check_before_work checks the dataset's chunks too; the command-line tests pass their own cwd."""
+    monkeypatch.chdir(folder_with_re10k_chunks)
 
 
 def composed(overrides: list[str]):
@@ -38,11 +54,13 @@ def composed(overrides: list[str]):
     ([*RE10K_WITHOUT_WEIGHTS, "mode=test", "checkpointing.load=/nowhere/step_5.ckpt"], "checkpointing.load"),
 ])
 def test_late_failures_are_config_errors_at_start_up(overrides, key):
+    """Each is reported before any work; missing files come all at once (the re10k dataset is absent here too)."""
     cfg = composed(overrides)
-    with pytest.raises(ConfigError) as error:
+    with pytest.raises(UserError) as error:
         check_before_work(cfg)
-    assert error.value.key == key
-    assert isinstance(error.value, UserError) and "\n" not in str(error.value)
+    problems = error.value.problems if isinstance(error.value, MissingFilesError) else [error.value]
+    assert key in [getattr(problem, "key", None) for problem in problems], str(error.value)
+    assert all("\n" not in str(problem) for problem in problems)
 
 
 @pytest.mark.parametrize("sampler", ["bounded", "arbitrary", "evaluation"])
@@ -105,7 +123,8 @@ def test_help_shows_the_projects_usage(tmp_path):
 
 
 @pytest.mark.parametrize("args, named", [
-    (["+experiment=re10k"], "loss.lpips.weights"),  # a config error, default output_dir
+    (["+experiment=re10k", "dataset/view_sampler=arbitrary", "dataset.view_sampler.num_context_views=1"],
+     "dataset.view_sampler.num_context_views"),  # a config error, checked before the files
     ([*RE10K_WITHOUT_WEIGHTS, "dataset.roots=[nowhere]", "output_dir=run"], "nowhere"),  # a dataset error
 ])
 def test_a_failing_command_writes_nothing(tmp_path, args, named):
@@ -114,3 +133,57 @@ def test_a_failing_command_writes_nothing(tmp_path, args, named):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("fabric_mvsplat: ") and named in lines[0], result.stderr
     assert list(tmp_path.iterdir()) == []  # neither outputs/<date>/<time>, nor output_dir, nor a log
+
+
+@pytest.mark.parametrize("args, suggestion", [
+    (["+experiment=re10K"], "did you mean +experiment=re10k?"),  # a config group option that does not exist
+    (["+experiment=demo", "trainer.max_step=10"], "did you mean trainer.max_steps?"),  # an unknown key
+    (["+experiment=demo", "+trainer.max_step=10"], "did you mean 'trainer.max_steps'?"),  # Hydra's advice, followed
+    (["+experiment=demo", "trainer.max_steps", "10"], "did you mean trainer.max_steps=VALUE?"),  # override syntax
+    (["+experiment=demo", "trainer.max_steps==10"], "write key=value"),
+    (["experiment=demo"], "add it with +experiment=demo"),  # a group main.yaml does not select
+])
+def test_hydra_mistakes_end_in_one_line_with_the_closest_names(tmp_path, args, suggestion):
+    result = run_train(args, tmp_path, check=False)
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fabric_mvsplat: ") and suggestion in lines[0], result.stderr
+    assert list(tmp_path.iterdir()) == []  # no outputs/<date>/<time>, no log
+
+
+def test_hydra_mistakes_name_the_options_of_your_own_config_folder(tmp_path):
+    """Groups extended with hydra.searchpath (docs/configuration.md, your own config folders) are offered too."""
+    from fabric_mvsplat.config.command_line import check_overrides
+    from fabric_mvsplat.errors import CommandLineError
+
+    (tmp_path / "experiment").mkdir()
+    (tmp_path / "experiment" / "mine.yaml").write_text("# @package _global_\ntrainer:\n  max_steps: 3\n")
+    searchpath = f"hydra.searchpath=[file://{tmp_path}]"
+    check_overrides(CONFIG_DIR, [searchpath, "+experiment=mine"])
+    with pytest.raises(CommandLineError, match=r"did you mean \+experiment=mine\? \(options in 'experiment': "
+                                               r"acid, demo, dtu, mine, re10k\)"):
+        check_overrides(CONFIG_DIR, [searchpath, "+experiment=mien"])
+
+
+def test_every_missing_file_is_named_in_one_message(tmp_path):
+    """+experiment=re10k in an empty folder lacks the LPIPS weights, the UniMatch weights and the dataset: one run
+    names them all, each with its fix, exit code 2, nothing written."""
+    result = run_train(["+experiment=re10k"], tmp_path, check=False)
+    assert result.returncode == 2, result.stderr[-3000:]
+    message = result.stderr.strip()
+    assert message.startswith("fabric_mvsplat: 3 files or folders this run needs are missing"), message
+    for named in ("loss.lpips.weights", "add ~loss.lpips", "model.encoder.unimatch_weights_path",
+                  "UniMatch model zoo", "dataset root 'datasets/re10k' does not exist", "datasets/re10k/train",
+                  "datasets/re10k/test", "docs/data.md"):
+        assert named in message, named
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_missing_checkpoint_names_the_checkpoints_beside_it(tmp_path):
+    run = tmp_path / "checkpoints"
+    run.mkdir()
+    for name in ("step_000100.ckpt", "step_000200.ckpt"):
+        (run / name).write_bytes(b"")
+    cfg = composed([*RE10K_WITHOUT_WEIGHTS, "mode=test", f"checkpointing.load={run / 'step_300.ckpt'}"])
+    with pytest.raises(UserError, match=r"holds step_000100.ckpt, step_000200.ckpt"):
+        check_before_work(cfg)

@@ -1,47 +1,99 @@
 """Checks that need more than one key, the machine or the files the config names: run by `train.main` after
 `load_config` and before any work (kept apart so that a config can be composed and inspected on a machine
-without those files)."""
+without those files). Combinations stop at the first wrong one; missing files are all listed at once."""
 
+import dataclasses
 from pathlib import Path
 
 import torch
 
-from ..errors import ConfigError
+from ..data.chunks import check_dataset_roots, data_stage
 from ..data.view_sampler import read_evaluation_index
+from ..errors import ConfigError, DatasetError, MissingFilesError, UserError
 from ..metrics.lpips import find_weight_files
 from ..model.decoder.rendering import resolve_backend
-from ..model.loss_config import check_losses
+from ..model.loss_config import NO_LPIPS_ADVICE, check_losses
 from .schema import LATEST_CHECKPOINT, RootCfg, scoring_lpips_weights
 
 
 def check_before_work(cfg: RootCfg) -> None:
-    """What would otherwise fail after output is written: cross-group combinations and the files the config
-    names (ConfigError, or MissingWeightsError for LPIPS files)."""
+    """What would otherwise fail after output is written: cross-group combinations (ConfigError, the first one),
+    then every file and folder the config names (all that are missing at once: MissingFilesError listing each
+    with its fix, or the one error when only one is missing)."""
     training = cfg.mode in ("train", "inspect")
     resolve_backend(cfg.model.decoder.backend, run_device_type(cfg.trainer.accelerator))
-    if cfg.dataset.view_sampler.name == "evaluation":
-        read_evaluation_index(cfg.dataset.view_sampler)
     if training:
-        check_losses(cfg.loss)
+        if cfg.loss.mse is None and cfg.loss.lpips is None and cfg.loss.depth is None:
+            check_losses(cfg.loss)  # no loss at all; LPIPS weights are checked with the other files below
         if cfg.loss.depth is not None and cfg.train.depth_mode not in ("log", "log_clamped"):
             raise ConfigError("train.depth_mode", cfg.train.depth_mode,
                               "log (the original's) or log_clamped while the depth loss is enabled (it smooths the "
                               "rendered log depth), or no depth loss: add ~loss.depth")
-        if cfg.loss.lpips is not None:
-            find_weight_files(cfg.loss.lpips.weights)
-        unimatch = cfg.model.encoder.unimatch_weights_path
-        if cfg.checkpointing.load is None and unimatch is not None and not Path(unimatch).is_file():
-            raise ConfigError("model.encoder.unimatch_weights_path", unimatch,
-                              "an existing file (download gmdepth-scale1-resumeflowthings-scannet-5d9d7964.pth "
-                              "from the UniMatch model zoo), or null to start the backbone from random init")
+    missing = missing_files(cfg)
+    if len(missing) == 1:
+        raise missing[0]
+    if missing:
+        raise MissingFilesError(missing)
+
+
+def missing_files(cfg: RootCfg) -> list[UserError]:
+    """Each file or folder this run reads that is absent, as the error that names it and the fix: the evaluation
+    index, LPIPS weights, the UniMatch backbone, the checkpoint, the dataset's chunks."""
+    training = cfg.mode in ("train", "inspect")
+    missing: list[UserError] = []
+
+    def check(test, *args) -> None:
+        try:
+            test(*args)
+        except UserError as error:
+            missing.append(error)
+
+    if cfg.dataset.view_sampler.name == "evaluation":
+        check(read_evaluation_index, cfg.dataset.view_sampler)  # missing, or not a valid index
+    if training and cfg.loss.lpips is not None:
+        if cfg.loss.lpips.weights is None:
+            missing.append(ConfigError("loss.lpips.weights", None, NO_LPIPS_ADVICE))
+        else:
+            check(find_weight_files, cfg.loss.lpips.weights)
+    unimatch = cfg.model.encoder.unimatch_weights_path
+    if training and cfg.checkpointing.load is None and unimatch is not None and not Path(unimatch).is_file():
+        missing.append(ConfigError("model.encoder.unimatch_weights_path", unimatch,
+                                   "an existing file (download gmdepth-scale1-resumeflowthings-scannet-5d9d7964.pth "
+                                   "from the UniMatch model zoo), or null to start the backbone from random init"))
     scoring_weights = scoring_lpips_weights(cfg)  # the folder make_model loads LPIPS scores from, in any mode
-    if scoring_weights is not None:
-        find_weight_files(scoring_weights)
+    loss_weights = cfg.loss.lpips.weights if training and cfg.loss.lpips is not None else None
+    if scoring_weights is not None and scoring_weights != loss_weights:  # the loss's folder is listed once
+        check(find_weight_files, scoring_weights)
     load = cfg.checkpointing.load
     if load is not None and load != LATEST_CHECKPOINT and not Path(load).is_file():
-        raise ConfigError("checkpointing.load", load,
-                          f"an existing checkpoint file, '{LATEST_CHECKPOINT}' (the newest in output_dir) "
-                          "or null (start from scratch)")
+        missing.append(ConfigError("checkpointing.load", load,
+                                   f"an existing checkpoint file, '{LATEST_CHECKPOINT}' (the newest in output_dir) "
+                                   "or null (start from scratch)" + checkpoints_beside(Path(load))))
+    demo_root = cfg.dataset.synthetic_if_missing  # generated by the run itself when absent
+    generated = demo_root is not None and Path(cfg.dataset.roots[0]).absolute() == Path(demo_root).absolute()
+    if not generated:
+        stages = ["test"] if cfg.mode == "test" else ["train"] + (["val"] if cfg.trainer.val_check_interval else [])
+        stage_dirs = list(dict.fromkeys(data_stage(s) for s in stages))
+        for root in cfg.dataset.roots:
+            if not Path(root).is_dir():  # one line for the root, not one per stage
+                missing.append(DatasetError(
+                    f"dataset root {root!r} does not exist (expected {' and '.join(f'{root}/{d}' for d in stage_dirs)} "
+                    "with NNNNNN.torch chunks + index.json); point dataset.roots at a converted dataset (docs/data.md)"))
+                continue
+            for stage in stage_dirs:
+                check(check_dataset_roots, dataclasses.replace(cfg.dataset, roots=[root]), stage)
+    return missing
+
+
+def checkpoints_beside(path: Path) -> str:
+    """'; that folder holds a.ckpt, b.ckpt' when the missing checkpoint's folder has others (a mistyped step)."""
+    folder = path.parent if path.parent.is_dir() else None
+    found = sorted(folder.glob("*.ckpt")) if folder is not None else []
+    if not found:
+        return ""
+    names = [p.name for p in found]
+    listed = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+    return f"; {folder} holds {listed}"
 
 
 def run_device_type(accelerator: str) -> str:

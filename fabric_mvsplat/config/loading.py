@@ -7,9 +7,11 @@ dataclasses are chosen by their `name` field, other unions by the first member t
 """
 
 import dataclasses
+import difflib
 import time
 import types
 import typing
+from pathlib import Path
 from typing import Any, Literal, Union
 
 from omegaconf import DictConfig, OmegaConf
@@ -17,6 +19,9 @@ from omegaconf import DictConfig, OmegaConf
 from ..errors import ConfigError
 from .ignored_keys import warn_about_keys_without_effect
 from .schema import RootCfg
+
+# The Hydra configs ship inside the package, so a plain `pip install .` finds them from any directory.
+CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
 
 
 def load_config(dict_config: DictConfig | dict) -> RootCfg:
@@ -43,7 +48,10 @@ def from_dict(cls: type, data: Any, path: str = "") -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = [key for key in data if key not in fields]
     if unknown:
-        raise ConfigError(_join(path, str(unknown[0])), data[unknown[0]], f"one of the keys {sorted(fields)}")
+        close = difflib.get_close_matches(str(unknown[0]), list(fields), n=1)
+        hint = f"did you mean '{_join(path, close[0])}'? " if close else ""
+        raise ConfigError(_join(path, str(unknown[0])), data[unknown[0]],
+                          f"a known key ({hint}the keys here: {sorted(fields)})")
     kwargs = {}
     for name, f in fields.items():
         if name in data:

@@ -1,6 +1,6 @@
 """The chunk dataset: which scenes exist (index.json per root) and how one scene becomes one example.
 
-An example is the original's un-batched structure (§3.3 of the spec without the batch dimension):
+An example is the original's un-batched structure (without the batch dimension):
 ``{"context": views, "target": views, "scene": key}``, views = extrinsics [V,4,4] c2w OpenCV,
 intrinsics [V,3,3] normalised, image [V,3,H,W] in [0,1], near/far [V], index [V] int64.
 """

@@ -180,9 +180,11 @@ def _record(state: dict, meta: dict) -> None:
 def leave_stop_signals_to_the_main_process(worker_id: int) -> None:
     """DataLoader workers ignore SIGTERM, SIGINT and SIGUSR1, which SLURM and Ctrl-C send to the whole process
     group (torch's workers would die of SIGTERM): the training loop in the main process finishes its step and
-    saves a checkpoint, and the workers stop when it shuts them down or exits (they watch their parent)."""
+    saves a checkpoint, and the workers stop when it shuts them down or exits (they watch their parent).
+    SIGUSR1 is POSIX-only: where the platform lacks it (Windows), there is nothing to ignore."""
     for name in ("SIGTERM", "SIGINT", "SIGUSR1"):
-        signal.signal(getattr(signal, name), signal.SIG_IGN)
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
 
 
 def iterate(dataset: IterableDataset, num_workers: int, **loader_kwargs) -> Iterator:
@@ -198,8 +200,11 @@ def iterate(dataset: IterableDataset, num_workers: int, **loader_kwargs) -> Iter
     finally:
         # torch stops the workers in the iterator's __del__. When a worker raised, the exception's traceback
         # keeps the iterator alive, and the shutdown that finally runs waits 5 s per worker before killing it
-        # (measured 10 s for 2 workers). Run the same shutdown now, while the workers still answer.
-        batches._shutdown_workers()
+        # (measured 10 s for 2 workers). Run the same shutdown now, while the workers still answer. It is
+        # torch's private method (tests/test_data_stream.py checks it is there); without it __del__ still runs.
+        shutdown = getattr(batches, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
 
 
 class TrainStream:

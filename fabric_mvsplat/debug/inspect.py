@@ -16,19 +16,22 @@ import math
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import yaml
 from PIL import Image, ImageDraw
 from torch import Tensor, nn
 
-from ..config import RootCfg
+from ..checkpoint import load_weights
+from ..config import CONFIG_DIR, RootCfg
+from ..data import StepTracker, TrainStream, ValidationSource
+from ..data.chunk_io import camera_problem, rotation_defects
+from ..data.chunks import ChunkCache, SceneRejected, list_scenes
+from ..errors import DatasetError
 from ..evaluation.media import save_image
 from ..types import Gaussians
-from ..visualization.layout import colorize_depth, hcat, label_rows, vcat
+from ..visualization.layout import colorize_depth, hcat, image_tensor, label_rows, vcat
 from .health import gaussian_statistics, gradient_norms, model_parts, plane_fractions
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 ROTATION_TOLERANCE = 1e-3
 BASELINE_TOLERANCE = 0.1  # a target may lie 10% of the baseline beyond either context camera
 MOST = 0.5  # "most depths": more than half
@@ -60,8 +63,6 @@ class Inspection:
         self.say(f"== {title} ==")
 
     def run(self, config_yaml: str | None) -> dict:
-        from ..checkpoint import load_weights
-
         cfg = self.cfg
         self.section("config: differences from the defaults (python -m fabric_mvsplat.train with no arguments)")
         for line in config_differences(config_yaml, cfg):
@@ -175,8 +176,6 @@ class Inspection:
 
     # ---- the data ----------------------------------------------------------------------------------------
     def read_batches(self) -> tuple[list[dict], object]:
-        from ..data import StepTracker, TrainStream
-
         cfg = self.cfg
         stream = TrainStream(cfg.dataset, cfg.data_loader.train, StepTracker(), 0, 1, cfg.seed)
         iterator = iter(stream)
@@ -221,8 +220,6 @@ class Inspection:
                         "context cameras): the model interpolates between its context views")
 
     def check_rotations(self, number: int, side: str, extrinsics: Tensor, scenes: list[str]) -> None:
-        from ..data.chunk_io import rotation_defects
-
         determinant, off = rotation_defects(extrinsics[..., :3, :3])
         bad = (off > ROTATION_TOLERANCE) | ((determinant - 1).abs() > ROTATION_TOLERANCE)
         for example, view in bad.nonzero().tolist():
@@ -233,9 +230,6 @@ class Inspection:
     def report_scene_cameras(self) -> None:
         """The cameras of the first training scenes, as stored: the data loader skips a scene whose cameras are
         not rotations (counted, with a warning), so its batches alone would never show them."""
-        from ..data.chunk_io import camera_problem
-        from ..data.chunks import ChunkCache, SceneRejected, list_scenes
-
         scenes = list_scenes(self.cfg.dataset, "train")[:SCENES_TO_SCAN]
         cache, bad = ChunkCache(), []
         for ref in scenes:
@@ -261,9 +255,6 @@ class Inspection:
     def report_ground_truth_depth(self) -> None:
         """Datasets with ground-truth depth (the synthetic one) carry it in validation batches: how much of it
         lies inside [near, far]."""
-        from ..data import StepTracker, ValidationSource
-        from ..errors import DatasetError
-
         try:
             batch = next(ValidationSource(self.cfg.dataset, self.cfg.data_loader.val, StepTracker(), self.cfg.seed))
         except DatasetError:
@@ -307,7 +298,7 @@ def default_config() -> dict:
 
     if GlobalHydra.instance().is_initialized():  # inside the entry point: Hydra's own search path
         return OmegaConf.to_container(compose("main"), resolve=True)
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
         return OmegaConf.to_container(compose("main"), resolve=True)
 
 
@@ -489,7 +480,7 @@ def camera_panel(cameras: list[tuple[Tensor, tuple[int, int, int]]], axes: tuple
             draw.ellipse([x - 4, y - 4, x + 4, y + 4], fill=colour)
     draw.text((4, 4), title, fill=(0, 0, 0))
     draw.text((4, size - 14), "blue: context  orange: target", fill=(0, 0, 0))
-    return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).float() / 255
+    return image_tensor(image)
 
 
 def images_and_depth(batch: dict, gaussians: Gaussians, rendered) -> Tensor:

@@ -1,4 +1,4 @@
-"""Test mode (spec §8.4): render the evaluation index, score it, write the original's files.
+"""Test mode: render the evaluation index, score it, write the original's files.
 
 Scenes are sharded across ranks by the test loader; each rank scores its share and the
 per-scene results are gathered on every rank, sorted by scene key, so 1 and N ranks write the
@@ -50,6 +50,17 @@ class SceneViews:
 
 
 @dataclass
+class RankResults:
+    """What one rank sends to the others at the end of test mode (plain values: it is pickled)."""
+
+    scores: list[dict]  # vars() of this rank's SceneScores
+    timings: dict[str, list[float]]  # per-call seconds under TIMING_KEYS
+    peak_memory: int  # bytes (CUDA), 0 elsewhere
+    rendered_scenes: int
+    load_skips: dict[str, int]  # scenes the loader skipped, by reason
+
+
+@dataclass
 class SceneScores:
     """One scene's means over its target views."""
 
@@ -77,28 +88,22 @@ TIMING_NOTE = (
     "and everything after the colour render are outside the timed part.")
 
 
+# Per call: the encoder per batch, the decoder per rendered view, scene_synchronised the encoder and all of a
+# batch's views together. encoder/decoder are the original's measurement, the _synchronised ones ours (TIMING_NOTE).
+TIMING_KEYS = ("encoder", "decoder", "encoder_synchronised", "decoder_synchronised", "scene_synchronised")
+
+
 @dataclass
 class Timings:
-    """Seconds per call; the first `skip` batches are warm-up. `encoder`/`decoder` are the original's
-    measurement, the `_synchronised` lists ours (TIMING_NOTE)."""
+    """Seconds per call under TIMING_KEYS; the first `skip` batches are warm-up."""
 
     skip: int
-    encoder: list[float] = field(default_factory=list)
-    decoder: list[float] = field(default_factory=list)  # per rendered view
-    encoder_synchronised: list[float] = field(default_factory=list)
-    decoder_synchronised: list[float] = field(default_factory=list)  # per rendered view
-    scene_synchronised: list[float] = field(default_factory=list)  # encoder + all views of one batch
+    seconds: dict[str, list[float]] = field(default_factory=lambda: {key: [] for key in TIMING_KEYS})
     batches_seen: int = 0
 
     def record(self, name: str, seconds: float, calls: int = 1) -> None:
         if self.batches_seen >= self.skip:
-            getattr(self, name).extend([seconds / calls] * calls)
-
-    def lists(self) -> dict[str, list[float]]:
-        return {name: getattr(self, name) for name in TIMING_KEYS}
-
-
-TIMING_KEYS = ("encoder", "decoder", "encoder_synchronised", "decoder_synchronised", "scene_synchronised")
+            self.seconds[name].extend([seconds / calls] * calls)
 
 
 class BatchClock:
@@ -252,19 +257,19 @@ def run_test(fabric: "Fabric", cfg: "RootCfg", model: "MVSplat", test_loader: It
 
     peak_memory = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
     load_skips = dict(getattr(test_loader, "skip_counts", {}))
-    per_rank = gather_objects(fabric, ([vars(s) for s in scores], timings.lists(), peak_memory, rendered_scenes,
-                                       load_skips))
+    per_rank: list[RankResults] = gather_objects(fabric, RankResults(
+        [vars(s) for s in scores], timings.seconds, peak_memory, rendered_scenes, load_skips))
     skip_reasons = Counter(getattr(test_loader, "index_skip_counts", {}))  # the same on every rank: once
     for rank in per_rank:
-        skip_reasons.update(rank[4])
-    counts = {"rendered": sum(rank[3] for rank in per_rank),
-              "scored": sum(len(rank[0]) for rank in per_rank),
+        skip_reasons.update(rank.load_skips)
+    counts = {"rendered": sum(rank.rendered_scenes for rank in per_rank),
+              "scored": sum(len(rank.scores) for rank in per_rank),
               "skipped": skip_summary(skip_reasons), "skip_reasons": dict(sorted(skip_reasons.items()))}
     averages = None
     if fabric.global_rank == 0:
-        all_scores = sorted((s for rank in per_rank for s in rank[0]), key=lambda s: s["scene"])
-        all_timings = {key: [t for rank in per_rank for t in rank[1][key]] for key in TIMING_KEYS}
-        peak_memory = max(rank[2] for rank in per_rank)
+        all_scores = sorted((s for rank in per_rank for s in rank.scores), key=lambda s: s["scene"])
+        all_timings = {key: [t for rank in per_rank for t in rank.timings[key]] for key in TIMING_KEYS}
+        peak_memory = max(rank.peak_memory for rank in per_rank)
         averages = write_test_results(out_dir, all_scores, all_timings, peak_memory, test_cfg.compute_scores,
                                       counts, lpips_missing)
         summary = ", ".join(f"{k} {v:.4f}" for k, v in averages.items() if isinstance(v, float))

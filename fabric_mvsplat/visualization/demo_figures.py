@@ -14,11 +14,10 @@ import math
 import struct
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from .layout import comparison_grid, text_image, vcat
+from .layout import comparison_grid, image_tensor, text_image, vcat
 
 
 def read_scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
@@ -142,8 +141,7 @@ def _load(folder: Path) -> tuple[list[int], torch.Tensor | None]:
     files = sorted(folder.glob("*.png")) if folder.is_dir() else []
     if not files:
         return [], None
-    images = [torch.from_numpy(np.asarray(Image.open(f).convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)
-              for f in files]
+    images = [image_tensor(Image.open(f)) for f in files]
     return [int(f.stem) for f in files], torch.stack(images)
 
 
@@ -173,18 +171,24 @@ def scene_figure(scene_dir: Path, near: float, far: float, caption: list[str] | 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="The demo figures (README.md, docs/demo.md) from a finished run's outputs.")
     parser.add_argument("run_dir", type=Path, help="the training run's output_dir (holds tensorboard/, config.yaml)")
-    parser.add_argument("--test-dir", type=Path, default=Path("outputs/test/demo"),
-                        help="test mode's output folder for the run (test.output_path/<wandb.name>)")
+    parser.add_argument("--test-dir", type=Path, default=None,
+                        help="test mode's output folder for the run (default: test.output_path/<wandb.name> from the "
+                             "run's config.yaml, as test mode with the run's experiment writes it)")
     parser.add_argument("--scene", default=None, help="scene key (default: the first scored scene)")
-    parser.add_argument("--out", type=Path, default=Path("docs"))
+    parser.add_argument("--out", type=Path, default=None,
+                        help="folder for the two PNGs (default: RUN_DIR/figures, beside the run; the repository's "
+                             "docs/ only when you pass --out docs)")
     args = parser.parse_args(argv)
 
     from omegaconf import OmegaConf
 
+    config = OmegaConf.load(args.run_dir / "config.yaml")
+    args.out = args.out if args.out is not None else args.run_dir / "figures"
+    if args.test_dir is None:
+        args.test_dir = Path(config.test.output_path) / config.wandb.name
     args.out.mkdir(parents=True, exist_ok=True)
     training_curve(read_scalars(args.run_dir / "tensorboard")).save(args.out / "demo_training_curve.png", optimize=True)
 
-    config = OmegaConf.load(args.run_dir / "config.yaml")
     near, far = float(config.dataset.near), float(config.dataset.far)
     per_scene_path = args.test_dir / "scores_per_scene.json"
     scores = json.loads(per_scene_path.read_text()) if per_scene_path.is_file() else []

@@ -57,6 +57,12 @@ def vcat(images: list[Tensor], gap: int = 2, fill: float = 1.0) -> Tensor:
     return hcat([image.transpose(-1, -2) for image in images], gap, fill).transpose(-1, -2)
 
 
+def image_tensor(image: Image.Image) -> Tensor:
+    """A Pillow image -> [3, H, W] float32 in [0, 1] (grey images repeated over the three channels)."""
+    values = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255)
+    return values.permute(2, 0, 1).contiguous()
+
+
 def text_image(lines: list[str], height: int, width: int | None = None, align: str = "left") -> Tensor:
     """Black text on white, [3, height, width] in [0, 1]; lines spread evenly over the height (one line:
     centred; several: the first at the top and the last at the bottom, as on a scale)."""
@@ -74,8 +80,7 @@ def text_image(lines: list[str], height: int, width: int | None = None, align: s
             y = round(i * (height - line_height) / (len(lines) - 1))
         x = 3 if align == "left" else max(0, width - font.getbbox(line)[2] - 3)
         draw.text((x, y), line, fill=0, font=font)
-    grey = torch.from_numpy(np.asarray(canvas, dtype=np.float32) / 255)
-    return grey.expand(3, height, width).clone()
+    return image_tensor(canvas)
 
 
 def depth_colour_bar(height: int, near: float, far: float, width: int = 10) -> Tensor:

@@ -8,12 +8,11 @@ and enlarged by a 10 % margin.
 
 import math
 
-import numpy as np
 import torch
 from PIL import Image, ImageDraw
 from torch import Tensor
 
-from .layout import hcat, text_image, vcat
+from .layout import hcat, image_tensor, text_image, vcat
 
 PROJECTION_FOV_DEGREES = 10.0  # the original's near-orthographic camera: moved back until 10 deg span the cube
 MARGIN = 0.1
@@ -122,7 +121,7 @@ def camera_image(extrinsics: Tensor, intrinsics: Tensor, near: Tensor, far: Tens
             for i in range(4):
                 draw.line([origin, corners[i]], fill=colors_255[n], width=2)
                 draw.line([corners[i - 1], corners[i]], fill=colors_255[n], width=2)
-        panels.append(torch.from_numpy(np.asarray(canvas, dtype=np.float32) / 255).permute(2, 0, 1))
+        panels.append(image_tensor(canvas))
     return label_panels(panels, [f"{axis_names(look)} Projection" for look in range(3)])
 
 
