@@ -24,6 +24,7 @@ thread count and load average (JSON), and prints both.
 """
 
 import argparse
+import dataclasses
 from contextlib import nullcontext
 import datetime
 import inspect
@@ -264,8 +265,18 @@ def main(argv: list[str] | None = None) -> None:
 def time_rasterizer(captured: dict, rounds: int) -> dict[str, float]:
     """The last step's rasterizer call again, alone: forward, and forward + backward (min over rounds)."""
     rasterize = captured["function"]
-    args = [a.detach().requires_grad_(a.is_floating_point()) if torch.is_tensor(a) else a for a in captured["args"]]
-    leaves = [a for a in args if torch.is_tensor(a) and a.requires_grad]
+    def leaf(value):  # tensors, and the tensors of a dataclass (ProjectedGaussians), cut from the step's graph
+        if torch.is_tensor(value):
+            return value.detach().requires_grad_(value.is_floating_point())
+        if dataclasses.is_dataclass(value):
+            return dataclasses.replace(value, **{f.name: leaf(getattr(value, f.name))
+                                                 for f in dataclasses.fields(value)})
+        return value
+
+    args = [leaf(a) for a in captured["args"]]
+    leaves = [t for a in args for t in ([getattr(a, f.name) for f in dataclasses.fields(a)]
+                                        if dataclasses.is_dataclass(a) else [a])
+              if torch.is_tensor(t) and t.requires_grad]
     weights = None
     forward, both = [], []
     for _ in range(rounds + 1):
