@@ -42,7 +42,7 @@ def test_watchdog_names_the_stalled_rank_and_where_each_rank_waits(tmp_path):
     [rank1] = [line for line in lines if "watchdog: rank 1:" in line]
     assert "main thread waits in stall_if_asked (fabric_mvsplat/debug/watchdog.py:" in rank1
     [rank0] = [line for line in lines if "watchdog: rank 0:" in line]
-    assert "all_reduce" in rank0 and "called from any_rank (fabric_mvsplat/loop.py:" in rank0, rank0
+    assert "all_reduce" in rank0 and "called from signals_and (fabric_mvsplat/loop.py:" in rank0, rank0
     assert any("progress again after" in line for line in lines)
     for rank in (0, 1):  # every rank's file holds every thread's stack
         text = (run / "hang" / f"rank_{rank}.txt").read_text()
