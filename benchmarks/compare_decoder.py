@@ -19,6 +19,7 @@ rasterizer change means for the demo's wall time.
 import argparse
 import datetime
 import importlib
+import inspect
 import json
 import os
 import sys
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     env = {**environment_info(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}  # load at the start
     with tempfile.TemporaryDirectory() as tmp:
         baseline = import_package_at(args.baseline, Path(tmp), "fabric_mvsplat_baseline")
-        renders = {"baseline": importlib.import_module(f"{baseline.__name__}.model.decoder").render,
+        renders = {"baseline": current_signature(importlib.import_module(f"{baseline.__name__}.model.decoder").render),
                    "current": importlib.import_module("fabric_mvsplat.model.decoder").render}
         gaussians, cameras = scene(args.size, "cpu")
         leaves = [gaussians.means, gaussians.covariances, gaussians.harmonics, gaussians.opacities]
@@ -58,11 +59,11 @@ def main(argv: list[str] | None = None) -> None:
 
         def forward(render):
             with torch.no_grad():
-                return render(gaussians, *cameras, shape, backend=backends[render], use_principal_point=True).color
+                return render(gaussians, cameras, shape, backend=backends[render], use_principal_point=True).color
 
         def forward_backward(render):
             # Explicit: the default changed between versions (the scene's cameras are off-centre).
-            color = render(gaussians, *cameras, shape, backend=backends[render], use_principal_point=True).color
+            color = render(gaussians, cameras, shape, backend=backends[render], use_principal_point=True).color
             return torch.autograd.grad(color.square().sum(), leaves)
 
         images = {name: forward(render) for name, render in renders.items()}
@@ -85,7 +86,8 @@ def main(argv: list[str] | None = None) -> None:
         if args.demo_step:
             rasterizers = {"baseline": importlib.import_module(f"{baseline.__name__}.model.decoder.rasterize_torch"),
                            "current": importlib.import_module("fabric_mvsplat.model.decoder.rasterize_torch")}
-            demo_times = time_demo_steps({name: module.rasterize_torch for name, module in rasterizers.items()},
+            demo_times = time_demo_steps({name: current_signature(module.rasterize_torch)
+                                          for name, module in rasterizers.items()},
                                          args.demo_size, args.rounds, loads)
             times.update({(name, "demo_step"): values for name, values in demo_times.items()})
 
@@ -115,6 +117,18 @@ def main(argv: list[str] | None = None) -> None:
                                          "datetime": datetime.datetime.now().isoformat(),
                                          "benchmarks": benchmarks}, indent=1))
         print(f"wrote {args.save}")
+
+
+def current_signature(function):
+    """A revision's render or rasterize_torch, called as this revision calls it: render(gaussians, cameras, ...)
+    and rasterize_torch(projected, opacities, features, ...) took their tensors one by one before."""
+    parameters = list(inspect.signature(function).parameters)
+    if function.__name__ == "render" and parameters[1] == "extrinsics":
+        return lambda gaussians, cameras, *args, **kwargs: function(gaussians, *cameras, *args, **kwargs)
+    if function.__name__ == "rasterize_torch" and parameters[0] == "means2d":
+        return lambda p, opacities, features, *args, **kwargs: function(
+            p.means2d, p.conics, opacities, features, p.depths, p.visible, p.cov2d_diag, *args, **kwargs)
+    return function
 
 
 def time_demo_steps(rasterizers: dict, size: int, rounds: int, loads: list) -> dict[str, list[float]]:

@@ -31,7 +31,7 @@ import torch
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "fabric_mvsplat" / "configs"
 
-# MVSplat's published figures (spec §10.1): one GPU, 256x256, 2 context views, batch 1.
+# MVSplat's published figures (the paper's): one GPU, 256x256, 2 context views, batch 1.
 PAPER_SECONDS = {
     "scene": 0.044,  # encoder + render, per scene
     "encoder": 0.043,  # one encoder call
@@ -319,7 +319,7 @@ def bench(benchmark, request: pytest.FixtureRequest, peak_memory):
 
 
 # ---- model configs and batches --------------------------------------------------------------
-# The golden small encoder (shared/golden/README.md §2) on top of +experiment=re10k.
+# The golden small encoder (../shared/golden/encoder_small) on top of +experiment=re10k.
 SMALL_ENCODER = ["model.encoder.d_feature=64", "model.encoder.num_depth_candidates=16",
                  "model.encoder.costvolume_unet_feat_dim=64"]
 ENCODER_SIZES = {"small": SMALL_ENCODER, "re10k": []}

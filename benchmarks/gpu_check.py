@@ -207,7 +207,7 @@ def phase_gsplat_vs_torch(out_dir: Path, backend: str) -> dict:
         leaves = [getattr(scenes, f).cuda().requires_grad_(True) for f in fields]
         torch.cuda.synchronize()
         start = time.perf_counter()
-        output = render(Gaussians(*leaves), *cameras, (IMAGE, IMAGE), "depth", backend=name)
+        output = render(Gaussians(*leaves), cameras, (IMAGE, IMAGE), "depth", backend=name)
         loss = (output.color * weights).sum() + 0.01 * output.depth.sum()
         grads = torch.autograd.grad(loss, leaves)
         torch.cuda.synchronize()

@@ -135,7 +135,7 @@ def measure(cfg, lpips_weights: str | None, limit: int | None) -> dict:
     from fabric_mvsplat.data import TestLoader
     from fabric_mvsplat.metrics import compute_psnr, compute_ssim
     from fabric_mvsplat.model.decoder import render
-    from fabric_mvsplat.train import make_model
+    from fabric_mvsplat.build import make_model
 
     model = make_model(cfg)
     load_weights(model, cfg.checkpointing.load, cfg.checkpointing.allow_unsafe_load)
@@ -156,7 +156,7 @@ def measure(cfg, lpips_weights: str | None, limit: int | None) -> dict:
         renders = {}
         for variant in VARIANTS:
             with rasterizer(variant) as backend:
-                output = render(gaussians, target["extrinsics"], target["intrinsics"], target["near"], target["far"],
+                output = render(gaussians, (target["extrinsics"], target["intrinsics"], target["near"], target["far"]),
                                 image_shape, backend=backend, use_principal_point=cfg.model.decoder.use_principal_point,
                                 background_color=model.decoder.background_color)
             renders[variant] = output.color[0].float()

@@ -38,7 +38,7 @@ def make_checkpoint(folder: Path, image: int) -> Path:
     from omegaconf import OmegaConf
 
     from fabric_mvsplat.config import load_config
-    from fabric_mvsplat.train import make_model
+    from fabric_mvsplat.build import make_model
 
     with initialize_config_dir(str(REPO / "fabric_mvsplat" / "configs"), version_base=None):
         dict_config = compose("main", overrides=["+experiment=demo", f"dataset.image_shape=[{image},{image}]",

@@ -39,10 +39,10 @@ def make_case(renderer, size: int, mode: str, device: str):
 
     def forward():
         with torch.no_grad():
-            return renderer(gaussians, *cameras, (size, size)).color
+            return renderer(gaussians, cameras, (size, size)).color
 
     def forward_backward():
-        color = renderer(gaussians, *cameras, (size, size)).color
+        color = renderer(gaussians, cameras, (size, size)).color
         return torch.autograd.grad(color.square().sum(), leaves)
 
     info = {"gaussians": gaussians.means.shape[1], "views": TARGET_VIEWS, "image": f"{size}x{size}", "mode": mode}
@@ -77,7 +77,7 @@ def test_torch_rasterizer_cpu(bench, size, mode):
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("size", [32, pytest.param(64, marks=pytest.mark.large)])
 def test_dense_reference_cpu(bench, size, mode):
-    fn, info = make_case(render_dense, size, mode, "cpu")
+    fn, info = make_case(lambda gaussians, cameras, shape: render_dense(gaussians, *cameras, shape), size, mode, "cpu")
     output = bench(fn, device="cpu", rounds=1, warmup=0, items=TARGET_VIEWS, unit="views", backend="dense", **info)
     check(output, mode)
 

@@ -164,24 +164,25 @@ def test_encoder_compile(bench, benchmark, device, mode, make_cfg, request):
     _, model = build(make_cfg, "small", 64, device)
     model.eval()
     context = make_batch(1, 2, 1, 64, device)["context"]
-    if mode == "compile":
-        model.encoder.compile()
 
     @torch.no_grad()
     def encode():
         return model.encode(context, 0)
 
+    eager = encode()
+    if mode == "compile":
+        model.encoder.compile()
     start = time.perf_counter()
-    try:
-        reference = encode()  # eager: warm-up; compile: the compilation itself
-    except Exception as error:  # inductor needs a working C++ toolchain on CPU
-        pytest.skip(f"torch.compile failed on {device}: {type(error).__name__}: {str(error)[:200]}")
+    reference = encode()  # eager: warm-up; compile: the compilation itself (a failure to compile fails here)
     synchronize(device)
     first_call = time.perf_counter() - start
     gaussians = bench(encode, device=device, rounds=5, warmup=1, items=1, unit="scenes",
                       compare=f"encoder-compile/{device}/small-64", variant=mode, baseline=mode == "eager",
                       first_call_seconds=first_call, note=f"first call {first_call:.1f} s")
-    assert torch.equal(gaussians.means, reference.means) or mode == "compile"
+    if mode == "eager":
+        assert torch.equal(gaussians.means, reference.means)
+    # The compiled encoder computes what the eager one does (fused kernels reorder float sums).
+    torch.testing.assert_close(gaussians.means, eager.means, rtol=2e-3, atol=2e-3)
     assert torch.isfinite(gaussians.means).all()
 
 

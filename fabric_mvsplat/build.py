@@ -2,6 +2,7 @@
 and its schedule, and the training state (fine-tuning or an exact resume, with the schedule fitted to a new
 `trainer.max_steps`)."""
 
+import math
 import os
 import sys
 from pathlib import Path
@@ -111,15 +112,39 @@ def prepare_training(fabric: Fabric, cfg: RootCfg, model: torch.nn.Module, train
     wrapped, optimizer = fabric.setup(model, optimizer)
     state = {"model": wrapped, "optimizer": optimizer, "scheduler": scheduler,
              "scaler": getattr(fabric.strategy.precision, "scaler", None),  # the 16-mixed GradScaler
-             "train_stream": train_stream, "val_source": val_source, "step_tracker": step_tracker, "step": 0}
+             "train_stream": train_stream, "val_source": val_source, "step_tracker": step_tracker, "step": 0,
+             "scenes_per_step": {"world_size": fabric.world_size, "batch_size": cfg.data_loader.train.batch_size,
+                                 "accumulate_grad_batches": cfg.trainer.accumulate_grad_batches}}
     if load is not None and resume:  # full resume: weights, optimizer, schedule, scaler, step, data, RNG
         # After setup, so that the optimizer state lands on the parameters' device.
         restore_checkpoint(load_file(load, cfg.checkpointing.allow_unsafe_load), load, state,
                            fabric.global_rank, fabric.world_size)
         state["scheduler"] = fit_schedule_to_max_steps(fabric, cfg, state, load)
         fabric.print(f"resumed from {load} at global step {state['step']}")
+        changed = step_meaning_change(state["resumed_from"]["scenes_per_step"], state["scenes_per_step"])
+        if changed:
+            fabric.print(changed)
     step_tracker.set_step(state["step"])
     return state
+
+
+def step_meaning_change(before: dict | None, now: dict) -> str | None:
+    """One line when a resume changes how many scenes one global step trains on (ranks x batch x accumulation):
+    the step count, the schedule and the view-sampler curriculum go on counting steps, which now mean more or
+    fewer scenes. None when nothing changed or the checkpoint did not record it."""
+    if not before:
+        return None
+    names = ("world_size", "batch_size", "accumulate_grad_batches")
+    keys = {"world_size": "ranks", "batch_size": "data_loader.train.batch_size",
+            "accumulate_grad_batches": "trainer.accumulate_grad_batches"}
+    changes = [f"{keys[name]} {before.get(name)} -> {now[name]}" for name in names if before.get(name) != now[name]]
+    if not changes:
+        return None
+    scenes_before = math.prod(int(before.get(name, 1)) for name in names)
+    scenes_now = math.prod(now[name] for name in names)
+    return (f"resuming with {', '.join(changes)}: one step now trains on {scenes_now} scenes instead of "
+            f"{scenes_before}; the step count, learning-rate schedule and view-sampler curriculum continue from the "
+            "checkpoint's step")
 
 
 def fit_schedule_to_max_steps(fabric: Fabric, cfg: RootCfg, state: dict,

@@ -12,6 +12,9 @@ PyTorch Lightning checkpoints so that tools on either side can read the other's 
     val_source         position of the validation stream (validation runs on rank 0)
     rng_states         per-rank torch CPU/CUDA, python and numpy RNG states (list, index = rank)
     MixedPrecision     the GradScaler state under trainer.precision=16-mixed (Lightning's key)
+    lineage            file names of the checkpoints before this one in its run history (same folder, oldest
+                       first): a resume continues that history, whatever else the folder holds
+    scenes_per_step    {world_size, batch_size, accumulate_grad_batches}: what one global step meant
     content_sha256     SHA-256 of each entry above, added by save_atomically, verified by load_file
                        (files without it, e.g. the original's released checkpoints, load unverified)
 
@@ -19,8 +22,8 @@ The training objects travel in one plain `state` dict (see loop.fit); `save_chec
 below turn it into this layout and back, side by side.
 """
 
-import errno
 import hashlib
+import json
 import os
 import random
 import re
@@ -36,13 +39,18 @@ from torch import nn
 
 from . import safe_load
 from .distributed import gather_objects
-from .errors import CheckpointError  # noqa: F401 (raised here, imported from here by callers)
+from .errors import CheckpointError, DiskFullError, is_disk_full  # noqa: F401 (callers import them from here)
 from .strict_load import load_weights_strict
 
 CHECKPOINT_NAME = re.compile(r"^epoch_(\d+)-step_(\d+)\.ckpt$")
 LIGHTNING_VERSION = "2.2.4"  # the original's pin; Lightning's loader reads this key
 CONTENT_HASH_KEY = "content_sha256"  # {top-level key: SHA-256 of its content}, checked by load_file
 TEMPORARY_SUFFIX = ".tmp"  # `.<name>.ckpt.tmp` while a write is in progress
+LINEAGE_KEY = "lineage"
+# Beside the checkpoints folder (in output_dir), rewritten after every save: {"checkpoint": the file just written,
+# "lineage": its history's files, oldest first, "other_histories": the folder's other checkpoints}. Read by
+# checkpointing.load=latest, which leaves the other histories out.
+LATEST_RECORD = "latest_checkpoint.json"
 
 
 
@@ -64,9 +72,9 @@ def save_atomically(checkpoint: dict, path: Path) -> None:
             os.fsync(file.fileno())
         os.replace(tmp, path)
     except (OSError, RuntimeError) as error:
-        if not _disk_full(error):
+        if not is_disk_full(error):
             raise
-        raise CheckpointError(_disk_full_message(path)) from error
+        raise DiskFullError(_disk_full_message(path)) from error
     finally:
         tmp.unlink(missing_ok=True)
     directory = os.open(path.parent, os.O_RDONLY)
@@ -74,17 +82,6 @@ def save_atomically(checkpoint: dict, path: Path) -> None:
         os.fsync(directory)
     finally:
         os.close(directory)
-
-
-def _disk_full(error: BaseException | None) -> bool:
-    """ENOSPC/EDQUOT anywhere in the chain (torch.save may report a failed write as a RuntimeError)."""
-    seen = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
-        error = error.__cause__ or error.__context__
-    return False
 
 
 def _disk_full_message(path: Path) -> str:
@@ -176,16 +173,86 @@ def verify_content_hashes(checkpoint: dict, path: Path) -> None:
             f"stored when it was written (bytes changed on disk or in transfer); {fix}")
 
 
-def rotate(directory: Path, save_top_k: int) -> list[Path]:
-    """Keep the `save_top_k` checkpoints with the highest global step (-1 keeps all); returns the kept files.
+def rotate(directory: Path, save_top_k: int, history: list[str] | None = None) -> list[Path]:
+    """Keep the `save_top_k` newest checkpoints (-1 keeps all); returns the kept files, newest first.
 
-    The monitored value of the original is `info/global_step` in mode max, so "best" = newest.
+    history: the file names of this run's history (Lineage.names); only those are candidates, so the checkpoints
+    of another history in the same folder never push this run's out, and are never deleted. None: every
+    checkpoint in `directory`. The monitored value of the original is `info/global_step` in mode max, so
+    "best" = newest.
     """
     found = list_checkpoints(directory)[::-1]  # newest first
+    if history is not None:
+        found = [(step, path) for step, path in found if path.name in history]
     keep = found if save_top_k == -1 else found[:save_top_k]
     for _, path in found[len(keep):]:
         path.unlink(missing_ok=True)
     return [path for _, path in keep]
+
+
+class Lineage:
+    """The checkpoints of this run's history in its checkpoints folder (names, oldest first), and the folder's
+    other checkpoints, which belong to another history.
+
+    A fresh run starts an empty history. A resume from a checkpoint in this folder continues that checkpoint's
+    history (its ancestors, as it recorded them, then itself). The folder may also hold checkpoints of another
+    history, e.g. the later steps of the run a resume from an earlier step branched off: they are never rotated,
+    and `checkpointing.load=latest` skips them (LATEST_RECORD names them), so `latest` means this history's newest.
+    """
+
+    def __init__(self, directory: Path, names: list[str], start: str | None) -> None:
+        self.directory, self.names, self.start = Path(directory), names, start
+        self.others = [path.name for _, path in list_checkpoints(self.directory) if path.name not in names]
+
+    @classmethod
+    def for_run(cls, directory: Path, resumed_from: str | Path | None, recorded: list[str] | None) -> "Lineage":
+        """recorded: the resumed checkpoint's own `lineage` entry (None for files written before it existed:
+        then the folder's checkpoints before its step count as its history, as top-k rotation had kept them)."""
+        directory = Path(directory)
+        if resumed_from is None or Path(resumed_from).resolve().parent != directory.resolve():
+            return cls(directory, [], None)  # a fresh start, or a checkpoint from elsewhere (never rotated)
+        start = Path(resumed_from).name
+        if recorded is None:
+            recorded = [path.name for step, path in list_checkpoints(directory) if step < _step_of(Path(start))]
+        return cls(directory, [*recorded, start], start)
+
+    def others_after_start(self) -> list[str]:
+        """The other histories' checkpoints with a later step than this run's start."""
+        start_step = _step_of(Path(self.start)) if self.start else -1
+        return [name for name in self.others if _step_of(Path(name)) > start_step]
+
+    def ancestors(self) -> list[str]:
+        """What the next checkpoint records as its lineage."""
+        return list(self.names)
+
+    def saved(self, path: Path, save_top_k: int) -> None:
+        """After `path` was written: add it, rotate within the history, record the folder's state for `latest`."""
+        self.names = [name for name in self.names if name != path.name] + [path.name]
+        self.others = [name for name in self.others if name != path.name]  # a file of that name is now ours
+        kept = {p.name for p in rotate(self.directory, save_top_k, self.names)}
+        self.names = [name for name in self.names if name in kept]
+        record = latest_record(self.directory)
+        temporary = record.with_name(record.name + TEMPORARY_SUFFIX)
+        temporary.write_text(json.dumps({"checkpoint": path.name, "lineage": self.names,
+                                         "other_histories": self.others}))
+        os.replace(temporary, record)
+
+
+def latest_record(directory: Path) -> Path:
+    """Beside the checkpoints folder: output_dir/latest_checkpoint.json."""
+    return Path(directory).parent / LATEST_RECORD
+
+
+def latest_checkpoint(directory: Path) -> Path | None:
+    """`checkpointing.load=latest`: the checkpoint with the highest step in `directory`, leaving out those that the
+    run which wrote last recorded as another history's (LATEST_RECORD); None when there is none."""
+    directory = Path(directory)
+    try:
+        others = {str(name) for name in json.loads(latest_record(directory).read_text())["other_histories"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        others = set()  # no record (a folder from before it existed): every checkpoint counts
+    found = [path for _, path in list_checkpoints(directory) if path.name not in others]
+    return found[-1] if found else None
 
 
 def load_file(path: str | Path, allow_unsafe_load: bool = False) -> dict:
@@ -247,19 +314,21 @@ def list_checkpoints(directory: Path) -> list[tuple[int, Path]]:
 
 def save_checkpoint(fabric, state: dict, directory: Path, save_top_k: int) -> Path:
     """Every rank contributes its data position and RNG state; rank 0 writes the file atomically and keeps
-    the top k. All ranks return the path."""
+    the top k of this run's history (state["lineage"], a Lineage; see there). All ranks return the path."""
     per_rank = gather_objects(fabric, {"train_stream": state["train_stream"].state_dict(), "rng": capture_rng()})
     epoch = int(getattr(state["train_stream"], "epoch", 0))  # the pass over the training scenes
     path = checkpoint_path(directory, epoch, state["step"])
     if fabric.global_rank == 0:
-        save_atomically(make_checkpoint(state, per_rank, epoch), path)
-        rotate(directory, save_top_k)
+        lineage = state.get("lineage") or Lineage(directory, [], None)
+        save_atomically(make_checkpoint(state, per_rank, epoch, lineage.ancestors()), path)
+        lineage.saved(path, save_top_k)
     fabric.barrier()
     return path
 
 
-def make_checkpoint(state: dict, per_rank: list[dict], epoch: int) -> dict:
-    """state (see loop.fit) + every rank's {"train_stream", "rng"} -> the checkpoint dict."""
+def make_checkpoint(state: dict, per_rank: list[dict], epoch: int, lineage: list[str] | None = None) -> dict:
+    """state (see loop.fit) + every rank's {"train_stream", "rng"} + the names of the checkpoints before it in its
+    history -> the checkpoint dict."""
     checkpoint = {
         "state_dict": state["model"].module.state_dict(),
         "global_step": state["step"],
@@ -270,7 +339,10 @@ def make_checkpoint(state: dict, per_rank: list[dict], epoch: int) -> dict:
         "val_source": state["val_source"].state_dict() if state["val_source"] is not None else None,
         "rng_states": [entry["rng"] for entry in per_rank],
         "pytorch-lightning_version": LIGHTNING_VERSION,
+        LINEAGE_KEY: list(lineage or []),
     }
+    if state.get("scenes_per_step") is not None:
+        checkpoint["scenes_per_step"] = dict(state["scenes_per_step"])
     if state.get("scaler") is not None:
         checkpoint["MixedPrecision"] = state["scaler"].state_dict()
     return checkpoint
@@ -307,3 +379,7 @@ def restore_checkpoint(checkpoint: dict, path: str | Path, state: dict, rank: in
     if len(rng_states) == world_size:
         restore_rng(rng_states[rank])
     state["step"] = int(checkpoint["global_step"])
+    # Where this run's history starts (loop.fit turns it into a Lineage for the checkpoints folder).
+    recorded = checkpoint.get(LINEAGE_KEY)
+    state["resumed_from"] = {"path": str(path), "lineage": [str(name) for name in recorded] if recorded is not None
+                             else None, "scenes_per_step": checkpoint.get("scenes_per_step")}

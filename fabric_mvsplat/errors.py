@@ -1,11 +1,12 @@
 """Errors that name what is wrong and how to fix it.
 
 Every mistake a user can make in the config or in the files it points at raises a `UserError`;
-`train.main` catches it once, prints its one line and exits with code 2. Anything else is a bug and
+`train.main` catches it once, prints its one line and exits with code 2 (see docs/errors.md for every exit code). Anything else is a bug and
 keeps its traceback. The subclasses also derive from the builtin a caller would expect
 (ValueError, FileNotFoundError, ...), so `except ValueError` keeps working.
 """
 
+import errno
 from typing import Any
 
 
@@ -77,5 +78,32 @@ class InputError(UserError, ValueError):
     its config, an output folder that already holds results."""
 
 
+class OutputFolderError(UserError, OSError):
+    """An output folder cannot be created or written, or another live run holds it."""
+
+    def __init__(self, key: str, folder, problem: str) -> None:
+        self.key, self.folder = key, folder
+        super().__init__(f"{key}={folder} {problem}")
+
+    def __str__(self) -> str:  # OSError would format its arguments as (errno, strerror)
+        return self.args[0]
+
+
+class DiskFullError(OSError):
+    """No space left (or quota exceeded) while the run was writing: its own exit code, since work was done and
+    what was written before is intact."""
+
+
 class EmptyEvaluationError(RuntimeError):
     """Test mode rendered or scored no scene: averages over nothing must not pass for a result."""
+
+
+def is_disk_full(error: BaseException | None) -> bool:
+    """ENOSPC/EDQUOT anywhere in the exception chain (torch.save may report a failed write as a RuntimeError)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        error = error.__cause__ or error.__context__
+    return False

@@ -31,6 +31,7 @@ from .data.chunk_io import camera_problem, cameras_to_vector
 from .data.preprocess import Preprocessing, preprocess_views
 from .data.view_sampler import SceneRejected
 from .errors import CheckpointError, InputError
+from .strict_load import FIX_SEPARATOR
 from .model.mvsplat import MVSplat
 from .types import Gaussians
 
@@ -319,10 +320,12 @@ def load_model(checkpoint: str | Path, config: str | Path | None = None,
     try:
         load_weights(model, checkpoint, cfg.checkpointing.allow_unsafe_load)
     except CheckpointError as error:
-        lines = [line.strip() for line in str(error).splitlines()]
-        summary = "; ".join(line[:300] for line in lines[:-1])
+        what, separator, _ = str(error).rpartition(f"; {FIX_SEPARATOR}")
+        if not separator:  # not a mismatch of weights: the file itself is the problem
+            raise InputError(str(error)) from None
+        summary = "; ".join(part[:300] for part in what.split("; "))
         raise InputError(f"{summary}; fix: pass the config.yaml of the run that trained this checkpoint with "
-                         f"--config (config= in Python), not {config_path}" if len(lines) > 1 else lines[0]) from None
+                         f"--config (config= in Python), not {config_path}") from None
     fabric = Fabric(accelerator=device.type, devices=[device.index or 0] if device.type == "cuda" else 1,
                     precision=precision_for(cfg, device))
     model = fabric.to_device(model).eval()

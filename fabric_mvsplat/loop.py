@@ -24,7 +24,7 @@ import torch
 from lightning_fabric import Fabric
 from tqdm import tqdm
 
-from .checkpoint import capture_rng, restore_rng, save_checkpoint
+from .checkpoint import Lineage, capture_rng, restore_rng, save_checkpoint
 from .config import ProfileCfg, RootCfg
 from .debug.health import HealthHistograms
 from .debug.replay import Replay
@@ -89,6 +89,10 @@ def fit(fabric: Fabric, cfg: RootCfg, state: dict, output_dir: Path) -> Training
     writer = RankZeroWriter(output_dir / "tensorboard", is_rank_zero, video_fps=30,
                             purge_step=start_step + 1 if start_step > 0 else None)
     checkpoints = output_dir / "checkpoints"
+    resumed = state.get("resumed_from") or {}
+    state["lineage"] = Lineage.for_run(checkpoints, resumed.get("path"), resumed.get("lineage"))
+    if is_rank_zero:
+        warn_about_other_histories(state["lineage"])
     summary = TrainingSummary(start_step=start_step, tensorboard=writer.log_dir)
     # Decided from the config alone: every rank must reach the same barriers (only rank 0 has a source).
     validating = trainer.val_check_interval is not None
@@ -118,10 +122,15 @@ def fit(fabric: Fabric, cfg: RootCfg, state: dict, output_dir: Path) -> Training
     try:
         with stop.installed(), torch.autograd.set_detect_anomaly(trainer.detect_anomaly):
             # Sanity validation as the original: one batch (its validation loader holds one), nothing logged;
-            # it finds a broken validation path before hours of training, not after.
+            # it finds a broken validation path before hours of training, not after. On resume the validation source
+            # is put back where the checkpoint left it, so the validations that follow render what an uninterrupted
+            # run renders.
             if validating and trainer.num_sanity_val_steps > 0:
                 watchdog.beat("sanity validation")
+                position = val_source.state_dict() if val_source is not None and start_step > 0 else None
                 validate(fabric, module, val_source, None, start_step, summary)
+                if position is not None:
+                    val_source.load_state_dict(position)
             batches = iter(train_stream)
             while trainer.max_steps == -1 or step < trainer.max_steps:
                 watchdog.beat(TRAINING_STEP, step)
@@ -140,7 +149,8 @@ def fit(fabric: Fabric, cfg: RootCfg, state: dict, output_dir: Path) -> Training
                         replay.after_forward(step, output.loss, batch["scene"])
                         # One CPU collective per micro-batch: ranks agree on stopping and on a graph-less loss
                         # before anyone enters backward (a rank skipping backward alone would hang the others).
-                        stop_requested, graphless = agreement.any_rank(stop.requested, not output.loss.requires_grad)
+                        signalled, (graphless,) = agreement.signals_and(stop.number, not output.loss.requires_grad)
+                        stop_requested = any(signalled)
                         if graphless:
                             health.raise_graphless(output.loss, step, list(batch["scene"]))
                         fabric.backward(output.loss / accumulate)  # the mean over micro-batches, as one big batch
@@ -186,9 +196,10 @@ def fit(fabric: Fabric, cfg: RootCfg, state: dict, output_dir: Path) -> Training
                     if saving and not replay.active:
                         health.check(step)
                         watchdog.beat("checkpoint save after step", step)
-                        summary.last_checkpoint = save(fabric, cfg, state, checkpoints)
-                if stop_requested:
-                    summary.stopped_by = stop.name
+                        with stop.deferring_exit():  # a second Ctrl-C never leaves a half-written file
+                            summary.last_checkpoint = save(fabric, cfg, state, checkpoints)
+                if stop_requested:  # the same on every rank, whichever rank(s) got the signal
+                    summary.stopped_by = describe_stop(signalled, fabric.global_rank)
                     break
                 if finished:  # max_steps, or the replayed step
                     break
@@ -246,6 +257,25 @@ def save(fabric: Fabric, cfg: RootCfg, state: dict, directory: Path) -> Path:
     if fabric.global_rank == 0:
         tqdm.write(f"step {state['step']}: saved checkpoint {path}")
     return path
+
+
+def warn_about_other_histories(lineage: Lineage) -> None:
+    """A resume from an earlier checkpoint in a folder that holds later ones branches off: say what happens."""
+    others = lineage.others_after_start()
+    if others:
+        shown = ", ".join(others[:3]) + (" ..." if len(others) > 3 else "")
+        tqdm.write(f"resuming from {lineage.start}, while {lineage.directory} also holds later checkpoints of another "
+                   f"run history ({shown}): they are kept and never rotated, checkpointing.load=latest now means "
+                   "this run's newest, and a checkpoint this run writes at the same step replaces that file")
+
+
+def describe_stop(signalled: list[int], rank: int) -> str:
+    """Per-rank signal numbers (0: none) -> e.g. `SIGTERM`, or `SIGTERM on rank 1` where this rank got none."""
+    if signalled[rank]:
+        return signal.Signals(signalled[rank]).name
+    first = next(r for r, number in enumerate(signalled) if number)
+    ranks = [r for r, number in enumerate(signalled) if number == signalled[first]]
+    return f"{signal.Signals(signalled[first]).name} on rank{'s' if len(ranks) > 1 else ''} " +         ", ".join(map(str, ranks))
 
 
 def grad_norm_clipped(grad_norm: torch.Tensor, max_norm: float | None) -> torch.Tensor:
@@ -426,7 +456,7 @@ class DivergenceWatch:
         )
 
     def raise_graphless(self, loss: torch.Tensor, step: int, scenes: list[str]) -> None:
-        """Every rank is here (agreed through RankAgreement.any_rank): name the ranks whose loss has no graph."""
+        """Every rank is here (agreed through RankAgreement.signals_and): name the ranks whose loss has no graph."""
         reports = gather_objects(self.fabric, (not loss.requires_grad, scenes))
         ranks = [rank for rank, (graphless, _) in enumerate(reports) if graphless]
         named = "; ".join(f"rank {rank}: {names}" for rank, (graphless, names) in enumerate(reports) if graphless)
@@ -444,40 +474,70 @@ class RankAgreement:
 
     def __init__(self, fabric: Fabric) -> None:
         self.group = None
+        self.world_size, self.rank = fabric.world_size, fabric.global_rank
         self.distributed = fabric.world_size > 1
         if self.distributed and torch.distributed.get_backend() != "gloo":
             self.group = torch.distributed.new_group(backend="gloo")  # every rank calls fit: all create it
 
-    def any_rank(self, *flags: bool) -> list[bool]:
-        if not self.distributed:
-            return [bool(flag) for flag in flags]
-        values = torch.tensor([float(flag) for flag in flags])
-        torch.distributed.all_reduce(values, group=self.group)
-        return [value > 0 for value in values.tolist()]
+    def signals_and(self, signal_number: int, *flags: bool) -> tuple[list[int], list[bool]]:
+        """(every rank's stop-signal number, 0 for none; each flag set on any rank), in the same one all-reduce:
+        a signal sent to one rank only stops every rank, and every rank knows which."""
+        world, rank = self.world_size, self.rank
+        values = torch.zeros(world + len(flags))
+        values[rank] = float(signal_number)
+        values[world:] = torch.tensor([float(flag) for flag in flags])
+        if self.distributed:
+            torch.distributed.all_reduce(values, group=self.group)
+        numbers = [round(value) for value in values[:world].tolist()]
+        return numbers, [value > 0 for value in values[world:].tolist()]
 
 
 class StopSignals:
     """SIGTERM, SIGUSR1 (SLURM's warning before the time limit) and SIGINT ask the loop to stop after the
-    current optimizer step; a second SIGINT exits at once (KeyboardInterrupt)."""
+    current optimizer step; a second SIGINT exits at once (KeyboardInterrupt), except during a checkpoint write,
+    which it lets finish first (an interrupted write is a half-written temporary file and a torch error)."""
 
     def __init__(self) -> None:
         self.name: str | None = None
         self.pid = os.getpid()
+        self.writing = False
+        self.exit_after_write = False
 
     @property
     def requested(self) -> bool:
         return self.name is not None
+
+    @property
+    def number(self) -> int:
+        """The signal received (0: none), as ranks exchange it."""
+        return int(getattr(signal, self.name)) if self.name is not None else 0
 
     def handle(self, number: int, frame) -> None:
         if os.getpid() != self.pid:
             return  # a forked DataLoader worker: the main process decides, the worker keeps serving
         name = signal.Signals(number).name
         if name == "SIGINT" and self.name is not None:
+            if self.writing:
+                self.exit_after_write = True
+                print("fabric_mvsplat: second Ctrl-C: exiting as soon as the checkpoint being written is complete",
+                      file=sys.stderr, flush=True)
+                return
             raise KeyboardInterrupt
         if self.name is None:
             self.name = name
             print(f"fabric_mvsplat: {name} received: finishing the current step, then saving a checkpoint "
                   "(Ctrl-C again to exit at once without saving)", file=sys.stderr, flush=True)
+
+    @contextmanager
+    def deferring_exit(self):
+        """A second Ctrl-C inside waits for the block to end, then exits (KeyboardInterrupt)."""
+        self.writing = True
+        try:
+            yield
+        finally:
+            self.writing = False
+        if self.exit_after_write:
+            raise KeyboardInterrupt
 
     @contextmanager
     def installed(self):
@@ -494,6 +554,15 @@ class StopSignals:
         finally:
             for name, handler in previous.items():
                 signal.signal(getattr(signal, name), handler)
+
+
+def ignore_signals(names: tuple[str, ...]) -> None:
+    """From here on the process ignores these signals (main thread only; elsewhere a no-op)."""
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        for name in names:
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
 
 
 def peak_resident_gib() -> float:

@@ -1,27 +1,22 @@
 """The end-of-run lines of a training run: what ran, how fast, how good, where things are, what next."""
 
 import json
-import os
 import shlex
 from pathlib import Path
 
-from hydra.core.hydra_config import HydraConfig
 from lightning_fabric import Fabric
 
-from .config import RootCfg
+from .config import LATEST_CHECKPOINT, RootCfg
+from .data.scene_names import scene_file_name
 from .loop import EXIT_STOPPED_BY_SIGNAL, TrainingSummary
+from .shell_command import hydra_overrides, override_key, train_command
 
 
-def launch_command(settings: dict[str, str]) -> str:
-    """The command line of this run (Hydra's overrides) with `settings` replacing or adding keys."""
-    overrides: list[str] = []
-    try:
-        overrides = list(HydraConfig.get().overrides.task)
-    except ValueError:  # not started by Hydra (tests, notebooks)
-        pass
-    kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in settings]
-    launcher = "torchrun ... -m" if "LOCAL_WORLD_SIZE" in os.environ else "python -m"
-    return " ".join([launcher, "fabric_mvsplat.train", *kept, *(f"{k}={v}" for k, v in settings.items())])
+def launch_command(settings: dict[str, str], world_size: int = 1, num_nodes: int = 1) -> str:
+    """The command line of this run (Hydra's overrides) with `settings` replacing or adding keys, safe to paste
+    (shell_command)."""
+    kept = [o for o in hydra_overrides() if override_key(o) not in settings]
+    return train_command(kept, settings, world_size, num_nodes)
 
 
 def report_end(fabric: Fabric, cfg: RootCfg, summary: TrainingSummary, output_dir: Path) -> None:
@@ -46,15 +41,18 @@ def report_end(fabric: Fabric, cfg: RootCfg, summary: TrainingSummary, output_di
         lines.append("last validation: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(summary.val.items())))
     last = summary.last_checkpoint
     lines.append(f"checkpoints: {output_dir / 'checkpoints'}" + (f" (last: {last.name})" if last is not None else ""))
-    lines.append(f"TensorBoard: tensorboard --logdir {summary.tensorboard}")
+    lines.append(f"TensorBoard: {shlex.join(['tensorboard', '--logdir', str(summary.tensorboard)])}")
     if summary.stopped_by is not None:
         lines.insert(0, f"stopped by {summary.stopped_by} after step {summary.end_step}: checkpoint {last}")
-        lines.append("resume with: " + launch_command({"output_dir": str(output_dir), "checkpointing.load": "latest"}))
+        lines.append("resume with: " + launch_command({"output_dir": str(output_dir),
+                                                     "checkpointing.load": LATEST_CHECKPOINT},
+                                                     fabric.world_size, cfg.trainer.num_nodes))
         lines.append(f"exit code {EXIT_STOPPED_BY_SIGNAL} (stopped by a signal after saving; run the same command to resume)")
     elif last is not None:
         lines.append("test it with: " + launch_command({"mode": "test", "checkpointing.load": str(last),
                                                         "dataset/view_sampler": "evaluation",
-                                                        "test.compute_scores": "true"}))
+                                                        "test.compute_scores": "true"},
+                                                       fabric.world_size, cfg.trainer.num_nodes))
         render = render_command(cfg, last, output_dir)
         if render is not None:
             lines.append("render it (Gaussians, video, depth; then the viewer): " + render)
@@ -72,4 +70,4 @@ def render_command(cfg: RootCfg, checkpoint: Path, output_dir: Path) -> str | No
     if key is None:
         return None
     return shlex.join(["python", "-m", "fabric_mvsplat.render", str(checkpoint), "--chunks", str(root),
-                       "--scene", str(key), "--output", str(Path(output_dir) / "render" / str(key))])
+                       "--scene", str(key), "--output", str(Path(output_dir) / "render" / scene_file_name(str(key)))])

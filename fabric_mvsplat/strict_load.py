@@ -8,6 +8,9 @@ from torch import Tensor, nn
 from .errors import CheckpointError, UserError
 
 
+FIX_SEPARATOR = "fix: "  # what follows it in the one-line message is the fix (a caller may put its own there)
+
+
 def load_weights_strict(module: nn.Module, state_dict: Mapping[str, Tensor], source: str,
                         fix: str = "check that model.encoder.* and the ablation flags (wo_*) match the config the "
                                    "weights were trained with (e.g. the same +experiment=...)",
@@ -25,11 +28,11 @@ def load_weights_strict(module: nn.Module, state_dict: Mapping[str, Tensor], sou
     wrong_shape = [f"{key}: file {list(state_dict[key].shape)} vs model {list(expected[key].shape)}"
                    for key in expected if key in state_dict and tuple(state_dict[key].shape) != tuple(expected[key].shape)]
     if missing or unexpected or wrong_shape:
-        lines = [f"the weights in {source} do not fit the model built from the config:"]
+        parts = []
         for title, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape)):
             if keys:
                 shown = ", ".join(keys[:20]) + (f", ... ({len(keys) - 20} more)" if len(keys) > 20 else "")
-                lines.append(f"  {title} ({len(keys)}): {shown}")
-        lines.append(f"  fix: {fix}")
-        raise error("\n".join(lines))
+                parts.append(f"{title} ({len(keys)}): {shown}")
+        raise error(f"the weights in {source} do not fit the model built from the config: {'; '.join(parts)}; "
+                    f"{FIX_SEPARATOR}{fix}")
     module.load_state_dict(dict(state_dict), strict=not ignore_missing)

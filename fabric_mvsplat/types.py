@@ -1,7 +1,7 @@
 """The tensors that flow between encoder, decoder, losses and exporters."""
 
 from dataclasses import dataclass
-from typing import TypedDict
+from typing import NotRequired, TypedDict
 
 from torch import Tensor
 
@@ -45,7 +45,8 @@ class BatchedViews(TypedDict):
 class BatchedExample(TypedDict):
     context: BatchedViews
     target: BatchedViews
-    scene: list[str]
+    scene: list[str]  # the dataset's scene keys
+    file_name: NotRequired[list[str]]  # test batches: each key as a safe file name (data.scene_names)
 
 
 @dataclass

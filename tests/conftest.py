@@ -71,14 +71,19 @@ def demo_overrides(root: Path, *extra: str) -> list[str]:
     return ["+experiment=demo", f"dataset.roots=[{root}]", "dataset.image_shape=[32,32]", *TINY_MODEL, *extra]
 
 
-@pytest.fixture(scope="session")
-def synthetic_root(tmp_path_factory) -> Path:
+def synthetic_dataset(tmp_path_factory, name: str, **spec) -> Path:
+    """A fresh folder `name` with synthetic scenes generated from SyntheticSpec(**spec)."""
     from fabric_mvsplat.data.synthetic import SyntheticSpec, generate_synthetic_dataset
 
-    root = tmp_path_factory.mktemp("synthetic")
-    generate_synthetic_dataset(root, SyntheticSpec(train_scenes=4, test_scenes=3, frames=24, height=32, width=32,
-                                                     seed=3), progress=False)
+    root = tmp_path_factory.mktemp(name)
+    generate_synthetic_dataset(root, SyntheticSpec(**spec), progress=False)
     return root
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory) -> Path:
+    return synthetic_dataset(tmp_path_factory, "synthetic", train_scenes=4, test_scenes=3, frames=24, height=32,
+                             width=32, seed=3)
 
 
 @pytest.fixture(scope="session")

@@ -388,9 +388,24 @@ def rasterize_to_pixels_3dgs_bwd(means2d, conics, colors, opacities, backgrounds
     return None, v_means2d, v_conics, v_colors, v_opacities
 
 
+PORTED_VERSION = "1.5.3"  # the gsplat whose `_C` interface (names, argument order, outputs) the kernels above follow
+
+
+def check_gsplat_version() -> None:
+    """`_C` is gsplat's private interface and may change in any release: refuse another version rather than
+    feed it kernels that no longer match its Python."""
+    import gsplat
+
+    if gsplat.__version__ != PORTED_VERSION:
+        raise RuntimeError(f"tests/gsplat_cpu_kernels.py ports gsplat {PORTED_VERSION}'s compiled kernels, but gsplat "
+                           f"{gsplat.__version__} is installed: compare the kernels' signatures with its "
+                           "gsplat/cuda/_wrapper.py and csrc, update them, then PORTED_VERSION")
+
+
 def cpu_backend_module() -> types.ModuleType:
     """A stand-in for the module `gsplat.cuda._backend`: its `_C` holds the CPU kernels above.
     `_make_lazy_cuda_obj("CameraModelType.PINHOLE")` ends at getattr(_C, "PINHOLE"), hence both names."""
+    check_gsplat_version()
     kernels = types.SimpleNamespace(
         projection_ewa_3dgs_fused_fwd=projection_ewa_3dgs_fused_fwd,
         projection_ewa_3dgs_fused_bwd=projection_ewa_3dgs_fused_bwd,

@@ -156,6 +156,27 @@ class OneSceneValidationSource:
         self.served = state["served"]
 
 
+class ValidationStream:
+    """An endless validation source over many scenes: call k yields scene k (resumable, like data.ValidationSource),
+    so a validation that renders another scene than an uninterrupted run shows in its scalars."""
+
+    def __init__(self) -> None:
+        self.served = 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        self.served += 1
+        return make_batch(seed=77, rank=0, position=self.served - 1, batch_size=1)
+
+    def state_dict(self) -> dict:
+        return {"served": self.served}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.served = state["served"]
+
+
 class RecordingTracker:
     def __init__(self) -> None:
         self.steps: list[int] = []
@@ -196,20 +217,72 @@ def train_tiny(cfg: RootCfg, output_dir: Path, fabric=None, **model_kwargs):
 
 def tiny_worker(output_dir: Path, keys_json: str, step_seconds: float) -> None:
     """A whole training process as `python -m fabric_mvsplat.train` runs it (one process or one torchrun
-    rank), with the tiny model: the console story, and exit code 75 after a stop signal."""
+    rank), with the tiny model: the output-folder lock, the console story, and main's exit codes (2 for a user
+    error, 75 after a stop signal, ...). FABRIC_MVSPLAT_TEST_SLOW_SAVE=<seconds> makes every checkpoint write
+    that long (a signal can then land inside one)."""
     import json
+    import os
     import sys
 
-    from fabric_mvsplat.loop import EXIT_STOPPED_BY_SIGNAL
+    from fabric_mvsplat.build import make_fabric
+    from fabric_mvsplat.output_folder import claim_output_folders
     from fabric_mvsplat.report import report_end
-    from fabric_mvsplat.train import shut_down
+    from fabric_mvsplat.train import error_ending, result_exit_code, shut_down
 
+    slow_save = float(os.environ.get("FABRIC_MVSPLAT_TEST_SLOW_SAVE", "0"))
+    if slow_save:
+        slow_down_checkpoint_writes(slow_save)
     cfg = tiny_cfg(**json.loads(keys_json))
-    fabric, *_, summary = train_tiny(cfg, output_dir, step_seconds=step_seconds)
-    report_end(fabric, cfg, summary, output_dir)
-    shut_down(fabric)
-    if summary.stopped_by is not None:
-        sys.exit(EXIT_STOPPED_BY_SIGNAL)
+    try:
+        fabric = make_fabric(cfg.trainer)
+        fabric.launch()
+        with claim_output_folders(fabric, cfg, output_dir):
+            fabric, *_, summary = train_tiny(cfg, output_dir, fabric=fabric, step_seconds=step_seconds)
+            report_end(fabric, cfg, summary, output_dir)
+            code = result_exit_code(summary)
+            shut_down(fabric, stopped_by_signal=code != 0)
+    except (Exception, KeyboardInterrupt) as error:
+        ending = error_ending(error)
+        if ending is None:
+            raise
+        print(f"fabric_mvsplat: {ending[1]}", file=sys.stderr, flush=True)
+        code = ending[0]
+    record = os.environ.get("FABRIC_MVSPLAT_TEST_EXIT_RECORD")
+    if record:  # the code this rank exits with (a rank killed instead writes nothing)
+        Path(record, f"rank{os.environ.get('RANK', '0')}.exit").write_text(str(code))
+    sys.exit(code)
+
+
+def slow_down_checkpoint_writes(seconds: float) -> None:
+    """Every torch.save in this process (the training loop's are the checkpoint writes) prints `writing
+    checkpoint`, then writes in two halves `seconds` apart."""
+    import sys
+    import time
+
+    real_save = torch.save
+
+    class SlowFile:
+        def __init__(self, file) -> None:
+            self.file, self.written = file, 0
+
+        def write(self, data) -> int:
+            if self.written == 0:
+                self.written = 1
+                half = len(data) // 2
+                self.file.write(data[:half])
+                self.file.flush()
+                time.sleep(seconds)
+                return half + self.file.write(data[half:])
+            return self.file.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.file, name)
+
+    def slow_save(payload, file, *args, **kwargs):
+        print("writing checkpoint", file=sys.stderr, flush=True)
+        real_save(payload, SlowFile(file), *args, **kwargs)
+
+    torch.save = slow_save
 
 
 def flat_parameters(model: nn.Module) -> torch.Tensor:

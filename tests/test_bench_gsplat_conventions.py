@@ -29,7 +29,7 @@ def renders(gaussians, cameras) -> dict[str, torch.Tensor]:
     images = {}
     for variant in VARIANTS:
         with rasterizer(variant) as backend:
-            images[variant] = render(gaussians, *cameras, (SIZE, SIZE), backend=backend).color[0, 0, 0]
+            images[variant] = render(gaussians, cameras, (SIZE, SIZE), backend=backend).color[0, 0, 0]
     return images
 
 

@@ -100,6 +100,7 @@ def test_fine_tune_mismatch_lists_keys(tmp_path):
     assert str(path) in message
     assert "missing (1): encoder.3.bias" in message and "unexpected (1): encoder.9.weight" in message
     assert "encoder.0.weight: file [4, 4] vs model [16, 8]" in message
+    assert "\n" not in message  # one line, as every user error
 
 
 def test_resume_from_weights_only_file_says_to_fine_tune(tmp_path):

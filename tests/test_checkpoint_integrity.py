@@ -18,6 +18,7 @@ from loop_fixtures import TinyModel, tiny_cfg, train_tiny
 from fabric_mvsplat import checkpoint as ckpt
 from fabric_mvsplat import train
 from fabric_mvsplat.checkpoint import CheckpointError, load_file, save_atomically
+from fabric_mvsplat.errors import DiskFullError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -151,7 +152,7 @@ def test_full_disk_gives_one_message_and_keeps_earlier_checkpoints(tmp_path, mon
     monkeypatch.setattr(ckpt, "open", open_on_full_disk, raising=False)
     cfg = tiny_cfg(**{"trainer.max_steps": 6, "checkpointing.every_n_train_steps": 2,
                       "trainer.val_check_interval": None})
-    with pytest.raises(CheckpointError) as error:
+    with pytest.raises(DiskFullError) as error:  # its own exit code (74) in main, not a user error's 2
         train_tiny(cfg, tmp_path)
     message = str(error.value)
     directory = tmp_path / "checkpoints"

@@ -90,3 +90,61 @@ def test_pass_without_usable_scene_names_the_filter(tmp_path):
     stream = TrainStream(dataset_cfg(tmp_path), DataLoaderStageCfg(num_workers=2), StepTracker(), 0, 1, 0)
     with pytest.raises(UnusableDataError, match="view_sampler"):
         next(iter(stream))
+
+
+def jpeg_declaring(width: int, height: int) -> torch.Tensor:
+    """A small real JPEG whose frame header (SOF0) declares width x height: what a decompression bomb looks like to
+    a reader that trusts the header (a few kB that decode to width x height x 3 bytes)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(buffer, format="JPEG")
+    data = bytearray(buffer.getvalue())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5: sof + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    return torch.frombuffer(data, dtype=torch.uint8)
+
+
+def test_an_image_above_the_pixel_budget_is_skipped_and_counted_without_decoding(tmp_path, monkeypatch):
+    from PIL import Image, ImageFile
+
+    bomb = jpeg_declaring(13000, 13000)
+    with Image.open(__import__("io").BytesIO(bomb.numpy().tobytes())) as image:
+        assert image.size == (13000, 13000)  # Pillow reads the declared size from the header
+    stage = tmp_path / "train"
+    good = make_split(stage, 3, scenes_per_chunk=3)
+    scene = make_scene("bomb", 12, 18, 32, seed=4)
+    scene["images"] = [bomb] * 12
+    add_chunk(stage, "000020.torch", ["bomb"], lambda path: torch.save([scene], path))
+    decoded_sizes = []
+    real_load = ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: decoded_sizes.append(self.size) or real_load(self))
+
+    stream = TrainStream(dataset_cfg(tmp_path), DataLoaderStageCfg(), StepTracker(), 0, 1, 0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        scenes = [batch["scene"][0] for batch in islice(stream, 6)]  # two passes over the 3 good scenes
+    assert sorted(scenes) == sorted(good * 2)
+    counts = stream.skip_counts
+    assert set(counts) == {"image_too_large"} and stream.skipped_scenes == counts["image_too_large"] >= 1  # corrupt
+    assert (13000, 13000) not in decoded_sizes and decoded_sizes  # the others were decoded, the bomb never
+    messages = "\n".join(str(w.message) for w in caught)
+    assert "'bomb' frame" in messages and "13000x13000 = 169,000,000 pixels > dataset.max_image_pixels=40,000,000" \
+        in messages
+    assert not any(issubclass(w.category, Image.DecompressionBombWarning) for w in caught)
+
+
+def test_the_pixel_budget_is_a_config_key(tmp_path):
+    """A frame of exactly the budget loads; one pixel fewer in the budget refuses it."""
+    from fabric_mvsplat.data.chunks import ExampleBuilder
+    from fabric_mvsplat.data.view_sampler import SceneRejected
+
+    scene = make_scene("small", 12, 18, 32, seed=5)
+    generator = torch.Generator().manual_seed(0)
+    ExampleBuilder(dataset_cfg(tmp_path, max_image_pixels=18 * 32), "train").build(scene, "chunk", generator, 0)
+    with pytest.raises(SceneRejected) as rejected:
+        ExampleBuilder(dataset_cfg(tmp_path, max_image_pixels=18 * 32 - 1), "train").build(scene, "chunk", generator, 0)
+    assert rejected.value.reason == "image_too_large"

@@ -189,6 +189,18 @@ def test_workers_end_when_the_caller_stops_reading(tmp_path):
     assert dataloader_workers() - before == set()
 
 
+def test_torch_still_has_the_private_worker_shutdown_the_stream_calls():
+    """data.stream.iterate ends the workers at once through the DataLoader iterator's private _shutdown_workers();
+    without it they end only in the iterator's __del__ (5 s per worker after a worker raised). A torch that drops
+    or renames it fails here rather than slowing every stop."""
+    from torch.utils.data import DataLoader
+
+    batches = iter(DataLoader(list(range(4)), num_workers=1))
+    shutdown = getattr(batches, "_shutdown_workers", None)
+    assert callable(shutdown), f"torch {torch.__version__}: DataLoader's iterator has no _shutdown_workers()"
+    shutdown()
+
+
 def test_loader_seed_null_derives_the_order_from_the_root_seed(tmp_path):
     """data_loader.*.seed=null, as the original accepts it: the stream is still deterministic, from `seed` alone."""
     make_split(tmp_path / "train", 8, scenes_per_chunk=2)

@@ -88,7 +88,7 @@ def test_gaussian_on_the_optical_axis_lands_on_the_principal_point(use_principal
     h, w = 31, 33
     cx, cy = 0.3, 0.62
     gaussians = point_gaussians([[0.0, 0.0, 3.0]])
-    output = render(gaussians, *camera(cx, cy), (h, w), backend="torch", use_principal_point=use_principal_point)
+    output = render(gaussians, camera(cx, cy), (h, w), backend="torch", use_principal_point=use_principal_point)
     if use_principal_point:
         expected = (math.floor(cy * h), math.floor(cx * w))  # the real principal point
     else:
@@ -116,7 +116,7 @@ def test_by_default_an_off_centre_principal_point_renders_as_the_original():
     u = w / 2 + point[0] / point[2] * w / (2 * math.tan(fov_x / 2))
     v = h / 2 + point[1] / point[2] * h / (2 * math.tan(fov_y / 2))
     assert brightest_pixel(output.color[0, 0, 0]) == (math.floor(v), math.floor(u))
-    with_cx = render(point_gaussians([list(point)]), *camera(cx, cy, f), (h, w), backend="torch",
+    with_cx = render(point_gaussians([list(point)]), camera(cx, cy, f), (h, w), backend="torch",
                      use_principal_point=True)
     assert brightest_pixel(with_cx.color[0, 0, 0]) == (math.floor(cy * h + f * h * point[1] / point[2]),
                                                       math.floor(cx * w + f * w * point[0] / point[2]))
@@ -137,8 +137,8 @@ def test_near_cull_is_in_scale_invariant_units():
     """z <= 0.2 * near is culled (the original scales the scene by 1/near and culls z <= 0.2)."""
     gaussians = point_gaussians([[0.0, 0.0, 0.5]])
     extrinsics, intrinsics, _, far = camera(0.5, 0.5)
-    visible = render(gaussians, extrinsics, intrinsics, torch.full((1, 1), 2.0, dtype=F64), far, (9, 9), backend="torch")
-    culled = render(gaussians, extrinsics, intrinsics, torch.full((1, 1), 3.0, dtype=F64), far, (9, 9), backend="torch")
+    visible = render(gaussians, (extrinsics, intrinsics, torch.full((1, 1), 2.0, dtype=F64), far), (9, 9), backend="torch")
+    culled = render(gaussians, (extrinsics, intrinsics, torch.full((1, 1), 3.0, dtype=F64), far), (9, 9), backend="torch")
     assert visible.color.max() > 0.5 and culled.color.max() == 0
 
 
@@ -148,7 +148,7 @@ def test_depth_modes_accumulate_like_the_original(mode):
     gaussians = point_gaussians([[0.0, 0.0, z]], opacity=opacity)
     extrinsics, intrinsics, _, _ = camera(0.5, 0.5)
     near_t, far_t = torch.full((1, 1), near, dtype=F64), torch.full((1, 1), far, dtype=F64)
-    output = render(gaussians, extrinsics, intrinsics, near_t, far_t, (9, 9), mode, backend="torch",
+    output = render(gaussians, (extrinsics, intrinsics, near_t, far_t), (9, 9), mode, backend="torch",
                     background_color=(1.0, 1.0, 1.0))
     expected = {
         "depth": opacity * z,  # alpha-weighted, not normalised: the original's visualisation hack
@@ -161,7 +161,7 @@ def test_depth_modes_accumulate_like_the_original(mode):
     assert math.isclose(output.depth[0, 0, 4, 4].item(), expected, rel_tol=1e-9)
     assert output.depth[0, 0, 0, 0].item() == 0  # depth is splatted on black whatever the background
     assert math.isclose(output.color[0, 0, 0, 0, 0].item(), 1.0)  # the colour background is used
-    no_depth = render(gaussians, extrinsics, intrinsics, near_t, far_t, (9, 9), backend="torch",
+    no_depth = render(gaussians, (extrinsics, intrinsics, near_t, far_t), (9, 9), backend="torch",
                       background_color=(1.0, 1.0, 1.0))
     assert no_depth.depth is None and torch.allclose(no_depth.color, output.color)
 
@@ -174,9 +174,9 @@ def test_log_depth_equals_the_originals_formula(z):
     near, far = torch.full((1, 1), 0.5, dtype=F64), torch.full((1, 1), 10.0, dtype=F64)
     z_t = torch.tensor(z, dtype=F64)
     original = z_t.minimum(near[0, 0]).maximum(far[0, 0]).log().item()
-    output = render(gaussians, extrinsics, intrinsics, near, far, (9, 9), "log", backend="torch")
+    output = render(gaussians, (extrinsics, intrinsics, near, far), (9, 9), "log", backend="torch")
     assert math.isclose(output.depth[0, 0, 4, 4].item(), 0.5 * original, rel_tol=1e-9)
-    clamped = render(gaussians, extrinsics, intrinsics, near, far, (9, 9), "log_clamped", backend="torch")
+    clamped = render(gaussians, (extrinsics, intrinsics, near, far), (9, 9), "log_clamped", backend="torch")
     assert math.isclose(clamped.depth[0, 0, 4, 4].item(), 0.5 * math.log(min(max(z, 0.5), 10.0)), rel_tol=1e-9)
 
 
@@ -216,4 +216,4 @@ def test_bad_shapes_name_the_tensor():
     gaussians = point_gaussians([[0.0, 0.0, 3.0]])
     extrinsics, intrinsics, near, far = camera(0.5, 0.5)
     with pytest.raises(ValueError, match="near has shape"):
-        render(gaussians, extrinsics, intrinsics, near[0], far, (7, 7), backend="torch")
+        render(gaussians, (extrinsics, intrinsics, near[0], far), (7, 7), backend="torch")

@@ -31,7 +31,7 @@ def test_gsplat_matches_torch_backend(use_principal_point):
     weights = torch.randn(2, 3, 3, 48, 64, generator=generator).cuda()
     results = {}
     for backend in ("torch", "gsplat"):
-        output = render(type(gaussians)(*tensors), *cuda, (48, 64), "depth", backend=backend,
+        output = render(type(gaussians)(*tensors), cuda, (48, 64), "depth", backend=backend,
                         use_principal_point=use_principal_point)
         loss = (output.color * weights).sum() + 0.01 * output.depth.sum()
         results[backend] = (output.color, output.depth, torch.autograd.grad(loss, tensors))

@@ -51,7 +51,7 @@ def render_both(depth_mode, with_grad: bool, **kwargs):
     results = {}
     for backend in ("torch", "gsplat"):
         leaves = [getattr(gaussians, field).clone().requires_grad_(with_grad) for field in FIELDS]
-        output = render(Gaussians(*leaves), *cameras, SHAPE, depth_mode, backend=backend,
+        output = render(Gaussians(*leaves), cameras, SHAPE, depth_mode, backend=backend,
                         background_color=(0.1, 0.2, 0.3))
         grads = None
         if with_grad:

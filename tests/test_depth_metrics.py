@@ -73,7 +73,7 @@ def depth_errors_of_true_surfaces(scale: float, size: int = 64) -> tuple[float, 
     gaussians = gaussians_on_the_true_surfaces(scene, context, scale, size)
     c2w = torch.from_numpy(scene.c2w[target]).float()[None, None]
     intrinsics = torch.from_numpy(scene.intrinsics[target]).float()[None, None]
-    output = render(gaussians, c2w, intrinsics, torch.full((1, 1), 0.5), torch.full((1, 1), 40.0), (size, size),
+    output = render(gaussians, (c2w, intrinsics, torch.full((1, 1), 0.5), torch.full((1, 1), 40.0)), (size, size),
                     depth_mode="expected_depth", backend="torch")
     _, truth = render_frame(scene, target, size, size)
     assert (output.alpha[0] > 0.5).float().mean() > 0.9  # the metric sees most of the image

@@ -46,6 +46,7 @@ def test_mismatch_names_missing_unexpected_and_wrong_shaped_keys():
     assert "missing (1): depth_predictor.to_disparity.2.bias" in message
     assert "unexpected (1): depth_predictor.corr_project.weight" in message
     assert "depth_predictor.proj_feature.bias: file [7] vs model [32]" in message
+    assert "\n" not in message
     assert torch.equal(target.depth_predictor.proj_feature.bias, before)  # nothing half-loaded
 
 

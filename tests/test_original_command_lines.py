@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_train
+from conftest import run_train, synthetic_dataset
 from loop_fixtures import compose_cfg
 
 from fabric_mvsplat.data import StepTracker, TrainStream
@@ -129,12 +129,8 @@ def test_the_original_main_yaml_composes_without_an_experiment():
 @pytest.fixture(scope="module")
 def scenes_64(tmp_path_factory) -> Path:
     """Synthetic 64 x 64 scenes with 48 frames: the bounded sampler's initial context gap of 25 fits."""
-    from fabric_mvsplat.data.synthetic import SyntheticSpec, generate_synthetic_dataset
-
-    root = tmp_path_factory.mktemp("scenes_64")
-    generate_synthetic_dataset(root, SyntheticSpec(train_scenes=1, test_scenes=1, frames=48, height=64, width=64,
-                                                   seed=11), progress=False)
-    return root
+    return synthetic_dataset(tmp_path_factory, "scenes_64", train_scenes=1, test_scenes=1, frames=48, height=64,
+                             width=64, seed=11)
 
 
 def runnable(root: Path, tmp_path: Path, lpips: Path) -> list[str]:

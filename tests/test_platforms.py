@@ -5,7 +5,7 @@ import signal
 import sys
 from itertools import islice
 
-from fabric_mvsplat.data import StepTracker, make_train_stream
+from fabric_mvsplat.data import StepTracker, TrainStream
 from fabric_mvsplat.data.config import DataLoaderStageCfg
 from data_fixtures import dataset_cfg, make_split
 from loop_fixtures import tiny_cfg, train_tiny
@@ -32,7 +32,7 @@ def test_data_workers_start_without_sigusr1(tmp_path, monkeypatch):
     """Each DataLoader worker ignores the stop signals the platform has (forked workers see the patched module)."""
     without_posix_extras(monkeypatch)
     make_split(tmp_path / "train", 4, scenes_per_chunk=2)
-    stream = make_train_stream(dataset_cfg(tmp_path), DataLoaderStageCfg(num_workers=2, batch_size=1),
+    stream = TrainStream(dataset_cfg(tmp_path), DataLoaderStageCfg(num_workers=2, batch_size=1),
                                StepTracker(), 0, 1, 0)
     batches = list(islice(stream, 4))
     assert len(batches) == 4 and all(batch["scene"] for batch in batches)

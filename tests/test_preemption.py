@@ -11,11 +11,13 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from loop_fixtures import flat_parameters, tiny_cfg, train_tiny
 
 from fabric_mvsplat.checkpoint import list_checkpoints
 from fabric_mvsplat.loop import EXIT_STOPPED_BY_SIGNAL
+from fabric_mvsplat.train import EXIT_INTERRUPTED
 
 TESTS = Path(__file__).resolve().parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
@@ -80,9 +82,30 @@ def test_second_ctrl_c_exits_at_once_without_saving(tmp_path):
     lines += wait_for_line(process, r"SIGINT received")
     os.kill(process.pid, signal.SIGINT)
     output = finish(process, lines, timeout=30)
-    assert process.returncode not in (0, EXIT_STOPPED_BY_SIGNAL), output[-3000:]
-    assert "KeyboardInterrupt" in output
+    assert process.returncode == EXIT_INTERRUPTED, output[-3000:]
+    assert output.strip().splitlines()[-1] == ("fabric_mvsplat: interrupted by a second Ctrl-C; every checkpoint on "
+                                               "disk is complete (a write in progress was finished first)")
+    assert "Traceback" not in output
     assert list_checkpoints(tmp_path / "checkpoints") == []
+
+
+def test_second_ctrl_c_during_a_checkpoint_write_lets_the_write_finish(tmp_path):
+    """The first Ctrl-C asks for a checkpoint; the second lands while it is being written (torch.save stalls mid-
+    file): the write completes, the process exits 130 with one line, and no temporary file is left."""
+    process = subprocess.Popen([sys.executable, *tiny_command(tmp_path, KEYS, 0.2)], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                               env={**ENV, "FABRIC_MVSPLAT_TEST_SLOW_SAVE": "3"})
+    lines = wait_for_line(process, r"^step 1/\d+: loss")
+    os.kill(process.pid, signal.SIGINT)
+    lines += wait_for_line(process, r"^writing checkpoint")
+    os.kill(process.pid, signal.SIGINT)
+    output = finish(process, lines, timeout=60)
+    assert process.returncode == EXIT_INTERRUPTED, output[-3000:]
+    assert "second Ctrl-C: exiting as soon as the checkpoint being written is complete" in output
+    assert "Traceback" not in output and "enforce fail" not in output
+    [(step, path)] = list_checkpoints(tmp_path / "checkpoints")
+    assert torch.load(path, weights_only=True)["global_step"] == step
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == [path.name]  # no temporary file left
 
 
 def test_sigterm_to_the_process_group_spares_the_dataloader_workers(tmp_path):
@@ -134,3 +157,40 @@ def test_sigterm_to_torchrun_with_two_ranks_and_accumulation(tmp_path):
     for key, value in expected["state_dict"].items():
         assert torch.equal(final["state_dict"][key], value), key
     assert final["train_stream"] == expected["train_stream"]
+
+
+def rank_pids(torchrun_pid: int) -> dict[int, int]:
+    """{rank: pid} of torchrun's worker processes (their RANK environment variable)."""
+    children = set()
+    for task in Path(f"/proc/{torchrun_pid}/task").iterdir():
+        children.update(int(pid) for pid in (task / "children").read_text().split())
+    ranks = {}
+    for pid in children:
+        environ = dict(entry.split("=", 1) for entry in Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in entry)
+        if "RANK" in environ:
+            ranks[int(environ["RANK"])] = pid
+    return ranks
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds the ranks' pids through /proc (Linux)")
+def test_sigterm_to_one_rank_stops_every_rank_with_the_same_exit_code(tmp_path):
+    """SIGTERM to rank 1 only (a node's OOM killer or a scheduler may signal one process): every rank saves its
+    part of the same step and exits 75; rank 0 reports which rank got the signal."""
+    keys = {**KEYS, "trainer.devices": "auto", "trainer.max_steps": 40, "trainer.val_check_interval": None}
+    run, record = tmp_path / "run", tmp_path / "exit_codes"
+    record.mkdir()
+    process = subprocess.Popen(torchrun(run, keys, 0.4), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True, env={**ENV, "FABRIC_MVSPLAT_TEST_EXIT_RECORD": str(record)})
+    lines = wait_for_line(process, r"^step 2/\d+: loss")
+    ranks = rank_pids(process.pid)
+    assert sorted(ranks) == [0, 1]
+    os.kill(ranks[1], signal.SIGTERM)
+    output = finish(process, lines)
+    codes = {path.name: int(path.read_text()) for path in sorted(record.iterdir())}
+    assert codes == {"rank0.exit": EXIT_STOPPED_BY_SIGNAL, "rank1.exit": EXIT_STOPPED_BY_SIGNAL}, output[-3000:]
+    [(stopped_at, path)] = list_checkpoints(run / "checkpoints")
+    assert f"stopped by SIGTERM on rank 1 after step {stopped_at}: checkpoint {path}" in output
+    saved = torch.load(path, weights_only=True)
+    assert saved["global_step"] == stopped_at and len(saved["train_stream"]) == 2
+    assert f"resume with: torchrun --standalone --nproc_per_node=2 -m fabric_mvsplat.train output_dir={run} " \
+           "checkpointing.load=latest" in output

@@ -21,13 +21,13 @@ def leaves(gaussians: Gaussians) -> list[torch.Tensor]:
 def compare_with_dense(gaussians, extrinsics, intrinsics, near, far, shape, depth_mode="depth",
                        background=(0.0, 0.0, 0.0), backend="torch", **render_kwargs):
     tensors = leaves(gaussians)
-    ours = render(gaussians, extrinsics, intrinsics, near, far, shape, depth_mode, backend=backend,
+    ours = render(gaussians, (extrinsics, intrinsics, near, far), shape, depth_mode, backend=backend,
                   background_color=background, **render_kwargs)
     dense = render_dense(gaussians, extrinsics, intrinsics, near, far, shape, depth_mode, background_color=background)
     assert (ours.color - dense.color).abs().max() <= 1e-5
     assert (ours.depth - dense.depth).abs().max() <= 1e-5
     with torch.no_grad():  # the inference path reuses the selection's alphas
-        inference = render(gaussians, extrinsics, intrinsics, near, far, shape, depth_mode, backend=backend,
+        inference = render(gaussians, (extrinsics, intrinsics, near, far), shape, depth_mode, backend=backend,
                            background_color=background, **render_kwargs)
     assert (inference.color - dense.color).abs().max() <= 1e-5
     weights = torch.randn_like(ours.color, generator=torch.Generator().manual_seed(7))
@@ -71,7 +71,9 @@ def test_many_depth_blocks_with_checkpointing_match_dense(monkeypatch, tile_size
     calls = []
     original = rasterize_torch.composite_block
     monkeypatch.setattr(rasterize_torch, "composite_block", lambda *a, **k: calls.append(1) or original(*a, **k))
-    monkeypatch.setattr(rasterize_torch.rasterize_torch, "__defaults__", (tile_size, block, 0))
+    monkeypatch.setattr(rasterize_torch, "TILE_SIZE", tile_size)
+    monkeypatch.setattr(rasterize_torch, "DEPTH_BLOCK", block)
+    monkeypatch.setattr(rasterize_torch, "CHECKPOINT_ELEMENTS", 0)
     gaussians = random_gaussians(1, 300, torch.Generator().manual_seed(3), torch.float64)
     compare_with_dense(gaussians, *cameras(1, 2, 3), (33, 40))
     assert len(calls) > 10
@@ -79,7 +81,8 @@ def test_many_depth_blocks_with_checkpointing_match_dense(monkeypatch, tile_size
 
 @pytest.mark.isa_sensitive  # a tolerance at float rounding: rerun with the AVX2 kernels
 def test_tile_border_gaussians_match_dense():
-    """Small Gaussians centred exactly on 16-pixel tile corners and edges."""
+    """Small Gaussians centred exactly on tile corners and edges (pixels 8, 16 and 32 lie on the borders of the
+    4-pixel tiles, and of 8- and 16-pixel ones)."""
     extrinsics, intrinsics, near, far = cameras(1, 1, 0)
     extrinsics = torch.eye(4, dtype=torch.float64)[None, None]
     intrinsics = torch.tensor([[[[1.0, 0, 0.5], [0, 1.0, 0.5], [0, 0, 1]]]], dtype=torch.float64)
@@ -100,8 +103,7 @@ def test_early_stop_keeps_only_the_front_layers(monkeypatch, block):
     below 1e-4 and the pixel stops after 3; the colour is the front three layers' weighted colours.
     Behind them a faint layer (alpha 0.1: T would stay above 1e-4) must stay out too: a stopped pixel
     stays stopped, also when the stop falls on a depth-block boundary."""
-    monkeypatch.setattr(rasterize_torch.rasterize_torch, "__defaults__", (rasterize_torch.TILE_SIZE, block,
-                                                                          rasterize_torch.CHECKPOINT_ELEMENTS))
+    monkeypatch.setattr(rasterize_torch, "DEPTH_BLOCK", block)
     count = 8
     means = torch.tensor([[0.0, 0.0, 2.0 + 0.1 * i] for i in range(count)], dtype=torch.float64)
     covariances = torch.eye(3, dtype=torch.float64).repeat(count, 1, 1) * 0.2**2
@@ -112,7 +114,7 @@ def test_early_stop_keeps_only_the_front_layers(monkeypatch, block):
     extrinsics = torch.eye(4, dtype=torch.float64)[None, None]
     intrinsics = torch.tensor([[[[1.0, 0, 0.5], [0, 1.0, 0.5], [0, 0, 1]]]], dtype=torch.float64)
     near, far = torch.ones(1, 1, dtype=torch.float64), torch.full((1, 1), 10.0, dtype=torch.float64)
-    output = render(gaussians, extrinsics, intrinsics, near, far, (17, 17), backend="torch")
+    output = render(gaussians, (extrinsics, intrinsics, near, far), (17, 17), backend="torch")
     centre = output.color[0, 0, 0, 8, 8]
     # The pixel centre (8.5, 8.5) is the projected mean, so alpha = 0.95 exactly for the opaque layers.
     expected = sum(0.95 * 0.05**k * colors[k] for k in range(3))
@@ -125,7 +127,7 @@ def test_early_stop_keeps_only_the_front_layers(monkeypatch, block):
 def test_float32_matches_dense_in_float64():
     gaussians = random_gaussians(1, 200, torch.Generator().manual_seed(5), torch.float32)
     extrinsics, intrinsics, near, far = cameras(1, 2, 5, torch.float32)
-    ours = render(gaussians, extrinsics, intrinsics, near, far, (24, 30), backend="torch")
+    ours = render(gaussians, (extrinsics, intrinsics, near, far), (24, 30), backend="torch")
     as64 = Gaussians(*(t.double() for t in (gaussians.means, gaussians.covariances, gaussians.harmonics,
                                              gaussians.opacities)))
     dense = render_dense(as64, extrinsics.double(), intrinsics.double(), near.double(), far.double(), (24, 30))

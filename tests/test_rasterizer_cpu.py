@@ -39,7 +39,7 @@ def test_random_scenes_match_dense(kernels, seed):
 @pytest.mark.parametrize("tile_size", [3, 5, 16])
 def test_tile_sizes_match_dense(kernels, monkeypatch, tile_size):
     """The image does not depend on the tiling: tiles not dividing the image, and tiles larger than it."""
-    monkeypatch.setattr(rasterize_cpu.rasterize_cpu, "__defaults__", (tile_size,))
+    monkeypatch.setattr(rasterize_cpu, "TILE_SIZE", tile_size)
     gaussians = random_gaussians(1, 300, torch.Generator().manual_seed(3), torch.float64)
     compare_with_dense(gaussians, *cameras(1, 2, 3), (33, 14), backend="cpu")
 
@@ -69,7 +69,7 @@ def test_nothing_visible_gives_background_and_zero_gradients(kernels):
     tensors = leaves(gaussians)
     extrinsics, intrinsics, near, far = cameras(1, 1, 0)
     extrinsics = torch.eye(4, dtype=torch.float64)[None, None]
-    output = render(gaussians, extrinsics, intrinsics, near, far, (10, 13), "depth", backend="cpu",
+    output = render(gaussians, (extrinsics, intrinsics, near, far), (10, 13), "depth", backend="cpu",
                     background_color=(0.1, 0.2, 0.3))
     assert torch.equal(output.color[0, 0], torch.tensor([0.1, 0.2, 0.3], dtype=torch.float64)[:, None, None]
                        .expand(3, 10, 13))
@@ -105,7 +105,7 @@ def test_early_stop_keeps_only_the_front_layers(kernels):
     extrinsics = torch.eye(4, dtype=torch.float64)[None, None]
     intrinsics = torch.tensor([[[[1.0, 0, 0.5], [0, 1.0, 0.5], [0, 0, 1]]]], dtype=torch.float64)
     near, far = torch.ones(1, 1, dtype=torch.float64), torch.full((1, 1), 10.0, dtype=torch.float64)
-    output = render(gaussians, extrinsics, intrinsics, near, far, (17, 17), backend="cpu")
+    output = render(gaussians, (extrinsics, intrinsics, near, far), (17, 17), backend="cpu")
     expected = sum(0.95 * 0.05**k * colors[k] for k in range(3))
     assert torch.isclose(output.color[0, 0, 0, 8, 8], expected, atol=1e-12)
     assert torch.isclose(output.alpha[0, 0, 8, 8], torch.tensor(1 - 0.05**3, dtype=torch.float64), atol=1e-12)
@@ -123,7 +123,7 @@ def test_mvsplat_scene_matches_torch_rasterizer(kernels):
     for backend in ("cpu", "torch"):
         tensors = leaves(Gaussians(*(t.detach().clone() for t in (gaussians.means, gaussians.covariances,
                                                                    gaussians.harmonics, gaussians.opacities))))
-        outputs[backend] = render(Gaussians(*tensors), extrinsics, intrinsics, near, far, (24, 24), "depth",
+        outputs[backend] = render(Gaussians(*tensors), (extrinsics, intrinsics, near, far), (24, 24), "depth",
                                   backend=backend)
         weights = torch.randn_like(outputs[backend].color, generator=torch.Generator().manual_seed(1))
         loss = (outputs[backend].color * weights).sum() + outputs[backend].depth.mean()
@@ -138,7 +138,7 @@ def test_mvsplat_scene_matches_torch_rasterizer(kernels):
 def test_float32_matches_dense_in_float64(kernels):
     gaussians = random_gaussians(1, 200, torch.Generator().manual_seed(5), torch.float32)
     extrinsics, intrinsics, near, far = cameras(1, 2, 5, torch.float32)
-    ours = render(gaussians, extrinsics, intrinsics, near, far, (24, 30), backend="cpu")
+    ours = render(gaussians, (extrinsics, intrinsics, near, far), (24, 30), backend="cpu")
     as64 = Gaussians(*(t.double() for t in (gaussians.means, gaussians.covariances, gaussians.harmonics,
                                              gaussians.opacities)))
     dense = render_dense(as64, extrinsics.double(), intrinsics.double(), near.double(), far.double(), (24, 30))
@@ -162,12 +162,12 @@ def test_failed_build_falls_back_with_one_line(monkeypatch, capsys):
     monkeypatch.setattr(rasterize_cpu, "is_built", lambda: False)
     monkeypatch.setattr("torch.utils.cpp_extension.load", broken_build)
     gaussians, cams = small_scene()
-    ours = render(gaussians, *cams, (20, 20), "depth", backend="cpu")
+    ours = render(gaussians, cams, (20, 20), "depth", backend="cpu")
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "compiled CPU rasterizer unavailable: building it failed" in err[0], err
-    reference = render(gaussians, *cams, (20, 20), "depth", backend="torch")
+    reference = render(gaussians, cams, (20, 20), "depth", backend="torch")
     assert torch.equal(ours.color, reference.color) and torch.equal(ours.depth, reference.depth)
-    render(gaussians, *cams, (20, 20), "depth", backend="cpu")
+    render(gaussians, cams, (20, 20), "depth", backend="cpu")
     assert capsys.readouterr().err == "", "the fallback is announced once per process"
 
 
@@ -182,8 +182,8 @@ def test_missing_compiler_falls_back_in_a_fresh_process(tmp_path):
         "from test_rasterizer import cameras\n"
         "g = random_gaussians(1, 100, torch.Generator().manual_seed(8), torch.float64)\n"
         "cams = cameras(1, 2, 8)\n"
-        "a = render(g, *cams, (20, 20), backend='auto').color\n"
-        "b = render(g, *cams, (20, 20), backend='torch').color\n"
+        "a = render(g, cams, (20, 20), backend='auto').color\n"
+        "b = render(g, cams, (20, 20), backend='torch').color\n"
         "assert torch.equal(a, b)\n"
         "print('rendered')\n")
     env = {**os.environ, "CXX": str(tmp_path / "no-such-compiler"), "TORCH_EXTENSIONS_DIR": str(tmp_path / "cache"),

@@ -9,7 +9,7 @@ from conftest import demo_overrides
 from loop_fixtures import compose_cfg
 
 from fabric_mvsplat.data import StepTracker, TrainStream
-from fabric_mvsplat.train import make_model
+from fabric_mvsplat.build import make_model
 from fabric_mvsplat.visualization.validation_3d import camera_image, projection_cameras
 
 pytestmark = pytest.mark.xdist_group("demo_run")  # shares the session's synthetic dataset with test_end_to_end

@@ -29,6 +29,10 @@ def check_before_work(cfg: RootCfg) -> None:
             raise ConfigError("train.depth_mode", cfg.train.depth_mode,
                               "log (the original's) or log_clamped while the depth loss is enabled (it smooths the "
                               "rendered log depth), or no depth loss: add ~loss.depth")
+    name = cfg.wandb.get("name") if isinstance(cfg.wandb, dict) else None
+    if cfg.mode == "test" and name is not None and (Path(str(name)).is_absolute() or ".." in Path(str(name)).parts):
+        raise ConfigError("wandb.name", name, "a name for the folder under test.output_path (no absolute path, "
+                          "no '..'): test mode writes into test.output_path/<wandb.name>")
     missing = missing_files(cfg)
     if len(missing) == 1:
         raise missing[0]

@@ -11,6 +11,7 @@ import difflib
 import time
 import types
 import typing
+from pathlib import Path
 from typing import Any, Literal, Union
 
 from omegaconf import DictConfig, OmegaConf
@@ -18,6 +19,9 @@ from omegaconf import DictConfig, OmegaConf
 from ..errors import ConfigError
 from .ignored_keys import warn_about_keys_without_effect
 from .schema import RootCfg
+
+# The Hydra configs ship inside the package, so a plain `pip install .` finds them from any directory.
+CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
 
 
 def load_config(dict_config: DictConfig | dict) -> RootCfg:

@@ -1,6 +1,6 @@
 """The chunk dataset: which scenes exist (index.json per root) and how one scene becomes one example.
 
-An example is the original's un-batched structure (§3.3 of the spec without the batch dimension):
+An example is the original's un-batched structure (without the batch dimension):
 ``{"context": views, "target": views, "scene": key}``, views = extrinsics [V,4,4] c2w OpenCV,
 intrinsics [V,3,3] normalised, image [V,3,H,W] in [0,1], near/far [V], index [V] int64.
 """
@@ -27,7 +27,7 @@ from .view_sampler import SceneRejected, Stage, get_view_sampler
 
 # Reasons that mean broken data (warned about, logged as data/skipped_scenes); the others are filters.
 CORRUPT_REASONS = ("corrupt_chunk", "corrupt_scene", "invalid_cameras", "undecodable_image", "undecodable_depth",
-                   "missing_from_chunk")
+                   "missing_from_chunk", "image_too_large")
 # Reasons the evaluation index gives (reported apart from the filters in test mode).
 INDEX_REASONS = ("not_in_index", "null_in_index")
 
@@ -128,9 +128,30 @@ class ChunkCache:
         return self.scenes[ref.key]
 
 
-def decode_frame(data: Tensor) -> Image.Image:
-    """Encoded bytes -> a fully decoded RGB PIL image (truncated data raises here, not later)."""
-    image = Image.open(io.BytesIO(data.numpy().tobytes()))
+class ImageTooLarge(ValueError):
+    """An image whose header declares more pixels than dataset.max_image_pixels (a decompression bomb, or a
+    frame far larger than any training needs): refused before it is decoded."""
+
+
+def open_within_budget(data: Tensor, max_pixels: int) -> Image.Image:
+    """Encoded bytes -> a PIL image that has read only its header, or ImageTooLarge when the header declares more
+    than `max_pixels` pixels: a few kB of JPEG can declare gigabytes of pixels, so the size is checked first."""
+    with warnings.catch_warnings():  # Pillow's own, looser check warns from 89 Mpx: ours is the one that decides
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(io.BytesIO(data.numpy().tobytes()))
+        except Image.DecompressionBombError as error:
+            raise ImageTooLarge(str(error)) from None
+    if image.width * image.height > max_pixels:
+        raise ImageTooLarge(f"{image.width}x{image.height} = {image.width * image.height:,} pixels > "
+                            f"dataset.max_image_pixels={max_pixels:,}")
+    return image
+
+
+def decode_frame(data: Tensor, max_pixels: int) -> Image.Image:
+    """Encoded bytes -> a fully decoded RGB PIL image (truncated data raises here, not later); ImageTooLarge
+    before decoding anything above the pixel budget."""
+    image = open_within_budget(data, max_pixels)
     image.load()
     return image if image.mode == "RGB" else image.convert("RGB")
 
@@ -166,7 +187,9 @@ class ExampleBuilder:
         frames = {}
         for frame in torch.cat([context, target]).unique().tolist():
             try:
-                frames[frame] = decode_frame(scene["images"][frame])
+                frames[frame] = decode_frame(scene["images"][frame], cfg.max_image_pixels)
+            except ImageTooLarge as error:
+                raise SceneRejected("image_too_large", f"{chunk}: scene {key!r} frame {frame}: {error}") from None
             except Exception as error:
                 raise SceneRejected("undecodable_image", f"{chunk}: scene {key!r} frame {frame}: "
                                     f"{type(error).__name__}: {error}") from None
@@ -194,7 +217,10 @@ class ExampleBuilder:
         maps = []
         for i in indices.tolist():
             try:
+                open_within_budget(depths[i], self.cfg.max_image_pixels)
                 depth = decode_depth(depths[i])
+            except ImageTooLarge as error:
+                raise SceneRejected("image_too_large", f"{chunk}: scene {scene['key']!r} depth {i}: {error}") from None
             except Exception as error:
                 raise SceneRejected("undecodable_depth", f"{chunk}: scene {scene['key']!r} depth {i}: "
                                     f"{type(error).__name__}: {error}") from None

@@ -84,6 +84,9 @@ class DatasetCfg:
     skip_bad_shape: bool = True
     # Frames must have this (H, W) when skip_bad_shape is on (RE10K/ACID frames are 360x640).
     original_image_shape: list[int] = field(default_factory=lambda: [360, 640])
+    # Added: frames (and depth maps) whose header declares more pixels are skipped as corrupt before decoding
+    # (a decompression bomb: a small file that decodes to gigabytes). 40 Mpx admits 8K frames (33 Mpx).
+    max_image_pixels: int = 40_000_000
     near: float = -1.0
     far: float = -1.0
     baseline_scale_bounds: bool = True
@@ -105,6 +108,8 @@ class DatasetCfg:
             raise ConfigError("roots", self.roots, "a non-empty list of dataset directories")
         if self.test_chunk_interval < 1:
             raise ConfigError("test_chunk_interval", self.test_chunk_interval, "an integer >= 1")
+        if self.max_image_pixels < 1:
+            raise ConfigError("max_image_pixels", self.max_image_pixels, "a positive number of pixels per frame")
         if self.test_times_per_scene < 1:
             raise ConfigError("test_times_per_scene", self.test_times_per_scene, "an integer >= 1")
         if self.near != -1.0 and self.far != -1.0 and not 0 < self.near < self.far:

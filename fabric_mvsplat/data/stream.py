@@ -23,6 +23,7 @@ from ..errors import DatasetError, UnusableDataError
 from ..types import BatchedExample
 from .chunks import CORRUPT_REASONS, ChunkCache, ExampleBuilder, SceneRef, list_scenes, warn_skip
 from .config import DataLoaderStageCfg, DatasetCfg, ViewSamplerEvaluationCfg
+from .scene_names import scene_file_name
 from .step_tracker import StepTracker
 from .view_sampler import EvaluationSampler, SceneRejected, Stage
 
@@ -95,15 +96,19 @@ class Layout:
 @dataclass(frozen=True)
 class BatchSteps:
     """The training step the view sampler sees for a batch: the tracker's live step when `offset` is None
-    (validation, which runs in the calling process), else offset + batch // batches_per_step (training: the step
-    that batch is trained at, so prefetching workers neither lag behind the curriculum nor race it)."""
+    (validation, which runs in the calling process), else offset + (batch - phase) // batches_per_step (training:
+    the step that batch is trained at, so prefetching workers neither lag behind the curriculum nor race it; phase
+    is the batch from which batches_per_step applies, 0 unless a resume changed the accumulation)."""
 
     tracker: StepTracker
     offset: int | None = None
     batches_per_step: int = 1
+    phase: int = 0
 
     def step_of(self, batch_index: int) -> int:
-        return self.tracker.get_step() if self.offset is None else self.offset + batch_index // self.batches_per_step
+        if self.offset is None:
+            return self.tracker.get_step()
+        return self.offset + (batch_index - self.phase) // self.batches_per_step
 
 
 class SceneStream(IterableDataset):
@@ -200,8 +205,11 @@ def iterate(dataset: IterableDataset, num_workers: int, **loader_kwargs) -> Iter
     finally:
         # torch stops the workers in the iterator's __del__. When a worker raised, the exception's traceback
         # keeps the iterator alive, and the shutdown that finally runs waits 5 s per worker before killing it
-        # (measured 10 s for 2 workers). Run the same shutdown now, while the workers still answer.
-        batches._shutdown_workers()
+        # (measured 10 s for 2 workers). Run the same shutdown now, while the workers still answer. It is
+        # torch's private method (tests/test_data_stream.py checks it is there); without it __del__ still runs.
+        shutdown = getattr(batches, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
 
 
 class TrainStream:
@@ -218,8 +226,9 @@ class TrainStream:
         if not self.scenes:
             raise DatasetError(f"the train index.json files under dataset.roots={dataset_cfg.roots} list no scenes")
         self.state = fresh_state(loader_cfg.num_workers)
-        # The sampler's step for batch k is step_offset + k // batches_per_step: the step that batch is trained
-        # at (the loop takes trainer.accumulate_grad_batches batches per step). Prefetching workers then
+        # The sampler's step for batch k is step_offset + (k - phase) // batches_per_step: the step that batch is
+        # trained at (the loop takes trainer.accumulate_grad_batches batches per step; phase is the batch from which
+        # the current count applies, 0 unless a resume changed it). Prefetching workers then
         # neither lag behind the curriculum nor race it.
         self.batches_per_step = batches_per_step
         self.step_offset: int | None = None
@@ -246,12 +255,14 @@ class TrainStream:
 
     def __iter__(self) -> Iterator[BatchedExample]:
         if self.step_offset is None:
-            self.step_offset = self.step_tracker.get_step() - self.state["batches"] // self.batches_per_step
+            self.step_offset = (self.step_tracker.get_step()
+                                - (self.state["batches"] - self.state.get("phase", 0)) // self.batches_per_step)
         num_workers = self.loader_cfg.num_workers
         layout = Layout(self.loader_cfg.batch_size, self.rank, self.world_size, num_workers)
         dataset = SceneStream(self.dataset_cfg, "train", self.scenes, seed=self.seed, shuffle=True, layout=layout,
                               state=self.state,
-                              steps=BatchSteps(self.step_tracker, self.step_offset, self.batches_per_step))
+                              steps=BatchSteps(self.step_tracker, self.step_offset, self.batches_per_step,
+                                               self.state.get("phase", 0)))
         for batch, meta in iterate(dataset, num_workers, prefetch_factor=2):
             _record(self.state, meta)
             self.last_positions = meta["positions"]
@@ -259,13 +270,23 @@ class TrainStream:
 
     def state_dict(self) -> dict:
         return {"format": 1, "layout": self._layout(), "step_offset": self.step_offset,
+                "batches_per_step": self.batches_per_step, "phase": self.state.get("phase", 0),
                 "batches": self.state["batches"], "start": self.state["start"],
                 "cursors": list(self.state["cursors"]), "skips": [dict(s) for s in self.state["skips"]]}
 
     def load_state_dict(self, state: dict) -> None:
-        self.step_offset = state["step_offset"]
+        saved_batches_per_step = state.get("batches_per_step", self.batches_per_step)
+        phase = state.get("phase", 0)
+        # The step the next batch trains at: the checkpoint's step (None: the stream had not started).
+        next_step = (None if state["step_offset"] is None
+                     else state["step_offset"] + (state["batches"] - phase) // saved_batches_per_step)
         if state["layout"] == self._layout():
             self.state = {key: state[key] for key in ("batches", "start", "cursors", "skips")}
+            self.state["phase"], self.step_offset = phase, state["step_offset"]
+            if saved_batches_per_step != self.batches_per_step and next_step is not None:
+                # trainer.accumulate_grad_batches changed: from the next batch on, every batches_per_step
+                # batches make one step, starting at the checkpoint's step.
+                self.state["phase"], self.step_offset = state["batches"], next_step
             return
         # Another rank/worker layout or dataset: exact continuation is impossible; start the next pass.
         old = state["layout"]
@@ -280,8 +301,7 @@ class TrainStream:
         self.state = fresh_state(self.loader_cfg.num_workers)
         self.state["start"] = next_pass * len(self.scenes)
         self.state["skips"][0] = dict(sum((Counter(s) for s in state["skips"]), Counter()))
-        if self.step_offset is not None:
-            self.step_offset += state["batches"] // self.batches_per_step
+        self.step_offset = next_step
 
     def _layout(self) -> dict:
         return {"rank": self.rank, "world_size": self.world_size, "num_workers": self.loader_cfg.num_workers,
@@ -289,7 +309,9 @@ class TrainStream:
 
 
 class TestScenes(IterableDataset):
-    """A finite list of (scene, name) elements, split into contiguous runs over DataLoader workers."""
+    """A finite list of (scene, name) elements, split into contiguous runs over DataLoader workers. Each example
+    also carries `file_name`: its name as one safe path component (data.scene_names), for the files test mode
+    writes."""
 
     def __init__(self, dataset_cfg: DatasetCfg, elements: list[tuple[int, SceneRef, str]], batch_size: int,
                  seed: int) -> None:
@@ -304,7 +326,9 @@ class TestScenes(IterableDataset):
         for position, ref, name in share:
             generator = torch.Generator().manual_seed(mix_seed(self.seed, "test", position))
             try:
-                examples.append(builder.build(cache.scene(ref), ref.chunk, generator, 0, name=name))
+                example = builder.build(cache.scene(ref), ref.chunk, generator, 0, name=name)
+                # Test mode names its files after the scene: a key from the dataset becomes a safe name here.
+                examples.append({**example, "file_name": scene_file_name(example["scene"])})
             except SceneRejected as error:
                 skips[error.reason] += 1
                 warn_skip(error)

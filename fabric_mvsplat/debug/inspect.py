@@ -22,7 +22,7 @@ from PIL import Image, ImageDraw
 from torch import Tensor, nn
 
 from ..checkpoint import load_weights
-from ..config import RootCfg
+from ..config import CONFIG_DIR, RootCfg
 from ..data import StepTracker, TrainStream, ValidationSource
 from ..data.chunk_io import camera_problem, rotation_defects
 from ..data.chunks import ChunkCache, SceneRejected, list_scenes
@@ -32,7 +32,6 @@ from ..types import Gaussians
 from ..visualization.layout import colorize_depth, hcat, image_tensor, label_rows, vcat
 from .health import gaussian_statistics, gradient_norms, model_parts, plane_fractions
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 ROTATION_TOLERANCE = 1e-3
 BASELINE_TOLERANCE = 0.1  # a target may lie 10% of the baseline beyond either context camera
 MOST = 0.5  # "most depths": more than half
@@ -299,7 +298,7 @@ def default_config() -> dict:
 
     if GlobalHydra.instance().is_initialized():  # inside the entry point: Hydra's own search path
         return OmegaConf.to_container(compose("main"), resolve=True)
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
         return OmegaConf.to_container(compose("main"), resolve=True)
 
 

@@ -13,8 +13,6 @@ trainer.deterministic=true on CUDA with torch's own kernels; gsplat's CUDA raste
 ranks or DataLoader workers can change the numbers.
 """
 
-import os
-import shlex
 import sys
 from pathlib import Path
 
@@ -22,41 +20,25 @@ import torch
 from torch import nn
 
 from ..checkpoint import list_checkpoints
+from ..shell_command import override_key, train_command
 
 REPLACED_KEYS = ("output_dir", "checkpointing.load", "checkpointing.resume", "debug.replay_step")
 
 
-def hydra_overrides() -> list[str]:
-    """This run's command-line overrides as Hydra parsed them (none when not started by Hydra)."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        return list(HydraConfig.get().overrides.task)
-    except (ImportError, ValueError):
-        return []
-
-
-def launcher(world_size: int, num_nodes: int) -> list[str]:
-    if world_size == 1 and "LOCAL_WORLD_SIZE" not in os.environ:
-        return ["python", "-m"]
-    local = os.environ.get("LOCAL_WORLD_SIZE", str(world_size // max(num_nodes, 1)))
-    nodes = [f"--nnodes={num_nodes}"] if num_nodes > 1 else ["--standalone"]
-    return ["torchrun", *nodes, f"--nproc_per_node={local}", "-m"]
-
-
 def replay_command(output_dir: Path, step: int, overrides: list[str], world_size: int, num_nodes: int = 1) -> str:
-    """The shell command (quoted for a POSIX shell) that replays global step `step` of the run in
-    `output_dir` from its newest checkpoint at or before that step (from the start when there is none)."""
+    """The shell command (quoted for a POSIX shell, its values for Hydra: shell_command) that replays global step
+    `step` of the run in `output_dir` from its newest checkpoint at or before that step (from the start when there
+    is none)."""
     output_dir = Path(output_dir)
     before = [path for saved_step, path in list_checkpoints(output_dir / "checkpoints") if saved_step <= step]
-    settings = [f"output_dir={output_dir / f'replay_step_{step}'}", f"debug.replay_step={step}"]
+    settings = {"output_dir": str(output_dir / f"replay_step_{step}"), "debug.replay_step": str(step)}
     replaced = REPLACED_KEYS
     if before:
-        settings += [f"checkpointing.load={before[-1]}", "checkpointing.resume=true"]
+        settings |= {"checkpointing.load": str(before[-1]), "checkpointing.resume": "true"}
     else:  # from the same start as the run (its own checkpointing.load, if any, stays)
         replaced = ("output_dir", "debug.replay_step")
-    kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in replaced]
-    return shlex.join([*launcher(world_size, num_nodes), "fabric_mvsplat.train", *kept, *settings])
+    kept = [o for o in overrides if override_key(o) not in replaced]
+    return train_command(kept, settings, world_size, num_nodes)
 
 
 class NonFiniteForward:

@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 import traceback
+from collections import deque
 from pathlib import Path
 
 from ..config import WatchdogCfg
@@ -42,7 +43,7 @@ class Watchdog:
         self.poll_seconds = poll_seconds
         self.what, self.since = "start", time.monotonic()
         self.what_kind = self.what  # `what` without its step: whether the time since is a training step's
-        self.step_seconds: list[float] = []
+        self.step_seconds: deque[float] = deque(maxlen=100)  # the latest training steps
         self.reported = 0  # how many hangs were reported (the files of the current one carry this number)
         self.hanging = False
         self.main_thread_id = threading.main_thread().ident
@@ -62,7 +63,7 @@ class Watchdog:
         now = time.monotonic()
         with self._lock:
             if self.what_kind == TRAINING_STEP:
-                self.step_seconds = (self.step_seconds + [now - self.since])[-100:]
+                self.step_seconds.append(now - self.since)
             if self.hanging and self.rank == 0:
                 print(f"fabric_mvsplat: watchdog: progress again after {now - self.since:.0f} s in {self.what}",
                       file=sys.stderr, flush=True)

@@ -1,4 +1,4 @@
-"""Test mode (spec §8.4): render the evaluation index, score it, write the original's files.
+"""Test mode: render the evaluation index, score it, write the original's files.
 
 Scenes are sharded across ranks by the test loader; each rank scores its share and the
 per-scene results are gathered on every rank, sorted by scene key, so 1 and N ranks write the
@@ -10,6 +10,7 @@ synthetic data), the expected depth's AbsRel and delta<1.25.
 
 import json
 import math
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -47,6 +48,18 @@ class SceneViews:
     depth: torch.Tensor | None = None  # rendered expected depth [V, H, W]
     alpha: torch.Tensor | None = None  # accumulated opacity [V, H, W]
     depth_truth: torch.Tensor | None = None  # the chunks' depth [V, H, W], where the data has it
+
+
+@dataclass
+class RankResults:
+    """What one rank sends to the others at the end of test mode (plain values: it is pickled)."""
+
+    scores: list[dict]  # vars() of this rank's SceneScores
+    timings: dict[str, list[float]]  # per-call seconds under TIMING_KEYS
+    peak_memory: int  # bytes (CUDA), 0 elsewhere
+    rendered_scenes: int
+    load_skips: dict[str, int]  # scenes the loader skipped, by reason
+    file_names: dict[str, str]  # scene key -> the name of its files (data.scene_names)
 
 
 @dataclass
@@ -167,6 +180,12 @@ def skip_summary(skip_reasons: dict[str, int]) -> dict[str, int]:
     return dict(kinds)
 
 
+def test_results_dir(cfg: "RootCfg") -> Path:
+    """Where test mode writes: test.output_path/<wandb.name> (the original's place)."""
+    name = str(cfg.wandb.get("name", "default")) if isinstance(cfg.wandb, dict) else "default"
+    return Path(cfg.test.output_path) / name
+
+
 @torch.no_grad()
 def run_test(fabric: "Fabric", cfg: "RootCfg", model: "MVSplat", test_loader: Iterable[BatchedExample]) -> dict | None:
     """Evaluate `model` over `test_loader`, writing under `test.output_path/<wandb.name>/` (the original's
@@ -178,8 +197,7 @@ def run_test(fabric: "Fabric", cfg: "RootCfg", model: "MVSplat", test_loader: It
     from .media import save_video
 
     test_cfg = cfg.test
-    name = str(cfg.wandb.get("name", "default")) if isinstance(cfg.wandb, dict) else "default"
-    out_dir = Path(test_cfg.output_path) / name
+    out_dir = test_results_dir(cfg)
     module = model.module if hasattr(model, "module") else model
     device = fabric.device
     module.eval()
@@ -190,6 +208,7 @@ def run_test(fabric: "Fabric", cfg: "RootCfg", model: "MVSplat", test_loader: It
         torch.cuda.reset_peak_memory_stats(device)
 
     scores: list[SceneScores] = []
+    file_names: dict[str, str] = {}  # scene key -> the name of its files (the key itself when it is a safe name)
     rendered_scenes = 0
     timings = Timings(skip=test_cfg.eval_time_skip_steps)
     clock = BatchClock(device)
@@ -221,7 +240,7 @@ def run_test(fabric: "Fabric", cfg: "RootCfg", model: "MVSplat", test_loader: It
         if has_depth or test_cfg.save_image:
             depth_output = module.render_views(gaussians, target, image_shape, depth_mode="expected_depth")
 
-        for b, scene in enumerate(batch["scene"]):
+        for b, (scene, file_name) in enumerate(zip(batch["scene"], batch["file_name"])):
             views = SceneViews(
                 scene, rendered=output.color[b].float(), ground_truth=target["image"][b].float(),
                 context_images=context["image"][b].float(), context_indices=context["index"][b],
@@ -229,15 +248,16 @@ def run_test(fabric: "Fabric", cfg: "RootCfg", model: "MVSplat", test_loader: It
                 depth=depth_output.depth[b].float() if depth_output is not None else None,
                 alpha=depth_output.alpha[b].float() if depth_output is not None else None,
                 depth_truth=target["depth"][b].float() if has_depth else None)
+            file_names[scene] = file_name
             if test_cfg.save_image:
-                save_scene_images(out_dir / scene, views, target["near"][b, 0], target["far"][b, 0])
+                save_scene_images(inside(out_dir, file_name), views, target["near"][b, 0], target["far"][b, 0])
             if test_cfg.save_video:
                 first, last = context["index"][b, 0].item(), context["index"][b, -1].item()
-                save_video(views.rendered, out_dir / "video" / f"{scene}_frame_{first}_{last}.mp4")
+                save_video(views.rendered, inside(out_dir / "video", f"{file_name}_frame_{first}_{last}.mp4"))
             if test_cfg.save_gaussians:
                 from ..model.ply_export import export_ply
 
-                export_ply(gaussians, out_dir / "gaussians" / f"{scene}.ply", batch_index=b)
+                export_ply(gaussians, inside(out_dir / "gaussians", f"{file_name}.ply"), batch_index=b)
             rendered_scenes += 1
             if test_cfg.compute_scores:
                 scores.append(score_scene(views, module.lpips_metric))
@@ -246,21 +266,22 @@ def run_test(fabric: "Fabric", cfg: "RootCfg", model: "MVSplat", test_loader: It
 
     peak_memory = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
     load_skips = dict(getattr(test_loader, "skip_counts", {}))
-    per_rank = gather_objects(fabric, ([vars(s) for s in scores], timings.seconds, peak_memory, rendered_scenes,
-                                       load_skips))
+    per_rank: list[RankResults] = gather_objects(fabric, RankResults(
+        [vars(s) for s in scores], timings.seconds, peak_memory, rendered_scenes, load_skips, file_names))
     skip_reasons = Counter(getattr(test_loader, "index_skip_counts", {}))  # the same on every rank: once
     for rank in per_rank:
-        skip_reasons.update(rank[4])
-    counts = {"rendered": sum(rank[3] for rank in per_rank),
-              "scored": sum(len(rank[0]) for rank in per_rank),
+        skip_reasons.update(rank.load_skips)
+    counts = {"rendered": sum(rank.rendered_scenes for rank in per_rank),
+              "scored": sum(len(rank.scores) for rank in per_rank),
               "skipped": skip_summary(skip_reasons), "skip_reasons": dict(sorted(skip_reasons.items()))}
     averages = None
     if fabric.global_rank == 0:
-        all_scores = sorted((s for rank in per_rank for s in rank[0]), key=lambda s: s["scene"])
-        all_timings = {key: [t for rank in per_rank for t in rank[1][key]] for key in TIMING_KEYS}
-        peak_memory = max(rank[2] for rank in per_rank)
+        all_scores = sorted((s for rank in per_rank for s in rank.scores), key=lambda s: s["scene"])
+        all_timings = {key: [t for rank in per_rank for t in rank.timings[key]] for key in TIMING_KEYS}
+        peak_memory = max(rank.peak_memory for rank in per_rank)
         averages = write_test_results(out_dir, all_scores, all_timings, peak_memory, test_cfg.compute_scores,
                                       counts, lpips_missing)
+        write_file_names(out_dir, {key: name for rank in per_rank for key, name in rank.file_names.items()})
         summary = ", ".join(f"{k} {v:.4f}" for k, v in averages.items() if isinstance(v, float))
         skipped = ", ".join(f"{kind} {n}" for kind, n in counts["skipped"].items())
         fabric.print(f"test: rendered {counts['rendered']} scenes, scored {counts['scored']}, skipped {skipped} "
@@ -274,6 +295,27 @@ def run_test(fabric: "Fabric", cfg: "RootCfg", model: "MVSplat", test_loader: It
             "names their keys; under dataset.test_times_per_scene=T > 1 its keys must be <scene>_00 .. "
             "<scene>_<T-1> (the DTU index layout).")
     return averages
+
+
+def inside(folder: Path, name: str) -> Path:
+    """folder / name, where name must be one plain path component (data.scene_names makes scene keys so): a
+    last guard that no file of test mode is ever written outside its folder."""
+    path = folder / name
+    if name in ("", ".", "..") or "\0" in name or path.parent != folder or Path(name).is_absolute():
+        raise ValueError(f"refusing to write {name!r} outside {folder}: not a plain file name")
+    return path
+
+
+def write_file_names(out_dir: Path, file_names: dict[str, str]) -> None:
+    """scene_file_names.json: {scene key: the name of its files}, and one line for keys that were renamed
+    (not plain file names: a path, '..', a reserved or overlong name)."""
+    renamed = {key: name for key, name in file_names.items() if key != name}
+    (out_dir / "scene_file_names.json").write_text(json.dumps(dict(sorted(file_names.items())), indent=1))
+    if renamed:
+        examples = ", ".join(f"{key!r} -> {name}" for key, name in list(renamed.items())[:3])
+        print(f"fabric_mvsplat: {len(renamed)} scene key(s) are not plain file names and were renamed ({examples}"
+              f"{' ...' if len(renamed) > 3 else ''}); every key's name is in {out_dir / 'scene_file_names.json'}",
+              file=sys.stderr)
 
 
 def save_scene_images(scene_dir: Path, views: SceneViews, near: torch.Tensor, far: torch.Tensor) -> None:

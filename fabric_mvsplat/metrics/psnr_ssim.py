@@ -1,4 +1,4 @@
-"""Image metrics with the original MVSplat definitions (spec §8.4).
+"""Image metrics with the original MVSplat definitions.
 
 All metrics run on the float renders (never on re-quantised PNGs), one value per image.
 LPIPS lives in :mod:`fabric_mvsplat.metrics.lpips` because it needs weights.

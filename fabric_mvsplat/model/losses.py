@@ -1,4 +1,4 @@
-"""The training losses (spec §8.1). Each returns an already-weighted scalar; the total is their sum."""
+"""The training losses. Each returns an already-weighted scalar; the total is their sum."""
 
 import torch
 from einops import reduce

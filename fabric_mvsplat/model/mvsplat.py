@@ -1,4 +1,4 @@
-"""MVSplat as one module: encoder -> Gaussians -> decoder -> losses (spec §8.2, §8.3).
+"""MVSplat as one module: encoder -> Gaussians -> decoder -> losses.
 
 `forward` is the training step, so that under DDP the gradient-sync hooks fire through the
 Fabric-wrapped forward. `validation_step` renders what a person looks at in TensorBoard.
@@ -132,7 +132,7 @@ class MVSplat(nn.Module):
         """The first scene's Gaussians seen along each world axis through a nearly orthographic camera."""
         gaussians_0 = first_scene(gaussians)
         extrinsics, intrinsics, near, far = projection_cameras(gaussians_0.means.float())
-        output = render(gaussians_0, extrinsics, intrinsics, near, far, (resolution, resolution),
+        output = render(gaussians_0, (extrinsics, intrinsics, near, far), (resolution, resolution),
                         backend=self.decoder.cfg.backend, background_color=(0.0, 0.0, 0.0))  # on black, as the original
         return projection_image(output.color[0].float())
 

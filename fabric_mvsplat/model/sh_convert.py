@@ -1,7 +1,7 @@
 """Spherical-harmonics conventions: MVSplat's permuted basis -> the standard 3DGS basis.
 
 MVSplat's rasterizer evaluates the standard Inria/3DGS real-SH basis at the cyclically
-permuted direction P d = (d_z, d_x, d_y) (spec §7.2). Viewers and gsplat evaluate it at d.
+permuted direction P d = (d_z, d_x, d_y). Viewers and gsplat evaluate it at d.
 Because P is a rotation, each band l mixes only within itself: there is a fixed
 (2l+1)x(2l+1) matrix M_l with Y_l(P d) . c = Y_l(d) . (M_l c) for every direction d. We
 solve for M_l numerically (exact up to float64 round-off) from the basis below.

@@ -202,7 +202,9 @@ def main(argv: list[str] | None = None) -> None:
                    f"PSNR {entry['psnr']:.1f} dB (nearest context {entry['psnr_nearest_context']:.1f})"]
         if entry.get("depth_abs_rel") is not None:
             caption.append(f"depth AbsRel {entry['depth_abs_rel']:.3f}")
-    scene_figure(args.test_dir / scene, near, far, caption).save(args.out / "demo_comparison.png", optimize=True)
+    names_path = args.test_dir / "scene_file_names.json"  # test mode's folder name per scene key
+    folder = json.loads(names_path.read_text()).get(scene, scene) if names_path.is_file() else scene
+    scene_figure(args.test_dir / folder, near, far, caption).save(args.out / "demo_comparison.png", optimize=True)
     print(f"wrote {args.out / 'demo_comparison.png'} and {args.out / 'demo_training_curve.png'}")
 
 

@@ -1,4 +1,4 @@
-"""Camera paths for the validation and test videos (spec §7.4), in the original's parametrisation.
+"""Camera paths for the validation and test videos, in the original's parametrisation.
 
 Interpolation pivots about the point both cameras look at (the least-squares intersection of their
 look rays, or the midpoint of their centres when the rays are parallel). Each camera becomes five

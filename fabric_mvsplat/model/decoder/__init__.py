@@ -2,6 +2,6 @@
 
 from .config import DecoderSplattingCfg
 from .decoder import DecoderSplatting
-from .rendering import DecoderOutput, DepthMode, render, resolve_backend
+from .rendering import Cameras, DecoderOutput, DepthMode, render, resolve_backend
 
-__all__ = ["DecoderOutput", "DecoderSplatting", "DecoderSplattingCfg", "DepthMode", "render", "resolve_backend"]
+__all__ = ["Cameras", "DecoderOutput", "DecoderSplatting", "DecoderSplattingCfg", "DepthMode", "render", "resolve_backend"]

@@ -22,6 +22,6 @@ class DecoderSplatting(nn.Module):
 
     def forward(self, gaussians: Gaussians, extrinsics: Tensor, intrinsics: Tensor, near: Tensor, far: Tensor,
                 image_shape: tuple[int, int], depth_mode: DepthMode | None = None) -> DecoderOutput:
-        return render(gaussians, extrinsics, intrinsics, near, far, image_shape, depth_mode,
+        return render(gaussians, (extrinsics, intrinsics, near, far), image_shape, depth_mode,
                       backend=self.cfg.backend, use_principal_point=self.cfg.use_principal_point,
                       background_color=self.background_color)

@@ -1,6 +1,6 @@
 """Cameras and the EWA projection of 3D Gaussians, shared by both backends.
 
-Conventions (spec §7.2, §7.3): extrinsics are OpenCV camera-to-world; intrinsics are normalised
+Conventions: extrinsics are OpenCV camera-to-world; intrinsics are normalised
 (fx, cx divided by the width, fy, cy by the height). Pixel centres sit at (i + 0.5, j + 0.5),
 so a point at pixel coordinate (u, v) = (fx x/z + cx, fy y/z + cy) lands on pixel (floor u, floor v).
 """

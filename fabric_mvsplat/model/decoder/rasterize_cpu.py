@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from .projection import ProjectedGaussians
 from .rasterize_torch import bin_to_tiles, rasterize_torch
 
 SOURCE = Path(__file__).with_name("csrc") / "rasterize_cpu.cpp"
@@ -134,15 +135,17 @@ class CompositeTiles(torch.autograd.Function):
         return grad_packed, None, None, None, None, None
 
 
-def rasterize_cpu(means2d: Tensor, conics: Tensor, opacities: Tensor, features: Tensor, depths: Tensor,
-                  visible: Tensor, cov2d_diag: Tensor, image_shape: tuple[int, int], background: Tensor,
-                  tile_size: int = TILE_SIZE) -> tuple[Tensor, Tensor]:
+def rasterize_cpu(projected: ProjectedGaussians, opacities: Tensor, features: Tensor, image_shape: tuple[int, int],
+                  background: Tensor, *, tile_size: int | None = None) -> tuple[Tensor, Tensor]:
     """Same contract as `rasterize_torch` (which it falls back to when the extension is unavailable):
-    [I, N, ...] projected Gaussians -> features [I, H, W, D] with the background blended in, alpha [I, H, W]."""
+    [I, N, ...] projected Gaussians -> features [I, H, W, D] with the background blended in, alpha [I, H, W].
+    tile_size: TILE_SIZE when None (read at call time, so a test can set it for every render)."""
+    tile_size = TILE_SIZE if tile_size is None else tile_size
     kernels = load_cpu_kernels()
-    if kernels is None or means2d.device.type != "cpu":
-        return rasterize_torch(means2d, conics, opacities, features, depths, visible, cov2d_diag, image_shape,
-                               background)
+    if kernels is None or projected.means2d.device.type != "cpu":
+        return rasterize_torch(projected, opacities, features, image_shape, background)
+    means2d, conics, depths = projected.means2d, projected.conics, projected.depths
+    visible, cov2d_diag = projected.visible, projected.cov2d_diag
     num_images, _, channels = features.shape
     bins = bin_to_tiles(means2d.detach(), cov2d_diag.detach(), opacities.detach(), depths.detach(), visible,
                         image_shape, tile_size)

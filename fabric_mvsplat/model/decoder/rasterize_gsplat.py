@@ -1,4 +1,4 @@
-"""The CUDA backend: gsplat.rasterization with the original's conventions (spec §7.3).
+"""The CUDA backend: gsplat.rasterization with the original's conventions.
 
 Colours come precomputed from our SH code (sh_degree=None), covariances precomputed, classic mode,
 0.3 px^2 dilation. To reproduce `scale_invariant=True` every image gets its own copy of the scene
@@ -20,15 +20,17 @@ Known differences from the original (and our torch backend): gsplat caps alpha a
 import torch
 from torch import Tensor
 
+from ...types import Gaussians
 from .projection import COVARIANCE_DILATION, NEAR_CULL
 
 
-def rasterize_gsplat(means: Tensor, covariances: Tensor, opacities: Tensor, features: Tensor,
-                     world_to_camera: Tensor, k_pixel: Tensor, near: Tensor, image_shape: tuple[int, int],
-                     background: Tensor) -> tuple[Tensor, Tensor]:
-    """means [B, G, 3], covariances [B, G, 3, 3], opacities [B, G], features [B, V, G, D],
+def rasterize_gsplat(gaussians: Gaussians, features: Tensor, world_to_camera: Tensor, k_pixel: Tensor, near: Tensor,
+                     image_shape: tuple[int, int], background: Tensor) -> tuple[Tensor, Tensor]:
+    """gaussians: means [B, G, 3], covariances [B, G, 3, 3], opacities [B, G] (harmonics unused: the colours
+    come in `features`); features [B, V, G, D],
     world_to_camera [B, V, 4, 4], k_pixel [B, V, 3, 3], near [B, V], background [D]
     -> features [B, V, H, W, D], alpha [B, V, H, W]."""
+    means, covariances, opacities = gaussians.means, gaussians.covariances, gaussians.opacities
     from gsplat import rasterization
 
     height, width = image_shape

@@ -1,6 +1,6 @@
 """A tiled Gaussian rasterizer in plain PyTorch: the CPU backend, differentiable with autograd.
 
-Same rules as the CUDA rasterizers (spec §7.2): per pixel, the Gaussians whose alpha =
+Same rules as the CUDA rasterizers: per pixel, the Gaussians whose alpha =
 min(0.99, opacity exp(-power)) reaches 1/255, composited front to back in camera-z order, stopping
 before the Gaussian that would take transmittance below 1e-4. Unlike the original (a 3-sigma
 circle), a Gaussian's footprint is the exact box of its alpha >= 1/255 ellipse (as gsplat's), so
@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from .projection import ALPHA_MAX, ALPHA_MIN, TRANSMITTANCE_MIN
+from .projection import ALPHA_MAX, ALPHA_MIN, TRANSMITTANCE_MIN, ProjectedGaussians
 
 TILE_SIZE = 4  # small tiles: a tile's pixels are evaluated densely, so a tight fit beats fewer tiles
 DEPTH_BLOCK = 16  # Gaussians per tile per step; tiles that have stopped are dropped between steps
@@ -117,16 +117,22 @@ def composite_block(gaussians: Tensor, origin_x: Tensor, origin_y: Tensor, log_t
     return features, log_t_after[:, -1], kept_log_t
 
 
-def rasterize_torch(means2d: Tensor, conics: Tensor, opacities: Tensor, features: Tensor, depths: Tensor,
-                    visible: Tensor, cov2d_diag: Tensor, image_shape: tuple[int, int], background: Tensor,
-                    tile_size: int = TILE_SIZE, block: int = DEPTH_BLOCK,
-                    checkpoint_elements: int = CHECKPOINT_ELEMENTS) -> tuple[Tensor, Tensor]:
+def rasterize_torch(projected: ProjectedGaussians, opacities: Tensor, features: Tensor, image_shape: tuple[int, int],
+                    background: Tensor, *, tile_size: int | None = None, block: int | None = None,
+                    checkpoint_elements: int | None = None) -> tuple[Tensor, Tensor]:
     """Composite I images of N Gaussians.
 
-    means2d [I, N, 2], conics [I, N, 3], opacities [I, N], features [I, N, D], depths [I, N] (sort key),
-    visible [I, N], cov2d_diag [I, N, 2], background [D] or [I, D]
+    projected: means2d [I, N, 2], conics [I, N, 3], depths [I, N] (sort key), visible [I, N], cov2d_diag
+    [I, N, 2]; opacities [I, N], features [I, N, D], background [D] or [I, D]
     -> features [I, H, W, D] (background blended by the final transmittance), alpha [I, H, W].
+    tile_size, block, checkpoint_elements: TILE_SIZE, DEPTH_BLOCK, CHECKPOINT_ELEMENTS when None (read at call
+    time, so a test can set the module's values for every render).
     """
+    tile_size = TILE_SIZE if tile_size is None else tile_size
+    block = DEPTH_BLOCK if block is None else block
+    checkpoint_elements = CHECKPOINT_ELEMENTS if checkpoint_elements is None else checkpoint_elements
+    means2d, conics, depths = projected.means2d, projected.conics, projected.depths
+    visible, cov2d_diag = projected.visible, projected.cov2d_diag
     height, width = image_shape
     num_images, num_gaussians, channels = features.shape
     bins = bin_to_tiles(means2d.detach(), cov2d_diag.detach(), opacities.detach(), depths.detach(), visible,

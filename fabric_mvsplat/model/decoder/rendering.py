@@ -2,7 +2,7 @@
 or our pure-PyTorch rasterizer."""
 
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Literal, NamedTuple, Sequence
 
 import torch
 from torch import Tensor
@@ -94,32 +94,43 @@ def check_shapes(gaussians: Gaussians, extrinsics: Tensor, intrinsics: Tensor, n
                              "(B scenes, G Gaussians, V cameras)")
 
 
-def render(gaussians: Gaussians, extrinsics: Tensor, intrinsics: Tensor, near: Tensor, far: Tensor,
+class Cameras(NamedTuple):
+    """V cameras per scene: extrinsics [B, V, 4, 4] camera-to-world (OpenCV), intrinsics [B, V, 3, 3] normalised,
+    near/far [B, V]."""
+
+    extrinsics: Tensor
+    intrinsics: Tensor
+    near: Tensor
+    far: Tensor
+
+
+def render(gaussians: Gaussians, cameras: Cameras | tuple[Tensor, Tensor, Tensor, Tensor],
            image_shape: tuple[int, int], depth_mode: DepthMode | None = None, *, backend: str = "auto",
            use_principal_point: bool = False,
            background_color: Sequence[float] | Tensor = (0.0, 0.0, 0.0)) -> DecoderOutput:
     """Render every camera of every scene in one backend call.
 
-    extrinsics [B, V, 4, 4] camera-to-world (OpenCV), intrinsics [B, V, 3, 3] normalised,
-    near/far [B, V] -> color [B, V, 3, H, W], depth [B, V, H, W] when depth_mode is set.
-    Runs outside autocast in at least float32: 2D covariances and transmittance need the precision.
+    cameras: (extrinsics, intrinsics, near, far), see Cameras -> color [B, V, 3, H, W], depth [B, V, H, W] when
+    depth_mode is set. Runs outside autocast in at least float32: 2D covariances and transmittance need the
+    precision.
     """
+    extrinsics, intrinsics, near, far = cameras
     check_shapes(gaussians, extrinsics, intrinsics, near, far)
     gaussians = Gaussians(*(at_least_float32(t) for t in (gaussians.means, gaussians.covariances,
                                                           gaussians.harmonics, gaussians.opacities)))
     extrinsics, intrinsics, near, far = (at_least_float32(t) for t in (extrinsics, intrinsics, near, far))
     with torch.autocast(device_type=gaussians.means.device.type, enabled=False):
-        return _render(gaussians, extrinsics, intrinsics, near, far, image_shape, depth_mode, backend,
-                       use_principal_point, background_color)
+        return _render(gaussians, Cameras(extrinsics, intrinsics, near, far), image_shape, depth_mode,
+                       backend=backend, use_principal_point=use_principal_point, background_color=background_color)
 
 
 def at_least_float32(tensor: Tensor) -> Tensor:
     return tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor
 
 
-def _render(gaussians: Gaussians, extrinsics: Tensor, intrinsics: Tensor, near: Tensor, far: Tensor,
-            image_shape: tuple[int, int], depth_mode: DepthMode | None, backend: str, use_principal_point: bool,
-            background_color: Sequence[float] | Tensor) -> DecoderOutput:
+def _render(gaussians: Gaussians, cameras: Cameras, image_shape: tuple[int, int], depth_mode: DepthMode | None, *,
+            backend: str, use_principal_point: bool, background_color: Sequence[float] | Tensor) -> DecoderOutput:
+    extrinsics, intrinsics, near, far = cameras
     if depth_mode is not None and depth_mode not in DEPTH_MODES:
         raise ValueError(f"depth_mode={depth_mode!r}: expected None or one of {DEPTH_MODES}")
     height, width = image_shape = (int(image_shape[0]), int(image_shape[1]))
@@ -138,15 +149,13 @@ def _render(gaussians: Gaussians, extrinsics: Tensor, intrinsics: Tensor, near: 
     if kind == "gsplat":
         from .rasterize_gsplat import rasterize_gsplat
 
-        image, alpha = rasterize_gsplat(gaussians.means, gaussians.covariances, gaussians.opacities, features,
-                                        world_to_camera, k_pixel, near, image_shape, background)
+        image, alpha = rasterize_gsplat(gaussians, features, world_to_camera, k_pixel, near, image_shape, background)
     else:
         projected = project_gaussians(gaussians.means, gaussians.covariances, world_to_camera, k_pixel, near,
                                       image_shape)
         opacities = gaussians.opacities[:, None].expand(b, v, -1).flatten(0, 1)
         rasterize = rasterize_cpu if kind == "cpu" else rasterize_torch  # cpu falls back to torch by itself
-        image, alpha = rasterize(projected.means2d, projected.conics, opacities, features.flatten(0, 1),
-                                 projected.depths, projected.visible, projected.cov2d_diag, image_shape, background)
+        image, alpha = rasterize(projected, opacities, features.flatten(0, 1), image_shape, background)
         image, alpha = image.view(b, v, height, width, -1), alpha.view(b, v, height, width)
 
     color = image[..., :3].permute(0, 1, 4, 2, 3)

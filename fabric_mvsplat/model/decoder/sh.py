@@ -1,7 +1,7 @@
 """View-dependent colour from SH coefficients, in the convention MVSplat's weights were trained with.
 
 The original renders with a fork of the Inria rasterizer whose SH code evaluates the standard
-Inria real-SH basis at the cyclically permuted direction (d_z, d_x, d_y) (spec §7.2), stops at
+Inria real-SH basis at the cyclically permuted direction (d_z, d_x, d_y), stops at
 degree 3 (degree-4 coefficients get neither a contribution nor a gradient) and, for coefficient
 14 only, uses d_z (d_z^2 - d_x^2) in the forward pass while its backward pass differentiates the
 consistent d_y (d_z^2 - d_x^2). We reproduce that pair exactly with a straight-through term.
