@@ -30,6 +30,7 @@ import torch
 
 from benchmarks.compare_encoder import import_package_at
 from benchmarks.conftest import environment_info, load_average
+from benchmarks.profile_step import generate_small_dataset
 
 
 def builders(package):
@@ -87,13 +88,11 @@ def main(argv: list[str] | None = None) -> None:
            "torch_threads": torch.get_num_threads()}
     import fabric_mvsplat
     from fabric_mvsplat.data import StepTracker, TrainStream
-    from fabric_mvsplat.data.synthetic import generate_synthetic_dataset
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         baseline = import_package_at(args.baseline, tmp / "baseline", "fabric_mvsplat_baseline")
-        generate_synthetic_dataset(tmp / "synthetic", train_scenes=8, test_scenes=1, height=64, width=64,
-                                   progress=False)
+        generate_small_dataset(tmp / "synthetic")
         models = {"baseline": demo_model(baseline, tmp / "baseline" / "fabric_mvsplat" / "configs", args.size,
                                          tmp / "synthetic", []),
                   "current": demo_model(fabric_mvsplat, Path(fabric_mvsplat.__file__).parent / "configs", args.size,

@@ -24,6 +24,8 @@ thread count and load average (JSON), and prints both.
 """
 
 import argparse
+import dataclasses
+from contextlib import nullcontext
 import datetime
 import inspect
 import json
@@ -39,6 +41,33 @@ from torch.profiler import ProfilerActivity, profile, record_function
 from benchmarks.conftest import environment_info, load_average, make_batch
 
 PART_PREFIX = "part/"
+WALL_SECONDS: dict[str, float] = {}  # part -> seconds, summed over the timed steps (also without the profiler)
+
+
+class part:
+    """record_function(part/name) for the profiler, and the part's wall time into WALL_SECONDS."""
+
+    def __init__(self, name: str) -> None:
+        self.name, self.label = name, record_function(PART_PREFIX + name)
+
+    def __enter__(self):
+        self.label.__enter__()
+        self.start = time.perf_counter()
+
+    def __exit__(self, *exc):
+        WALL_SECONDS[self.name] = WALL_SECONDS.get(self.name, 0.0) + time.perf_counter() - self.start
+        return self.label.__exit__(*exc)
+
+
+def generate_small_dataset(root: Path) -> None:
+    """8 training scenes of 64x64 frames, with this package's generator (its signature changed over time)."""
+    from fabric_mvsplat.data import synthetic
+
+    sizes = dict(train_scenes=8, test_scenes=1, height=64, width=64)
+    if hasattr(synthetic, "SyntheticSpec"):
+        synthetic.generate_synthetic_dataset(root, synthetic.SyntheticSpec(**sizes), progress=False)
+    else:
+        synthetic.generate_synthetic_dataset(root, **sizes, progress=False)
 
 
 def config_dir() -> Path:
@@ -53,7 +82,7 @@ def labelled(module: torch.nn.Module, name: str) -> list:
     stack = []
 
     def enter(*_):
-        context = record_function(PART_PREFIX + name)
+        context = part(name)
         context.__enter__()
         stack.append(context)
 
@@ -80,8 +109,9 @@ def re10k_config(size: int, lpips_dir: Path):
 
     from fabric_mvsplat.config import load_config
 
+    # Batch 1 (the experiment's 14 is a GPU batch: on CPU it is 14 times the memory of one scene, ~70 GB at 256²).
     overrides = ["+experiment=re10k", "model.encoder.unimatch_weights_path=null", f"loss.lpips.weights={lpips_dir}",
-                 f"dataset.image_shape=[{size},{size}]"]
+                 f"dataset.image_shape=[{size},{size}]", "data_loader.train.batch_size=1"]
     with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
         return load_config(compose("main", overrides=overrides))
 
@@ -107,6 +137,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=5, help="profiled steps (default 5)")
     parser.add_argument("--warmup", type=int, default=1, help="unprofiled steps first (default 1)")
     parser.add_argument("--top", type=int, default=30, help="operators listed (default 30)")
+    parser.add_argument("--no-profiler", action="store_true",
+                        help="time the parts with perf_counter only (no operator table, no profiler overhead)")
     parser.add_argument("--save", type=Path)
     args = parser.parse_args(argv)
     size = args.size or (64 if args.model == "demo" else 256)
@@ -122,10 +154,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         if args.model == "demo":
-            from fabric_mvsplat.data.synthetic import generate_synthetic_dataset
-
-            generate_synthetic_dataset(tmp / "synthetic", train_scenes=8, test_scenes=1, height=64, width=64,
-                                       progress=False)
+            generate_small_dataset(tmp / "synthetic")
             cfg = demo_config(size, tmp / "synthetic")
         else:
             from tests.lpips_test_weights import write_lpips_test_weights
@@ -146,14 +175,14 @@ def main(argv: list[str] | None = None) -> None:
                      if hasattr(rendering, name)}
 
         def project(*a, **k):
-            with record_function(PART_PREFIX + "render.project"):
+            with part("render.project"):
                 return originals["project_gaussians"](*a, **k)
 
         def rasterizer(name):  # the backend in use (the compiled one falls back to the torch one by itself)
             def rasterize(*a, **k):
                 captured.setdefault("function", originals[name])
                 captured["args"], captured["kwargs"] = a, k
-                with record_function(PART_PREFIX + f"render.{name}_forward"):
+                with part(f"render.{name}_forward"):
                     return originals[name](*a, **k)
             return rasterize
 
@@ -169,15 +198,15 @@ def main(argv: list[str] | None = None) -> None:
         scheduler = make_scheduler(cfg.optimizer, cfg.trainer.max_steps, optimizer)
 
         def step(index: int) -> float:
-            with record_function(PART_PREFIX + "data"):
+            with part("data"):
                 batch = next(batches)
-            with record_function(PART_PREFIX + "forward (all)"):
+            with part("forward (all)"):
                 output = model(batch, index)
-            with record_function(PART_PREFIX + "backward (all)"):
+            with part("backward (all)"):
                 output.loss.backward()
-            with record_function(PART_PREFIX + "clip_grad_norm"):
+            with part("clip_grad_norm"):
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)
-            with record_function(PART_PREFIX + "optimizer"):
+            with part("optimizer"):
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 scheduler.step()
@@ -188,10 +217,13 @@ def main(argv: list[str] | None = None) -> None:
                 step(index)
             load_before = load_average()
             wall = []
-            with profile(activities=[ProfilerActivity.CPU], record_shapes=False) as prof:
+            WALL_SECONDS.clear()  # the warm-up's parts are not counted
+            profiler = nullcontext() if args.no_profiler else profile(activities=[ProfilerActivity.CPU],
+                                                                      record_shapes=False)
+            with profiler as prof:
                 for index in range(args.steps):
                     start = time.perf_counter()
-                    with record_function(PART_PREFIX + "step"):
+                    with part("step"):
                         step(args.warmup + index)
                     wall.append(time.perf_counter() - start)
             load_after = load_average()
@@ -202,13 +234,14 @@ def main(argv: list[str] | None = None) -> None:
             for hook in hooks:
                 hook.remove()
 
-    averages = prof.key_averages()
-    parts = {event.key[len(PART_PREFIX):]: event.cpu_time_total / 1e6 / args.steps
-             for event in averages if event.key.startswith(PART_PREFIX)}
-    operators = sorted((event for event in averages if not event.key.startswith(PART_PREFIX)),
-                       key=lambda event: event.self_cpu_time_total, reverse=True)[:args.top]
-    top = [{"name": event.key, "self_s_per_step": event.self_cpu_time_total / 1e6 / args.steps,
-            "calls_per_step": event.count / args.steps} for event in operators]
+    parts = {name: seconds / args.steps for name, seconds in WALL_SECONDS.items()}
+    top = []
+    if prof is not None:
+        averages = prof.key_averages()
+        operators = sorted((event for event in averages if not event.key.startswith(PART_PREFIX)),
+                           key=lambda event: event.self_cpu_time_total, reverse=True)[:args.top]
+        top = [{"name": event.key, "self_s_per_step": event.self_cpu_time_total / 1e6 / args.steps,
+                "calls_per_step": event.count / args.steps} for event in operators]
     command = "python -m benchmarks.profile_step " + " ".join(sys.argv[1:] if argv is None else argv)
     import fabric_mvsplat
 
@@ -218,8 +251,10 @@ def main(argv: list[str] | None = None) -> None:
               "load_average_before_after": [load_before, load_after],
               "wall_seconds_per_step": wall, "parts_seconds_per_step": parts,
               "rasterizer_isolated_seconds": rasterizer, "top_operators_by_self_time": top,
-              "note": "parts are inclusive wall time under the profiler (nested: 'step' contains the rest, "
-                      "'forward (all)' the encoder, render and loss parts); backward is one autograd pass"}
+              "profiler": not args.no_profiler,
+              "note": "parts are inclusive wall time (perf_counter around record_function labels; nested: 'step' "
+                      "contains the rest, 'forward (all)' the encoder, render and loss parts); backward is one "
+                      "autograd pass"}
     print(format_summary(result))
     if args.save:
         args.save.parent.mkdir(parents=True, exist_ok=True)
@@ -230,8 +265,18 @@ def main(argv: list[str] | None = None) -> None:
 def time_rasterizer(captured: dict, rounds: int) -> dict[str, float]:
     """The last step's rasterizer call again, alone: forward, and forward + backward (min over rounds)."""
     rasterize = captured["function"]
-    args = [a.detach().requires_grad_(a.is_floating_point()) if torch.is_tensor(a) else a for a in captured["args"]]
-    leaves = [a for a in args if torch.is_tensor(a) and a.requires_grad]
+    def leaf(value):  # tensors, and the tensors of a dataclass (ProjectedGaussians), cut from the step's graph
+        if torch.is_tensor(value):
+            return value.detach().requires_grad_(value.is_floating_point())
+        if dataclasses.is_dataclass(value):
+            return dataclasses.replace(value, **{f.name: leaf(getattr(value, f.name))
+                                                 for f in dataclasses.fields(value)})
+        return value
+
+    args = [leaf(a) for a in captured["args"]]
+    leaves = [t for a in args for t in ([getattr(a, f.name) for f in dataclasses.fields(a)]
+                                        if dataclasses.is_dataclass(a) else [a])
+              if torch.is_tensor(t) and t.requires_grad]
     weights = None
     forward, both = [], []
     for _ in range(rounds + 1):

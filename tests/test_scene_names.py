@@ -63,7 +63,7 @@ def test_test_mode_writes_nothing_outside_its_folder_whatever_the_keys(tmp_path)
 
     from lightning_fabric import Fabric
 
-    from fabric_mvsplat.train import make_model
+    from fabric_mvsplat.build import make_model
 
     torch.manual_seed(0)
     averages = run_test(Fabric(accelerator="cpu", devices=1), cfg, make_model(cfg),
