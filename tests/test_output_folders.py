@@ -193,3 +193,18 @@ def test_check_writable_creates_nothing(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(OutputFolderError, match="is not a folder"):
         check_writable(tmp_path / "file" / "run", "output_dir")
+
+
+def test_under_torchrun_rank_0_holds_the_folder_and_every_rank_is_refused_alike(tmp_path):
+    """A 2-rank run on a folder another run holds: rank 0 finds the lock, every rank stops with exit code 2."""
+    from test_preemption import torchrun
+
+    run, record = tmp_path / "run", tmp_path / "exit_codes"
+    record.mkdir()
+    with FolderLock(run, "output_dir"):  # the other run (this process)
+        result = subprocess.run(torchrun(run, {**KEYS, "trainer.devices": "auto"}, 0.0), capture_output=True,
+                                text=True, timeout=300, env={**ENV, "FABRIC_MVSPLAT_TEST_EXIT_RECORD": str(record)})
+    codes = {path.name: int(path.read_text()) for path in sorted(record.iterdir())}
+    assert codes == {"rank0.exit": EXIT_USER_ERROR, "rank1.exit": EXIT_USER_ERROR}, result.stderr[-3000:]
+    assert result.stderr.count(f"output_dir={run} is in use by another run (pid {os.getpid()}") == 2
+    assert "step 1/" not in result.stdout and not run.exists()  # nothing written; the holder removed its lock
