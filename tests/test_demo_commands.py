@@ -29,15 +29,15 @@ def run(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
 
 
 def test_the_demo_pages_next_commands_work_as_printed(tmp_path):
-    from fabric_mvsplat.data.synthetic import generate_synthetic_dataset
+    from fabric_mvsplat.data.synthetic import SyntheticSpec, generate_synthetic_dataset
 
     train, test, figures = demo_commands(DEMO_PAGE)
     readme = REPO / "README.md"
     assert [test, figures] == [c for c in demo_commands_anywhere(readme) if c in (test, figures)]
 
     # The demo's own dataset folder, smaller (the first command would generate 64 + 8 scenes).
-    generate_synthetic_dataset(tmp_path / "datasets" / "synthetic", train_scenes=2, test_scenes=2, frames=24,
-                               seed=0, progress=False)
+    generate_synthetic_dataset(tmp_path / "datasets" / "synthetic",
+                               SyntheticSpec(train_scenes=2, test_scenes=2, frames=24, seed=0), progress=False)
     trained = run([*shlex.split(train), *SHORT_RUN], tmp_path)
     assert (tmp_path / "outputs" / "demo" / "checkpoints" / "epoch_0-step_2.ckpt").is_file()
 
