@@ -22,7 +22,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from fabric_mvsplat.data import StepTracker, TrainStream
-    from fabric_mvsplat.data.synthetic import generate_synthetic_dataset
+    from fabric_mvsplat.data.synthetic import SyntheticSpec, generate_synthetic_dataset
     from fabric_mvsplat.debug.determinism import make_deterministic
     from fabric_mvsplat.build import make_model
     from hydra import compose, initialize_config_dir
@@ -32,8 +32,9 @@ def main() -> None:
     device = torch.device(args.device)
     make_deterministic(True)  # sets CUBLAS_WORKSPACE_CONFIG before the CUDA context exists; toggled below
     with tempfile.TemporaryDirectory() as root:
-        generate_synthetic_dataset(Path(root), train_scenes=2, test_scenes=1, frames=24, height=args.image_size,
-                                   width=args.image_size, seed=0, progress=False)
+        generate_synthetic_dataset(Path(root), SyntheticSpec(train_scenes=2, test_scenes=1, frames=24, seed=0,
+                                                             height=args.image_size, width=args.image_size),
+                                   progress=False)
         size = args.image_size
         overrides = ["+experiment=demo", f"dataset.roots=[{root}]", f"dataset.image_shape=[{size},{size}]"]
         with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "fabric_mvsplat" / "configs"),

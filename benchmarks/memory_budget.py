@@ -73,7 +73,10 @@ def build_model(overrides: list[str], image: int, lpips_dir: Path):
     from fabric_mvsplat.build import make_model
 
     base = ["+experiment=re10k", "model.encoder.unimatch_weights_path=null", f"loss.lpips.weights={lpips_dir}",
-            f"dataset.image_shape=[{image},{image}]", "dataset.view_sampler.num_context_views=2"]
+            f"dataset.image_shape=[{image},{image}]", "dataset.view_sampler.num_context_views=2",
+            # The torch rasterizer: its footprint binning is what counts gsplat's tile intersections (the compiled
+            # CPU rasterizer bins inside C++).
+            "model.decoder.backend=torch"]
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
         cfg = load_config(compose("main", overrides=base + overrides))
     torch.manual_seed(0)

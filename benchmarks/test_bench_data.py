@@ -15,7 +15,7 @@ import torch
 
 from fabric_mvsplat.data import StepTracker, cameras_to_vector, encode_image, TrainStream, write_chunks
 from fabric_mvsplat.data.chunks import decode_frame
-from fabric_mvsplat.data.config import DataLoaderStageCfg, DatasetCfg, ViewSamplerBoundedCfg
+from fabric_mvsplat.data.config import MAX_IMAGE_PIXELS, DataLoaderStageCfg, DatasetCfg, ViewSamplerBoundedCfg
 from fabric_mvsplat.data.shims import rescale_and_crop
 
 HEIGHT, WIDTH, FRAMES, SCENES, DISTINCT_FRAMES = 360, 640, 48, 8, 6
@@ -76,7 +76,7 @@ def test_frame_decode_and_crop(bench, jpeg_root):
     data = torch.load(next((jpeg_root / "train").glob("*.torch")), weights_only=True)[0]["images"][0]
 
     def decode_and_crop() -> np.ndarray:
-        return rescale_and_crop(decode_frame(data), (256, 256))
+        return rescale_and_crop(decode_frame(data, MAX_IMAGE_PIXELS), (256, 256))
 
     out = bench(decode_and_crop, device="cpu", rounds=10, items=1, unit="frames")
     assert out.shape == (256, 256, 3)

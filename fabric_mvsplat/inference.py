@@ -28,6 +28,7 @@ from torch import Tensor
 
 from .config import RootCfg
 from .data.chunk_io import camera_problem, cameras_to_vector
+from .data.config import MAX_IMAGE_PIXELS
 from .data.preprocess import Preprocessing, preprocess_views
 from .data.view_sampler import SceneRejected
 from .errors import CheckpointError, InputError
@@ -113,11 +114,17 @@ def open_rgb_image(image: "str | Path | Image.Image", name: str) -> Image.Image:
             raise InputError(f"image {path} does not exist: check the path (names are relative to the images "
                              "folder or the cameras JSON)")
         try:
-            opened = Image.open(path)
-            opened.load()
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+            opened = Image.open(path)  # reads the header only: the pixel budget is checked before decoding
+            too_large = opened.width * opened.height > MAX_IMAGE_PIXELS
+            if not too_large:
+                opened.load()
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
             raise InputError(f"image {path} cannot be read ({type(error).__name__}: {error}): replace it with "
                              "a JPEG or PNG file") from None
+        if too_large:
+            raise InputError(f"image {path} is {opened.width}x{opened.height}, above the budget of "
+                             f"{MAX_IMAGE_PIXELS:,} pixels: downscale it first (the model sees a few hundred pixels "
+                             "a side)")
     if opened.mode != "RGB":
         raise InputError(f"image {name} is {opened.mode!r}, not RGB: convert it to 8-bit RGB (e.g. PIL: "
                          "Image.open(path).convert('RGB').save(path))")

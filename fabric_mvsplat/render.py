@@ -99,6 +99,7 @@ def capture_from_chunks(root: Path, key: str) -> Capture:
     """One scene of a chunk dataset (ROOT/test or ROOT/train), frames named by their index."""
     from .data.chunk_io import ChunkReadError, camera_problem, check_scene, read_chunk, vector_to_cameras
     from .data.chunks import decode_frame
+    from .data.config import MAX_IMAGE_PIXELS
 
     for stage in ("test", "train"):
         index_path = Path(root) / stage / "index.json"
@@ -132,7 +133,7 @@ def capture_from_chunks(root: Path, key: str) -> Capture:
 
     def load(i: int) -> Image.Image:
         try:
-            return decode_frame(scene["images"][i])
+            return decode_frame(scene["images"][i], MAX_IMAGE_PIXELS)
         except Exception as error:
             raise InputError(f"{chunk_path}: scene {key!r} frame {i} cannot be decoded ({type(error).__name__}: "
                              f"{error}): regenerate the chunk") from None

@@ -369,3 +369,20 @@ def test_images_of_another_size_are_resized_as_test_mode_with_one_line(json_capt
     stdout = capsys.readouterr().out
     assert "images: 64x48 resized to cover the model's 32x32 and centre-cropped (as test mode)" in stdout
     assert np.asarray(Image.open(tmp_path / "out" / "context" / frames[0]["image"])).shape == (32, 32, 3)
+
+
+def test_an_image_above_the_pixel_budget_is_refused_before_decoding(tmp_path, monkeypatch):
+    """A user's image whose header declares 13000x13000 (a decompression bomb of a few kB) is refused from its
+    header, as training and test mode refuse such frames: one InputError naming the file and the budget."""
+    from test_data_corrupt import jpeg_declaring
+
+    from fabric_mvsplat.errors import InputError
+    from fabric_mvsplat.inference import open_rgb_image
+
+    path = tmp_path / "bomb.jpg"
+    path.write_bytes(jpeg_declaring(13000, 13000).numpy().tobytes())
+    decoded = []
+    monkeypatch.setattr(Image.Image, "load", lambda self: decoded.append(self.size))
+    with pytest.raises(InputError, match=r"bomb\.jpg is 13000x13000, above the budget of 40,000,000 pixels"):
+        open_rgb_image(path, "bomb.jpg")
+    assert decoded == []

@@ -6,6 +6,11 @@ from typing import Literal
 
 from ..errors import ConfigError
 
+# Frames (and depth maps) whose header declares more pixels are refused before decoding: a decompression bomb is a
+# small file that decodes to gigabytes. 40 Mpx admits 8K frames (33 Mpx). dataset.max_image_pixels for training and
+# test mode; the render command's own images and chunk scenes use this value.
+MAX_IMAGE_PIXELS = 40_000_000
+
 
 def check_num_context_views(value: int) -> None:
     """The one check of the context-view count, for every sampler that picks context views."""
@@ -84,9 +89,8 @@ class DatasetCfg:
     skip_bad_shape: bool = True
     # Frames must have this (H, W) when skip_bad_shape is on (RE10K/ACID frames are 360x640).
     original_image_shape: list[int] = field(default_factory=lambda: [360, 640])
-    # Added: frames (and depth maps) whose header declares more pixels are skipped as corrupt before decoding
-    # (a decompression bomb: a small file that decodes to gigabytes). 40 Mpx admits 8K frames (33 Mpx).
-    max_image_pixels: int = 40_000_000
+    # Added: frames (and depth maps) above this many pixels are skipped as corrupt before decoding.
+    max_image_pixels: int = MAX_IMAGE_PIXELS
     near: float = -1.0
     far: float = -1.0
     baseline_scale_bounds: bool = True
