@@ -136,38 +136,21 @@ class TinyTrainStream:
         self.position = state["position"]
 
 
-class OneSceneValidationSource:
-    """An endless validation source over a 1-scene split: every call yields that scene again."""
-
-    def __init__(self) -> None:
-        self.served = 0
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> dict:
-        self.served += 1
-        return make_batch(seed=99, rank=0, position=0, batch_size=1)
-
-    def state_dict(self) -> dict:
-        return {"served": self.served}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.served = state["served"]
-
-
 class ValidationStream:
-    """An endless validation source over many scenes: call k yields scene k (resumable, like data.ValidationSource),
-    so a validation that renders another scene than an uninterrupted run shows in its scalars."""
+    """An endless, resumable validation source (like data.ValidationSource). `one_scene`: every call yields the
+    scene of a 1-scene split again; otherwise call k yields scene k, so a validation that renders another scene
+    than an uninterrupted run shows in its scalars."""
 
-    def __init__(self) -> None:
-        self.served = 0
+    def __init__(self, one_scene: bool = False) -> None:
+        self.one_scene, self.served = one_scene, 0
 
     def __iter__(self):
         return self
 
     def __next__(self) -> dict:
         self.served += 1
+        if self.one_scene:
+            return make_batch(seed=99, rank=0, position=0, batch_size=1)
         return make_batch(seed=77, rank=0, position=self.served - 1, batch_size=1)
 
     def state_dict(self) -> dict:
@@ -190,7 +173,7 @@ def tiny_state(fabric, cfg: RootCfg, model: TinyModel) -> dict:
     from fabric_mvsplat.build import prepare_training
 
     stream = TinyTrainStream(fabric.global_rank, cfg.data_loader.train.batch_size)
-    val_source = OneSceneValidationSource() if fabric.global_rank == 0 else None
+    val_source = ValidationStream(one_scene=True) if fabric.global_rank == 0 else None
     return prepare_training(fabric, cfg, model, stream, val_source, RecordingTracker())
 
 
@@ -376,7 +359,7 @@ def ddp_worker(data_root: Path, output_dir: Path, results_dir: Path, val_check_i
         fabric.global_rank, fabric.world_size, cfg.seed))
     seen: list[str] = []
     recording_stream = RecordingStream(stream, seen)
-    val_source = OneSceneValidationSource() if fabric.global_rank == 0 else None
+    val_source = ValidationStream(one_scene=True) if fabric.global_rank == 0 else None
     state = prepare_training(fabric, cfg, model, recording_stream, val_source, tracker)
     fit(fabric, cfg, state, output_dir)
     params = flat_parameters(model)

@@ -97,13 +97,9 @@ def test_tile_border_gaussians_match_dense():
     compare_with_dense(gaussians, extrinsics, intrinsics, near, far, (48, 48))
 
 
-@pytest.mark.parametrize("block", [1, 2, 16])
-def test_early_stop_keeps_only_the_front_layers(monkeypatch, block):
-    """Identical opaque layers: T after k layers is 0.05^k (1.25e-4 after 3), so the 4th would push T
-    below 1e-4 and the pixel stops after 3; the colour is the front three layers' weighted colours.
-    Behind them a faint layer (alpha 0.1: T would stay above 1e-4) must stay out too: a stopped pixel
-    stays stopped, also when the stop falls on a depth-block boundary."""
-    monkeypatch.setattr(rasterize_torch, "DEPTH_BLOCK", block)
+def layered_scene():
+    """Eight Gaussians on the optical axis, 0.1 apart in depth, centred on pixel (8, 8) of a 17x17 image: four
+    opaque (0.95) in front of four faint (0.1) -> (gaussians, their colours [8], cameras)."""
     count = 8
     means = torch.tensor([[0.0, 0.0, 2.0 + 0.1 * i] for i in range(count)], dtype=torch.float64)
     covariances = torch.eye(3, dtype=torch.float64).repeat(count, 1, 1) * 0.2**2
@@ -114,6 +110,17 @@ def test_early_stop_keeps_only_the_front_layers(monkeypatch, block):
     extrinsics = torch.eye(4, dtype=torch.float64)[None, None]
     intrinsics = torch.tensor([[[[1.0, 0, 0.5], [0, 1.0, 0.5], [0, 0, 1]]]], dtype=torch.float64)
     near, far = torch.ones(1, 1, dtype=torch.float64), torch.full((1, 1), 10.0, dtype=torch.float64)
+    return gaussians, colors, (extrinsics, intrinsics, near, far)
+
+
+@pytest.mark.parametrize("block", [1, 2, 16])
+def test_early_stop_keeps_only_the_front_layers(monkeypatch, block):
+    """Identical opaque layers: T after k layers is 0.05^k (1.25e-4 after 3), so the 4th would push T
+    below 1e-4 and the pixel stops after 3; the colour is the front three layers' weighted colours.
+    Behind them a faint layer (alpha 0.1: T would stay above 1e-4) must stay out too: a stopped pixel
+    stays stopped, also when the stop falls on a depth-block boundary."""
+    monkeypatch.setattr(rasterize_torch, "DEPTH_BLOCK", block)
+    gaussians, colors, (extrinsics, intrinsics, near, far) = layered_scene()
     output = render(gaussians, (extrinsics, intrinsics, near, far), (17, 17), backend="torch")
     centre = output.color[0, 0, 0, 8, 8]
     # The pixel centre (8.5, 8.5) is the projected mean, so alpha = 0.95 exactly for the opaque layers.

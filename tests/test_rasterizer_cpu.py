@@ -14,7 +14,7 @@ from fabric_mvsplat.model.decoder import rasterize_cpu, render
 from fabric_mvsplat.model.decoder.sh import SH_C0
 from fabric_mvsplat.types import Gaussians
 from synthetic_scenes import look_at_cameras, pixel_aligned_scene, random_gaussians
-from test_rasterizer import cameras, compare_with_dense, leaves
+from test_rasterizer import cameras, compare_with_dense, layered_scene, leaves
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -95,16 +95,7 @@ def test_tile_border_gaussians_match_dense(kernels):
 def test_early_stop_keeps_only_the_front_layers(kernels):
     """T after 3 opaque layers is 0.05^3 = 1.25e-4; the 4th would take it below 1e-4, so the pixel stops,
     and the faint layers behind stay out too (same scene as the torch rasterizer's test)."""
-    count = 8
-    means = torch.tensor([[0.0, 0.0, 2.0 + 0.1 * i] for i in range(count)], dtype=torch.float64)
-    covariances = torch.eye(3, dtype=torch.float64).repeat(count, 1, 1) * 0.2**2
-    colors = torch.linspace(0.1, 0.9, count, dtype=torch.float64)
-    harmonics = ((colors - 0.5) / SH_C0)[:, None, None].expand(count, 3, 1).clone()
-    opacities = torch.tensor([[0.95, 0.95, 0.95, 0.95, 0.1, 0.1, 0.1, 0.1]], dtype=torch.float64)
-    gaussians = Gaussians(means[None], covariances[None], harmonics[None], opacities)
-    extrinsics = torch.eye(4, dtype=torch.float64)[None, None]
-    intrinsics = torch.tensor([[[[1.0, 0, 0.5], [0, 1.0, 0.5], [0, 0, 1]]]], dtype=torch.float64)
-    near, far = torch.ones(1, 1, dtype=torch.float64), torch.full((1, 1), 10.0, dtype=torch.float64)
+    gaussians, colors, (extrinsics, intrinsics, near, far) = layered_scene()
     output = render(gaussians, (extrinsics, intrinsics, near, far), (17, 17), backend="cpu")
     expected = sum(0.95 * 0.05**k * colors[k] for k in range(3))
     assert torch.isclose(output.color[0, 0, 0, 8, 8], expected, atol=1e-12)
