@@ -11,7 +11,6 @@ import torch
 
 from dense_reference import render_dense
 from fabric_mvsplat.model.decoder import rasterize_cpu, render
-from fabric_mvsplat.model.decoder.sh import SH_C0
 from fabric_mvsplat.types import Gaussians
 from synthetic_scenes import look_at_cameras, pixel_aligned_scene, random_gaussians
 from test_rasterizer import cameras, compare_with_dense, layered_scene, leaves
