@@ -132,9 +132,14 @@ def test_early_stop_keeps_only_the_front_layers(monkeypatch, block):
 
 @pytest.mark.isa_sensitive  # a tolerance at float rounding: rerun with the AVX2 kernels
 def test_float32_matches_dense_in_float64():
+    float32_matches_dense_in_float64("torch")
+
+
+def float32_matches_dense_in_float64(backend: str) -> None:
+    """A float32 render by `backend` against the dense reference in float64."""
     gaussians = random_gaussians(1, 200, torch.Generator().manual_seed(5), torch.float32)
     extrinsics, intrinsics, near, far = cameras(1, 2, 5, torch.float32)
-    ours = render(gaussians, (extrinsics, intrinsics, near, far), (24, 30), backend="torch")
+    ours = render(gaussians, (extrinsics, intrinsics, near, far), (24, 30), backend=backend)
     as64 = Gaussians(*(t.double() for t in (gaussians.means, gaussians.covariances, gaussians.harmonics,
                                              gaussians.opacities)))
     dense = render_dense(as64, extrinsics.double(), intrinsics.double(), near.double(), far.double(), (24, 30))

@@ -9,11 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from dense_reference import render_dense
 from fabric_mvsplat.model.decoder import rasterize_cpu, render
 from fabric_mvsplat.types import Gaussians
 from synthetic_scenes import look_at_cameras, pixel_aligned_scene, random_gaussians
-from test_rasterizer import cameras, compare_with_dense, layered_scene, leaves
+from test_rasterizer import cameras, compare_with_dense, float32_matches_dense_in_float64, layered_scene, leaves
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -126,15 +125,7 @@ def test_mvsplat_scene_matches_torch_rasterizer(kernels):
 
 
 def test_float32_matches_dense_in_float64(kernels):
-    gaussians = random_gaussians(1, 200, torch.Generator().manual_seed(5), torch.float32)
-    extrinsics, intrinsics, near, far = cameras(1, 2, 5, torch.float32)
-    ours = render(gaussians, (extrinsics, intrinsics, near, far), (24, 30), backend="cpu")
-    as64 = Gaussians(*(t.double() for t in (gaussians.means, gaussians.covariances, gaussians.harmonics,
-                                             gaussians.opacities)))
-    dense = render_dense(as64, extrinsics.double(), intrinsics.double(), near.double(), far.double(), (24, 30))
-    error = (ours.color.double() - dense.color).abs()
-    assert (error <= 1e-4).float().mean() > 0.999
-    assert error.max() <= 2e-2
+    float32_matches_dense_in_float64("cpu")
 
 
 def small_scene():
