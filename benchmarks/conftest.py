@@ -95,6 +95,9 @@ def environment_info() -> dict[str, Any]:
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "cuda_available": torch.cuda.is_available(),
+        # Which CPU kernels ran: ATEN_CPU_CAPABILITY=avx2 lowers ATen's, ONEDNN_MAX_CPU_ISA the convolutions'.
+        "aten_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
     }
     for package in ("gsplat", "lightning_fabric", "numpy"):
         try:

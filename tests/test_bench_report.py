@@ -1,6 +1,8 @@
 """`python -m benchmarks.report` turns pytest-benchmark JSON into the README's markdown table."""
 
 import json
+import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -120,3 +122,14 @@ def test_timed_benchmark_runs_leave_out_the_xdist_workers(disable, workers):
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 5, result.stdout[-2000:] + result.stderr[-2000:]  # 5: nothing selected
     assert ("bringing up nodes" in result.stdout) == workers, result.stdout[-2000:]
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"),
+                    reason="ATEN_CPU_CAPABILITY=avx2 names an x86 instruction set")
+def test_result_files_record_which_cpu_kernels_ran():
+    """A timing under the AVX2 kernels (the slower CPUs' path, emulated on a newer CPU) says so in its file."""
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "OMP_NUM_THREADS": "1"}
+    code = "import json; from benchmarks.conftest import environment_info; e = environment_info(); " \
+           "print(json.dumps([e['aten_cpu_capability'], e['onednn_max_cpu_isa']]))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout.splitlines()[-1]) == ["AVX2", "AVX2"]
