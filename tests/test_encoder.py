@@ -168,6 +168,35 @@ def test_gradient_reaches_every_trained_parameter():
     assert (head_bias[others] != 0).all()
 
 
+def test_straight_through_clamp_keeps_values_and_lets_far_plane_gaussians_come_back():
+    """Every refined disparity pushed past 1/far (the demo's collapse): the original's clamp leaves the
+    disparity head without gradient; `straight_through` gives the same Gaussians and a gradient that pulls
+    them nearer."""
+    context = make_context(1, 2, 16, 16)
+    outputs = {}
+    for clamp in ("hard", "straight_through"):
+        torch.manual_seed(0)
+        encoder = perturbed(EncoderCostVolume(cfg(disparity_clamp=clamp))).train()
+        with torch.no_grad():
+            encoder.depth_predictor.to_disparity[2].bias[0] = -10.0  # delta disparity << -1/far everywhere
+        gaussians = encoder(context, global_step=0)
+        gaussians.means[..., 2].mean().backward()  # any loss that wants the Gaussians nearer
+        outputs[clamp] = (gaussians.means.detach(), encoder.depth_predictor.to_disparity[2].bias.grad[0])
+    means_hard, delta_grad_hard = outputs["hard"]
+    means_st, delta_grad_st = outputs["straight_through"]
+    torch.testing.assert_close(means_st, means_hard, rtol=0, atol=0)
+    far = context["far"][0, 0].item()
+    camera_z = means_hard[..., 2]  # cameras look down +z from near z = 0; depth is along the ray
+    assert camera_z.min() > 0.75 * far  # every Gaussian at the far plane (z = 0.79 far at the corners)
+    assert delta_grad_hard == 0
+    assert delta_grad_st < 0  # z falls as the disparity rises: a descent step raises it, bringing them nearer
+
+
+def test_disparity_clamp_validated():
+    with pytest.raises(ConfigError, match="model.encoder.disparity_clamp"):
+        cfg(disparity_clamp="soft")
+
+
 @pytest.mark.isa_sensitive  # a tolerance at float rounding: rerun with the AVX2 kernels
 def test_gradient_checkpointing_gives_same_gradients():
     torch.manual_seed(0)

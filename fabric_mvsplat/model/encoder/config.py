@@ -78,6 +78,10 @@ class EncoderCostVolumeCfg:
     # sampling a per-pixel correlation map ("correlate", same weights, sums swapped) or whichever is
     # smaller in memory ("auto": correlate while (H/4 * W/4) <= d_feature * num_depth_candidates).
     cost_volume: Literal["auto", "warp", "correlate"] = "auto"
+    # Added: how the refined disparity is held in [1/far, 1/near]. "hard" (the original): clamp, which passes no
+    # gradient once a pixel is outside, so a step that pushes every pixel past 1/far leaves all Gaussians at the far
+    # plane for good. "straight_through": the same clamped values, with the gradient passed as if unclamped.
+    disparity_clamp: Literal["hard", "straight_through"] = "hard"
 
     def __post_init__(self) -> None:
         positive = ("d_feature", "num_depth_candidates", "num_surfaces", "gaussians_per_pixel",

@@ -30,6 +30,7 @@ class DepthPredictorMultiView(nn.Module):
         self.wo_cost_volume = wo_cost_volume
         self.wo_cost_volume_refine = wo_cost_volume_refine
         self.cost_volume = cost_volume
+        self.straight_through_clamp = cfg.disparity_clamp == "straight_through"
         d, c = num_depth_candidates, feature_channels
 
         # Cost-volume refinement (1/4 resolution).
@@ -129,8 +130,11 @@ class DepthPredictorMultiView(nn.Module):
         else:
             delta_disparity, raw_density = self.to_disparity(refined).split(self.gaussians_per_pixel, dim=1)
             densities = repeat(raw_density.sigmoid(), to_pixels, b=b, v=v, srf=1)
-            fine_disparity = (disparity + delta_disparity).clamp(
+            unclamped = disparity + delta_disparity
+            fine_disparity = unclamped.clamp(
                 1.0 / rearrange(far, "b v -> (v b) () () ()"), 1.0 / rearrange(near, "b v -> (v b) () () ()")
             )
+            if self.straight_through_clamp:  # clamped values (+ an exact 0), identity gradient: no dead zone
+                fine_disparity = fine_disparity.detach() + (unclamped - unclamped.detach())
             depths = repeat(1.0 / fine_disparity, to_pixels, b=b, v=v, srf=1)
         return depths, densities, raw_gaussians
