@@ -79,11 +79,10 @@ def test_many_depth_blocks_with_checkpointing_match_dense(monkeypatch, tile_size
     assert len(calls) > 10
 
 
-@pytest.mark.isa_sensitive  # a tolerance at float rounding: rerun with the AVX2 kernels
-def test_tile_border_gaussians_match_dense():
-    """Small Gaussians centred exactly on tile corners and edges (pixels 8, 16 and 32 lie on the borders of the
-    4-pixel tiles, and of 8- and 16-pixel ones)."""
-    extrinsics, intrinsics, near, far = cameras(1, 1, 0)
+def tile_border_scene():
+    """Six small Gaussians centred exactly on tile corners and edges of a 48x48 image (pixels 8, 16 and 32 lie on
+    the borders of 4-, 8- and 16-pixel tiles) -> (gaussians, extrinsics, intrinsics, near, far)."""
+    _, _, near, far = cameras(1, 1, 0)
     extrinsics = torch.eye(4, dtype=torch.float64)[None, None]
     intrinsics = torch.tensor([[[[1.0, 0, 0.5], [0, 1.0, 0.5], [0, 0, 1]]]], dtype=torch.float64)
     pixels = torch.tensor([[16.0, 16.0], [16.0, 8.0], [31.5, 16.0], [8.0, 32.0], [0.0, 0.0], [47.9, 40.0]],
@@ -94,7 +93,13 @@ def test_tile_border_gaussians_match_dense():
     harmonics = torch.randn(6, 3, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     gaussians = Gaussians(means[None], covariances[None], harmonics[None],
                           torch.full((1, 6), 0.8, dtype=torch.float64))
-    compare_with_dense(gaussians, extrinsics, intrinsics, near, far, (48, 48))
+    return gaussians, extrinsics, intrinsics, near, far
+
+
+@pytest.mark.isa_sensitive  # a tolerance at float rounding: rerun with the AVX2 kernels
+def test_tile_border_gaussians_match_dense():
+    """Gaussians on the borders of the 4-, 8- and 16-pixel tiles."""
+    compare_with_dense(*tile_border_scene(), (48, 48))
 
 
 def layered_scene():

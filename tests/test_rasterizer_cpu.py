@@ -12,7 +12,8 @@ import torch
 from fabric_mvsplat.model.decoder import rasterize_cpu, render
 from fabric_mvsplat.types import Gaussians
 from synthetic_scenes import look_at_cameras, pixel_aligned_scene, random_gaussians
-from test_rasterizer import cameras, compare_with_dense, float32_matches_dense_in_float64, layered_scene, leaves
+from test_rasterizer import (cameras, compare_with_dense, float32_matches_dense_in_float64, layered_scene, leaves,
+                             tile_border_scene)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -77,17 +78,7 @@ def test_nothing_visible_gives_background_and_zero_gradients(kernels):
 
 def test_tile_border_gaussians_match_dense(kernels):
     """Small Gaussians centred exactly on tile corners and edges (8-pixel tiles: 16, 8, 32, 40)."""
-    pixels = torch.tensor([[16.0, 16.0], [16.0, 8.0], [31.5, 16.0], [8.0, 32.0], [0.0, 0.0], [47.9, 40.0]],
-                          dtype=torch.float64)
-    depth = 2.0
-    means = torch.cat([(pixels - 24.0) / 48.0 * depth, torch.full((6, 1), depth, dtype=torch.float64)], dim=-1)
-    covariances = torch.eye(3, dtype=torch.float64).repeat(6, 1, 1) * 0.03**2
-    harmonics = torch.randn(6, 3, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    gaussians = Gaussians(means[None], covariances[None], harmonics[None], torch.full((1, 6), 0.8, dtype=torch.float64))
-    _, _, near, far = cameras(1, 1, 0)
-    extrinsics = torch.eye(4, dtype=torch.float64)[None, None]
-    intrinsics = torch.tensor([[[[1.0, 0, 0.5], [0, 1.0, 0.5], [0, 0, 1]]]], dtype=torch.float64)
-    compare_with_dense(gaussians, extrinsics, intrinsics, near, far, (48, 48), backend="cpu")
+    compare_with_dense(*tile_border_scene(), (48, 48), backend="cpu")
 
 
 def test_early_stop_keeps_only_the_front_layers(kernels):
