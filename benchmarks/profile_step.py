@@ -92,7 +92,7 @@ def labelled(module: torch.nn.Module, name: str) -> list:
     return [module.register_forward_pre_hook(enter), module.register_forward_hook(leave)]
 
 
-def demo_config(size: int, dataset_root: Path | None):
+def demo_config(size: int, dataset_root: Path | None, extra: list[str] = ()):
     from hydra import compose, initialize_config_dir
 
     from fabric_mvsplat.config import load_config
@@ -101,10 +101,10 @@ def demo_config(size: int, dataset_root: Path | None):
     if dataset_root is not None:
         overrides += [f"dataset.roots=[{dataset_root}]", "dataset.synthetic_if_missing=null"]
     with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
-        return load_config(compose("main", overrides=overrides))
+        return load_config(compose("main", overrides=[*overrides, *extra]))
 
 
-def re10k_config(size: int, lpips_dir: Path):
+def re10k_config(size: int, lpips_dir: Path, extra: list[str] = ()):
     from hydra import compose, initialize_config_dir
 
     from fabric_mvsplat.config import load_config
@@ -113,7 +113,7 @@ def re10k_config(size: int, lpips_dir: Path):
     overrides = ["+experiment=re10k", "model.encoder.unimatch_weights_path=null", f"loss.lpips.weights={lpips_dir}",
                  f"dataset.image_shape=[{size},{size}]", "data_loader.train.batch_size=1"]
     with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
-        return load_config(compose("main", overrides=overrides))
+        return load_config(compose("main", overrides=[*overrides, *extra]))
 
 
 def batches_from(cfg, random_batch: bool):
@@ -139,6 +139,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--top", type=int, default=30, help="operators listed (default 30)")
     parser.add_argument("--no-profiler", action="store_true",
                         help="time the parts with perf_counter only (no operator table, no profiler overhead)")
+    parser.add_argument("--option", action="append", default=[],
+                        help="config override (a proposed config), e.g. model.encoder.gaussian_head_hidden_channels=32")
     parser.add_argument("--save", type=Path)
     args = parser.parse_args(argv)
     size = args.size or (64 if args.model == "demo" else 256)
@@ -155,12 +157,12 @@ def main(argv: list[str] | None = None) -> None:
         tmp = Path(tmp)
         if args.model == "demo":
             generate_small_dataset(tmp / "synthetic")
-            cfg = demo_config(size, tmp / "synthetic")
+            cfg = demo_config(size, tmp / "synthetic", args.option)
         else:
             from tests.lpips_test_weights import write_lpips_test_weights
 
             write_lpips_test_weights(tmp / "lpips", seed=0)
-            cfg = re10k_config(size, tmp / "lpips")
+            cfg = re10k_config(size, tmp / "lpips", args.option)
         torch.manual_seed(0)
         model = make_model(cfg).train()
         batches = batches_from(cfg, random_batch=args.model != "demo")

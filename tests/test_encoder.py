@@ -7,9 +7,11 @@ from dataclasses import replace
 import pytest
 from conftest import SHARED
 import torch
+from einops import rearrange
 
 from fabric_mvsplat.config import from_dict
 from fabric_mvsplat.errors import ConfigError
+from fabric_mvsplat.model.decoder.sh import SH_C0
 from fabric_mvsplat.model.encoder import EncoderCostVolume, EncoderCostVolumeCfg
 
 GOLDEN = SHARED / "golden"
@@ -195,6 +197,42 @@ def test_straight_through_clamp_keeps_values_and_lets_far_plane_gaussians_come_b
 def test_disparity_clamp_validated():
     with pytest.raises(ConfigError, match="model.encoder.disparity_clamp"):
         cfg(disparity_clamp="soft")
+
+
+def test_gaussian_head_hidden_channels_narrows_only_the_head():
+    """null keeps the original's head (twice the 84 raw channels at SH degree 4); a width changes its hidden
+    layer alone: the same Gaussians come out, every SH coefficient included, and the rest of the encoder keeps its
+    parameters (so a checkpoint of the original's layout still loads everywhere but the head)."""
+    original, narrow = EncoderCostVolume(cfg()), EncoderCostVolume(cfg(gaussian_head_hidden_channels=16))
+    head = original.depth_predictor.to_gaussians
+    assert (head[0].out_channels, head[2].in_channels, head[2].out_channels) == (168, 168, 84)
+    head = narrow.depth_predictor.to_gaussians
+    assert (head[0].out_channels, head[2].in_channels, head[2].out_channels) == (16, 16, 84)
+    differing = {k for k, v in original.state_dict().items() if narrow.state_dict()[k].shape != v.shape}
+    assert differing == {f"depth_predictor.to_gaussians.{i}.weight" for i in (0, 2)} | {
+        "depth_predictor.to_gaussians.0.bias"}
+    with torch.no_grad():
+        gaussians = narrow.eval()(make_context(1, 2, 16, 16), global_step=0)
+    assert gaussians.harmonics.shape == (1, 2 * 16 * 16, 3, 25)
+    assert torch.isfinite(gaussians.means).all() and gaussians.harmonics[..., 16:].abs().sum() > 0
+    with pytest.raises(ConfigError, match="model.encoder.gaussian_head_hidden_channels"):
+        cfg(gaussian_head_hidden_channels=0)
+
+
+@pytest.mark.parametrize("colour_from_pixel", [False, True])
+def test_colour_from_pixel_starts_each_gaussian_at_its_pixel_colour(colour_from_pixel):
+    """With the head's output at zero, a Gaussian's colour (SH_C0 * DC + 0.5) is its pixel's colour when
+    colour_from_pixel is set, and the original's mid-grey when not; the higher bands stay the head's."""
+    encoder = EncoderCostVolume(cfg(gaussian_adapter={"colour_from_pixel": colour_from_pixel})).eval()
+    with torch.no_grad():
+        encoder.depth_predictor.to_gaussians[2].weight.zero_()
+        encoder.depth_predictor.to_gaussians[2].bias.zero_()
+        context = make_context(1, 2, 16, 16)
+        gaussians = encoder(context, global_step=0)
+    colours = SH_C0 * gaussians.harmonics[..., 0] + 0.5
+    pixels = rearrange(context["image"], "b v rgb h w -> b (v h w) rgb")
+    torch.testing.assert_close(colours, pixels if colour_from_pixel else torch.full_like(pixels, 0.5))
+    assert (gaussians.harmonics[..., 1:] == 0).all()
 
 
 @pytest.mark.isa_sensitive  # a tolerance at float rounding: rerun with the AVX2 kernels

@@ -22,6 +22,10 @@ class GaussianAdapterCfg:
     gaussian_scale_min: float = 0.5
     gaussian_scale_max: float = 15.0
     sh_degree: int = 4
+    # Added: start each Gaussian's SH DC term at its pixel's colour, so the head predicts a residual; false (the
+    # original): the head predicts the whole colour. From the first step the Gaussians then render the context
+    # images reprojected by the predicted depth, and training spends its steps on geometry.
+    colour_from_pixel: bool = False
 
     def __post_init__(self) -> None:
         if not 0 <= self.sh_degree <= 4:
@@ -82,6 +86,10 @@ class EncoderCostVolumeCfg:
     # gradient once a pixel is outside, so a step that pushes every pixel past 1/far leaves all Gaussians at the far
     # plane for good. "straight_through": the same clamped values, with the gradient passed as if unclamped.
     disparity_clamp: Literal["hard", "straight_through"] = "hard"
+    # Added: hidden channels of the full-resolution Gaussian head (conv 3x3, GELU, conv 3x3 -> raw Gaussian channels).
+    # null: twice the raw channels, as the original (168 at SH degree 4, where the head is a third of a 64x64 CPU
+    # step); a smaller width keeps every output channel, view-dependent colour included, at a fraction of the cost.
+    gaussian_head_hidden_channels: int | None = None
 
     def __post_init__(self) -> None:
         positive = ("d_feature", "num_depth_candidates", "num_surfaces", "gaussians_per_pixel",
@@ -90,6 +98,9 @@ class EncoderCostVolumeCfg:
         for key in positive:
             if getattr(self, key) < 1:
                 raise ConfigError(key, getattr(self, key), "a positive integer")
+        if self.gaussian_head_hidden_channels is not None and self.gaussian_head_hidden_channels < 1:
+            raise ConfigError("gaussian_head_hidden_channels", self.gaussian_head_hidden_channels,
+                              "a positive integer, or null for twice the raw Gaussian channels (the original)")
         if self.downscale_factor not in (4, 8):
             raise ConfigError("downscale_factor", self.downscale_factor, "4 or 8 (the CNN's feature stride)")
         if self.use_epipolar_trans:

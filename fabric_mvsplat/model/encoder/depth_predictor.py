@@ -75,10 +75,11 @@ class DepthPredictorMultiView(nn.Module):
             )
 
         gaussians_in = depth_unet_feat_dim + 3 + c
+        hidden = cfg.gaussian_head_hidden_channels or 2 * gaussian_raw_channels
         self.to_gaussians = nn.Sequential(
-            nn.Conv2d(gaussians_in, 2 * gaussian_raw_channels, 3, padding=1),
+            nn.Conv2d(gaussians_in, hidden, 3, padding=1),
             nn.GELU(),
-            nn.Conv2d(2 * gaussian_raw_channels, gaussian_raw_channels, 3, padding=1),
+            nn.Conv2d(hidden, gaussian_raw_channels, 3, padding=1),
         )
         if not wo_depth_refine:
             self.to_disparity = nn.Sequential(

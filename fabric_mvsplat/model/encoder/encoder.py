@@ -98,6 +98,7 @@ class EncoderCostVolume(nn.Module):
             self.map_pdf_to_opacity(densities, global_step) / gpp,
             rearrange(raw[..., 2:], "b v r srf c -> b v r srf () c"),
             (h, w),
+            pixel_colours=rearrange(images, "b v rgb h w -> b v (h w) () () rgb"),
         )
 
         if visualization_dump is not None:

@@ -9,6 +9,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
+from ..decoder.sh import SH_C0
 from .config import GaussianAdapterCfg
 from .sh_rotation import rotate_sh
 
@@ -97,7 +98,7 @@ class GaussianAdapter(nn.Module):
         opacities: Tensor,      # [b v r srf spp]
         raw_gaussians: Tensor,  # [b v r srf 1 d_in]
         image_shape: tuple[int, int],
-        eps: float = 1e-8,
+        pixel_colours: Tensor | None = None,  # [b v r srf 1 3] in [0, 1]; read when cfg.colour_from_pixel
     ) -> AdaptedGaussians:
         scales, rotations, sh = raw_gaussians.split((3, 4, 3 * self.d_sh), dim=-1)
 
@@ -108,10 +109,15 @@ class GaussianAdapter(nn.Module):
         multiplier = self.scale_multiplier(intrinsics, pixel_size)
         scales = scales * depths[..., None] * multiplier[..., None]
 
-        rotations = rotations / (rotations.norm(dim=-1, keepdim=True) + eps)
+        rotations = rotations / (rotations.norm(dim=-1, keepdim=True) + 1e-8)
 
         sh = rearrange(sh, "... (xyz d_sh) -> ... xyz d_sh", xyz=3)
         sh = sh.broadcast_to((*opacities.shape, 3, self.d_sh)) * self.sh_mask
+        if self.cfg.colour_from_pixel:  # rendered colour = SH_C0 * DC + 0.5 (+ higher bands)
+            if pixel_colours is None:
+                raise ValueError("colour_from_pixel is set: pass the pixel colours the DC terms start from")
+            dc_from_pixel = (pixel_colours.broadcast_to((*opacities.shape, 3)) - 0.5) / SH_C0
+            sh = torch.cat((sh[..., :1] + dc_from_pixel[..., None], sh[..., 1:]), dim=-1)
 
         c2w_rotations = extrinsics[..., :3, :3]
         covariances = build_covariance(scales, rotations)
