@@ -11,7 +11,8 @@ runs one full training step (forward, backward, clip at 0.5, Adam, scheduler) on
 on the current model, or the other way round on odd rounds, so that the machine's load moves both alike.
 The ratio of medians and of minima are the figures; the first round warms up and is not counted. The
 first step's losses are compared too (same weights, same batch). --option changes the current model's config
-(a proposed demo config): layers whose shape changes keep their own initialisation, so losses then differ.
+(a proposed demo config); where the current demo config or --option changes a layer's shape, that layer keeps its
+own initialisation, so losses then differ.
 """
 
 import argparse
@@ -97,14 +98,15 @@ def main(argv: list[str] | None = None) -> None:
                                          tmp / "synthetic", []),
                   "current": demo_model(fabric_mvsplat, Path(fabric_mvsplat.__file__).parent / "configs", args.size,
                                         tmp / "synthetic", args.option)}
-        # Same initial weights; with --option changing a layer's shape (a proposed config), that layer keeps its own.
+        # Same initial weights where the layouts agree; a layer whose shape the current demo config (or --option)
+        # changed keeps its own initialisation, and the first-step losses then differ.
         current_state = models["current"][0].state_dict()
         shared = {key: value for key, value in models["baseline"][0].state_dict().items()
                   if key in current_state and current_state[key].shape == value.shape}
-        models["current"][0].load_state_dict(shared, strict=not args.option)
+        models["current"][0].load_state_dict(shared, strict=False)
         not_shared = sorted(set(current_state) - set(shared))
         if not_shared:
-            print(f"--option: {len(not_shared)} tensors keep their own initialisation ({not_shared[:4]} ...)")
+            print(f"{len(not_shared)} tensors keep their own initialisation ({not_shared[:4]} ...)")
         steps = {name: make_step(*parts) for name, parts in models.items()}
         cfg = models["current"][1]
         stream = iter(TrainStream(cfg.dataset, cfg.data_loader.train, StepTracker(), 0, 1, cfg.seed))
