@@ -146,10 +146,12 @@ def lightning_checkpoint_from_golden(path: Path) -> dict:
 
 
 # The golden small encoder's architecture (golden/README.md), on top of the demo.
-# The golden small encoder's layout: the original's full-width Gaussian head (the demo narrows it).
+# The golden small encoder's layout: the original's full-width Gaussian head and 32-channel depth U-Net with
+# attention, and its colours (the demo narrows the first two and starts colours at the pixels').
 GOLDEN_SMALL = ["model.encoder.d_feature=64", "model.encoder.num_depth_candidates=16",
                 "model.encoder.costvolume_unet_feat_dim=64", "model.encoder.depth_unet_feat_dim=32",
-                "model.encoder.gaussian_head_hidden_channels=null"]
+                "model.encoder.depth_unet_attn_res=[16]", "model.encoder.gaussian_head_hidden_channels=null",
+                "model.encoder.gaussian_adapter.colour_from_pixel=false"]
 
 
 def test_original_lightning_checkpoint_loads_for_test_and_fine_tuning(synthetic_root, tmp_path):
