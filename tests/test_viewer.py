@@ -59,8 +59,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def serve_and_screenshot(folder: Path, shot: Path) -> str:
-    """Start the viewer, load its URL, take a screenshot, stop it with Ctrl-C; returns the viewer's output."""
+def serve_and_screenshot(folder: Path, shot: Path, tries: int = 1) -> str:
+    """Start the viewer, load its URL, take a screenshot, stop it with Ctrl-C; returns the viewer's output.
+
+    tries > 1 retakes a screenshot whose centre is still uniform: on a loaded machine the splats can reach the page
+    after headless Chromium's virtual-time budget has run out, leaving only the background."""
     port = free_port()
     viewer = subprocess.Popen([sys.executable, "-m", "fabric_mvsplat.view", str(folder), "--port", str(port)],
                               env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -75,10 +78,13 @@ def serve_and_screenshot(folder: Path, shot: Path) -> str:
         assert any(f"open {url}" in line for line in lines), "".join(lines)
         with urllib.request.urlopen(url, timeout=30) as page:
             assert page.status == 200 and b"<html" in page.read().lower()
-        with tempfile.TemporaryDirectory() as profile:
-            result = subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--screenshot={shot}",
-                                     url], capture_output=True, text=True, timeout=180)
-        assert shot.is_file(), result.stderr[-2000:]
+        for _ in range(tries):
+            with tempfile.TemporaryDirectory() as profile:
+                result = subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
+                                         f"--screenshot={shot}", url], capture_output=True, text=True, timeout=180)
+            assert shot.is_file(), result.stderr[-2000:]
+            if centre(shot).std() > 10:
+                break
         viewer.send_signal(signal.SIGINT)  # Ctrl-C
         output, _ = viewer.communicate(timeout=60)
         assert viewer.returncode == 0, output
@@ -98,7 +104,7 @@ def centre(path: Path) -> np.ndarray:
 def test_browser_shows_the_splats(tmp_path):
     scene = output_folder((tmp_path / "scene"), opacity=0.99)
     empty = output_folder((tmp_path / "empty"), opacity=1e-4)
-    output = serve_and_screenshot(scene, tmp_path / "scene.png")
+    output = serve_and_screenshot(scene, tmp_path / "scene.png", tries=3)
     assert f"viewer: {48 * 48:,} Gaussians, 2 context camera(s)" in output and "viewer: stopped" in output
     serve_and_screenshot(empty, tmp_path / "empty.png")
     splats, nothing = centre(tmp_path / "scene.png"), centre(tmp_path / "empty.png")
