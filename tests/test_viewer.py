@@ -86,7 +86,12 @@ def serve_and_screenshot(folder: Path, shot: Path, tries: int = 1) -> str:
             if centre(shot).std() > 10:
                 break
         viewer.send_signal(signal.SIGINT)  # Ctrl-C
-        output, _ = viewer.communicate(timeout=60)
+        try:
+            output, _ = viewer.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            viewer.kill()
+            raise AssertionError("no exit 60 s after Ctrl-C; the viewer printed:\n" + "".join(lines)
+                                 + viewer.communicate()[0]) from None
         assert viewer.returncode == 0, output
         return "".join(lines) + output
     finally:
