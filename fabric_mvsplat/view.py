@@ -8,9 +8,7 @@ page opens at the first context camera. Ctrl-C stops the server. Needs the `view
 
 import argparse
 import json
-import os
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,16 +149,6 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         server.stop()
         print("viewer: stopped", flush=True)
-        # Interpreter exit joins every non-daemon thread, and a viser worker still serving a browser that left
-        # mid-connection can hold Ctrl-C for minutes (seen on a loaded machine). Give them a few seconds, then go.
-        busy = [t for t in threading.enumerate() if t is not threading.current_thread() and not t.daemon]
-        deadline = time.monotonic() + 5
-        for thread in busy:
-            thread.join(timeout=max(0.0, deadline - time.monotonic()))
-        if any(thread.is_alive() for thread in busy):
-            names = ", ".join(thread.name for thread in busy if thread.is_alive())
-            print(f"viewer: server threads still busy after 5 s ({names}); leaving without them", flush=True)
-            os._exit(0)
 
 
 if __name__ == "__main__":

@@ -59,6 +59,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def default_ctrl_c() -> None:
+    """In the viewer's child process before exec: SIGINT at its default and unblocked, as in a terminal. A child
+    inherits an ignored or blocked SIGINT, and a pytest-xdist worker of the full suite can have one (CI saw the
+    viewer never stop after Ctrl-C there; a parent that ignores SIGINT reproduces it)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def serve_and_screenshot(folder: Path, shot: Path, tries: int = 1) -> str:
     """Start the viewer, load its URL, take a screenshot, stop it with Ctrl-C; returns the viewer's output.
 
@@ -66,7 +74,8 @@ def serve_and_screenshot(folder: Path, shot: Path, tries: int = 1) -> str:
     after headless Chromium's virtual-time budget has run out, leaving only the background."""
     port = free_port()
     viewer = subprocess.Popen([sys.executable, "-m", "fabric_mvsplat.view", str(folder), "--port", str(port)],
-                              env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                              env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              preexec_fn=default_ctrl_c)
     try:
         lines, url = [], f"http://127.0.0.1:{port}"
         deadline = time.time() + 120
