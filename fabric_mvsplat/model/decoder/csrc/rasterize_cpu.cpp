@@ -40,7 +40,7 @@ TileBox tile_box(int64_t t, const Grid& g) {
 
 template <typename T>
 struct Splat {  // one Gaussian evaluated at one pixel
-  T dx, dy, power, raw, alpha;
+  T dx, dy, power, falloff, raw, alpha;  // falloff = exp(-power), raw = opacity falloff
   bool used;
 };
 
@@ -49,6 +49,40 @@ struct Splat {  // one Gaussian evaluated at one pixel
 template <typename T>
 inline T power_cutoff(const T* r) {
   return r[5] * T(255) >= T(1) ? std::log(r[5] * T(255)) * T(1 + 1e-4) + T(1e-3) : T(-1);
+}
+
+// The tile's pixels [x_begin, x_end) x [y_begin, y_end) whose centres can pass the exact test: the box around the
+// ellipse power <= cutoff (half-widths sqrt(2 cutoff Sigma_xx), sqrt(2 cutoff Sigma_yy), Sigma the inverse conic),
+// widened so that rounding never drops a pixel the test would keep. Pixels outside it are skipped without
+// evaluation, which changes no result; a conic that is not positive definite keeps the whole tile.
+struct PixelSpan {
+  int64_t x_begin, x_end, y_begin, y_end;
+};
+
+template <typename T>
+inline PixelSpan pixel_span(const T* r, T cutoff, const TileBox& box) {
+  PixelSpan span{0, box.w, 0, box.h};
+  const double a = r[2], b = r[3], c = r[4], det = a * c - b * b;
+  if (!(a > 0 && c > 0 && det > 0 && std::isfinite(det) && std::isfinite(double(r[0])) &&
+        std::isfinite(double(r[1])))) {
+    return span;
+  }
+  const double reach_x = std::sqrt(2.0 * double(cutoff) * c / det) * (1 + 1e-3) + 0.05;
+  const double reach_y = std::sqrt(2.0 * double(cutoff) * a / det) * (1 + 1e-3) + 0.05;
+  // Pixel x's centre is box.x0 + x + 0.5: keep |centre - u| <= reach. Bounds are clamped to [-1, w] before the
+  // integer conversion, so a Gaussian far off the tile (finite but huge u) still gives an empty span.
+  const double u = double(r[0]) - 0.5 - double(box.x0), v = double(r[1]) - 0.5 - double(box.y0);
+  const auto first = [](double low, int64_t size) {
+    return std::max<int64_t>(0, static_cast<int64_t>(std::ceil(std::clamp(low, -1.0, double(size)))));
+  };
+  const auto end = [](double high, int64_t size) {
+    return std::min<int64_t>(size, static_cast<int64_t>(std::floor(std::clamp(high, -1.0, double(size)))) + 1);
+  };
+  span.x_begin = first(u - reach_x, box.w);
+  span.x_end = end(u + reach_x, box.w);
+  span.y_begin = first(v - reach_y, box.h);
+  span.y_end = end(v + reach_y, box.h);
+  return span;
 }
 
 template <typename T>
@@ -61,7 +95,8 @@ inline Splat<T> evaluate(const T* r, T px, T py, T cutoff) {
     s.used = false;
     return s;
   }
-  s.raw = r[5] * std::exp(-s.power);
+  s.falloff = std::exp(-s.power);
+  s.raw = r[5] * s.falloff;
   s.alpha = std::min(s.raw, T(kAlphaMax));
   s.used = s.alpha >= T(kAlphaMin);
   return s;
@@ -86,9 +121,10 @@ void forward_tiles(const T* packed, const int64_t* ids, const int64_t* starts, c
       const T* r = packed + list[j] * g.row;
       const T cutoff = power_cutoff(r);
       if (cutoff < T(0)) continue;
-      for (int64_t y = 0; y < box.h; ++y) {
+      const PixelSpan span = pixel_span(r, cutoff, box);
+      for (int64_t y = span.y_begin; y < span.y_end; ++y) {
         const T py = T(box.y0 + y) + T(0.5);
-        for (int64_t x = 0; x < box.w; ++x) {
+        for (int64_t x = span.x_begin; x < span.x_end; ++x) {
           const int64_t p = y * g.tile + x;
           if (done[p]) continue;
           const Splat<T> s = evaluate(r, T(box.x0 + x) + T(0.5), py, cutoff);
@@ -128,6 +164,7 @@ void backward_tiles(const T* packed, const int64_t* ids, const int64_t* starts, 
   const int64_t P = g.tile * g.tile, D = g.channels;
   std::vector<T> t_run(P), acc(P * D);
   std::vector<int64_t> pixel_of(P);
+  std::vector<T> grad_feature(D);
   for (int64_t t = begin; t < end; ++t) {
     const TileBox box = tile_box(t, g);
     std::fill(t_run.begin(), t_run.end(), T(1));
@@ -146,34 +183,42 @@ void backward_tiles(const T* packed, const int64_t* ids, const int64_t* starts, 
       const T* r = packed + list[j] * g.row;
       const T cutoff = power_cutoff(r);
       if (cutoff < T(0)) continue;
-      T* out = grads + j * g.row;
-      for (int64_t y = 0; y < box.h; ++y) {
+      // This intersection's gradient, summed over the tile's pixels in registers and stored once (the row starts
+      // at zero, so the sums are the same as adding into it pixel by pixel).
+      T grad_u = 0, grad_v = 0, grad_a = 0, grad_b = 0, grad_c = 0, grad_opacity = 0;
+      std::fill(grad_feature.begin(), grad_feature.end(), T(0));
+      T* __restrict__ grad_f = grad_feature.data();
+      const PixelSpan span = pixel_span(r, cutoff, box);
+      for (int64_t y = span.y_begin; y < span.y_end; ++y) {
         const T py = T(box.y0 + y) + T(0.5);
-        for (int64_t x = 0; x < box.w; ++x) {
+        for (int64_t x = span.x_begin; x < span.x_end; ++x) {
           const int64_t p = y * g.tile + x, pixel = pixel_of[p];
           if (j >= last[pixel]) continue;
           const Splat<T> s = evaluate(r, T(box.x0 + x) + T(0.5), py, cutoff);
           if (!s.used) continue;
           const T t_before = t_run[p], weight = s.alpha * t_before, keep = T(1) - s.alpha;
-          const T* grad_c = grad_features + pixel * D;
+          const T* grad_colour = grad_features + pixel * D;
           const T* colour = features + pixel * D;
           T grad_alpha = -grad_transmittance[pixel] * transmittance[pixel] / keep;
           for (int64_t d = 0; d < D; ++d) {
             acc[p * D + d] += weight * r[6 + d];
-            grad_alpha += grad_c[d] * (t_before * r[6 + d] - (colour[d] - acc[p * D + d]) / keep);
-            out[6 + d] += weight * grad_c[d];
+            grad_alpha += grad_colour[d] * (t_before * r[6 + d] - (colour[d] - acc[p * D + d]) / keep);
+            grad_f[d] += weight * grad_colour[d];
           }
           t_run[p] = t_before * keep;
           if (s.raw > T(kAlphaMax)) continue;  // clamped: alpha does not depend on opacity or position
-          out[5] += grad_alpha * std::exp(-s.power);
+          grad_opacity += grad_alpha * s.falloff;
           const T grad_power = -grad_alpha * s.raw;
-          out[0] += grad_power * (r[2] * s.dx + r[3] * s.dy);
-          out[1] += grad_power * (r[4] * s.dy + r[3] * s.dx);
-          out[2] += grad_power * T(0.5) * s.dx * s.dx;
-          out[3] += grad_power * s.dx * s.dy;
-          out[4] += grad_power * T(0.5) * s.dy * s.dy;
+          grad_u += grad_power * (r[2] * s.dx + r[3] * s.dy);
+          grad_v += grad_power * (r[4] * s.dy + r[3] * s.dx);
+          grad_a += grad_power * T(0.5) * s.dx * s.dx;
+          grad_b += grad_power * s.dx * s.dy;
+          grad_c += grad_power * T(0.5) * s.dy * s.dy;
         }
       }
+      T* out = grads + j * g.row;
+      out[0] = grad_u, out[1] = grad_v, out[2] = grad_a, out[3] = grad_b, out[4] = grad_c, out[5] = grad_opacity;
+      for (int64_t d = 0; d < D; ++d) out[6 + d] = grad_f[d];
     }
   }
 }
