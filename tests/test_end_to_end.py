@@ -151,7 +151,7 @@ def lightning_checkpoint_from_golden(path: Path) -> dict:
 GOLDEN_SMALL = ["model.encoder.d_feature=64", "model.encoder.num_depth_candidates=16",
                 "model.encoder.costvolume_unet_feat_dim=64", "model.encoder.depth_unet_feat_dim=32",
                 "model.encoder.depth_unet_attn_res=[16]", "model.encoder.gaussian_head_hidden_channels=null",
-                "model.encoder.gaussian_adapter.colour_from_pixel=false"]
+                "model.encoder.gaussian_adapter.colour_from_pixel=false", "model.encoder.gaussian_adapter.sh_degree=4"]
 
 
 def test_original_lightning_checkpoint_loads_for_test_and_fine_tuning(synthetic_root, tmp_path):
