@@ -1,7 +1,7 @@
 """A trained model on your own images, from Python: load a checkpoint, predict Gaussians, render any camera.
 
     from fabric_mvsplat.inference import load_model
-    model = load_model("outputs/demo/checkpoints/epoch_20-step_1300.ckpt")     # its run's config.yaml beside
+    model = load_model("outputs/demo/checkpoints/epoch_21-step_1400.ckpt")     # its run's config.yaml beside
     prediction = model.predict(["a.png", "b.png"], extrinsics, intrinsics)     # c2w [V,4,4], K [V,3,3]
     out = model.render(prediction, extrinsics[:1], intrinsics[:1])             # color, depth, alpha
     prediction.save_ply("scene.ply")
