@@ -145,9 +145,8 @@ def lightning_checkpoint_from_golden(path: Path) -> dict:
     return state_dict
 
 
-# The golden small encoder's architecture (golden/README.md), on top of the demo.
-# The golden small encoder's layout: the original's full-width Gaussian head and 32-channel depth U-Net with
-# attention, and its colours (the demo narrows the first two and starts colours at the pixels').
+# The golden small encoder's layout (golden/README.md) on top of the demo: the original's full-width Gaussian head,
+# 32-channel depth U-Net with attention and degree-4 colours not started at the pixels' (the demo changes each).
 GOLDEN_SMALL = ["model.encoder.d_feature=64", "model.encoder.num_depth_candidates=16",
                 "model.encoder.costvolume_unet_feat_dim=64", "model.encoder.depth_unet_feat_dim=32",
                 "model.encoder.depth_unet_attn_res=[16]", "model.encoder.gaussian_head_hidden_channels=null",

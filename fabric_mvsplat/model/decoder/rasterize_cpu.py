@@ -5,8 +5,8 @@ its backward run as C++ over tiles, split over torch's intra-op threads. The C++
 (pixel, Gaussian) pair once where the torch rasterizer evaluates a whole depth block of every active
 tile, and only the tile's pixels inside the box of the Gaussian's alpha >= 1/255 ellipse (a quarter of the
 tile on the demo's trained Gaussians); it keeps nothing per pair for backward (it recomputes alpha front to
-back), and has no autograd graph of dozens of tensor ops per block. Results agree with rasterize_torch and the dense reference to
-rounding (tests/test_rasterizer_cpu.py).
+back), and has no autograd graph of dozens of tensor ops per block. Results agree with rasterize_torch and the
+dense reference to rounding (tests/test_rasterizer_cpu.py).
 
 The extension is compiled by torch.utils.cpp_extension (a C++ compiler and ninja; about a minute once)
 into torch's extension cache (TORCH_EXTENSIONS_DIR, default ~/.cache/torch_extensions), as gsplat builds its
