@@ -187,7 +187,8 @@ def test_deterministic_switches_on_torchs_deterministic_algorithms(monkeypatch):
 SECTIONS = ["== config: differences from the defaults", "== parameters per model part ==",
             "== stored cameras of the first", "== training batch 0: scenes", "== training batch 1: scenes",
             "== one forward and backward at global step 0", "== gradient norms per model part",
-            "== predicted Gaussians", "== ground-truth depth", "== pictures ==", "== problems =="]
+            "== plane sweep: the depth candidates' probabilities", "== predicted Gaussians",
+            "== ground-truth depth", "== pictures ==", "== problems =="]
 
 
 def test_inspect_mode_on_the_demo_data_prints_every_section_and_saves_the_pictures(synthetic_root, tmp_path):
@@ -227,6 +228,24 @@ def test_inspect_runs_the_forward_at_the_loaded_checkpoints_step(synthetic_root,
     printed = capsys.readouterr().out
     assert f"  weights from {checkpoint}" in printed
     assert "== one forward and backward at global step 2 (first batch) ==" in printed
+
+
+def test_inspect_flags_a_plane_sweep_that_picks_one_candidate(synthetic_root, demo_training, tmp_path, capsys):
+    """The demo's failure mode (docs/debugging.md): the depth head's softmax puts one candidate first at every
+    pixel, so the cost volume no longer decides any depth. Forced here with one large logit bias."""
+    checkpoint = torch.load(demo_training[1] / "checkpoints" / "epoch_0-step_2.ckpt", weights_only=True)
+    checkpoint.pop("content_sha256")  # edited weights: the stored hashes no longer apply
+    checkpoint["state_dict"]["encoder.depth_predictor.depth_head_lowres.2.bias"][7] += 1e4
+    collapsed = tmp_path / "collapsed.ckpt"
+    torch.save(checkpoint, collapsed)
+
+    result = inspect_in_process(synthetic_root, tmp_path / "run", f"checkpointing.load={collapsed}")
+    [problem] = [p for p in result["problems"] if p.startswith("the plane sweep has collapsed")]
+    assert "depth candidate 7 of 8" in problem and "at 100.0% of the context pixels" in problem
+    assert "1 of 8 candidates are the most probable somewhere" in capsys.readouterr().out
+    healthy = inspect_in_process(synthetic_root, tmp_path / "healthy", f"checkpointing.load={demo_training[1]}"
+                                 "/checkpoints/epoch_0-step_2.ckpt")
+    assert not [p for p in healthy["problems"] if "plane sweep" in p]
 
 
 def test_inspect_flags_near_far_that_exclude_the_scene(synthetic_root, tmp_path):

@@ -4,11 +4,12 @@
 checkpointing.load's weights when set), reads debug.inspect_batches real training batches and prints:
 the config's differences from the defaults, parameters per model part, each batch's shapes and value ranges
 (images, near/far, baseline, camera positions, context gap), one forward and backward's time and peak memory
-per model part, gradient norms per model part and statistics of the predicted Gaussians. It saves
+per model part, gradient norms per model part, the plane sweep's depth-candidate probabilities and statistics
+of the predicted Gaussians. It saves
 output_dir/inspect/cameras.png (top-down and side views of the cameras) and images_depth.png (the batch's
 images with the predicted depth), writes the report to output_dir/inspect/report.txt, and ends with the
 problems it found: cameras that are not rotations, targets outside the context baseline, near/far that
-exclude most depths, every Gaussian at one plane.
+exclude most depths, every Gaussian at one plane, a plane sweep that picks one depth candidate everywhere.
 """
 
 import dataclasses
@@ -28,6 +29,7 @@ from ..data.chunk_io import camera_problem, rotation_defects
 from ..data.chunks import ChunkCache, SceneRejected, list_scenes
 from ..errors import DatasetError
 from ..evaluation.media import save_image
+from ..model.encoder.cost_volume import disparity_candidates
 from ..types import Gaussians
 from ..visualization.layout import colorize_depth, hcat, image_tensor, label_rows, vcat
 from .health import gaussian_statistics, gradient_norms, model_parts, plane_fractions
@@ -35,6 +37,10 @@ from .health import gaussian_statistics, gradient_norms, model_parts, plane_frac
 ROTATION_TOLERANCE = 1e-3
 BASELINE_TOLERANCE = 0.1  # a target may lie 10% of the baseline beyond either context camera
 MOST = 0.5  # "most depths": more than half
+# One candidate the most probable at this fraction of the pixels: the plane sweep no longer matches. A fresh demo
+# model's commonest candidate wins ~70% of the pixels (its features' large dot products saturate the softmax);
+# 20 steps later 95%, after 120 all of them (docs/demo.md, "Where the depth comes from").
+COLLAPSED = 0.9
 SCENES_TO_SCAN = 256  # training scenes whose cameras are checked (the data loader skips bad ones silently)
 
 
@@ -79,7 +85,9 @@ class Inspection:
         for number, batch in enumerate(batches):
             self.report_batch(number, batch)
         self.report_skips(stream)
-        gaussians, context, rendered = self.report_forward_backward(batches[0], step)
+        gaussians, context, rendered, depth_logits = self.report_forward_backward(batches[0], step)
+        if not cfg.model.encoder.wo_cost_volume:
+            self.report_plane_sweep(depth_logits, context)
         self.report_gaussians(gaussians, context)
         self.report_ground_truth_depth()
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -107,7 +115,7 @@ class Inspection:
             self.say(f"  {name:<45} {count:>12,}{frozen}")
         self.say(f"  {'total':<45} {total:>12,}")
 
-    def report_forward_backward(self, batch: dict, step: int) -> tuple[Gaussians, dict, object]:
+    def report_forward_backward(self, batch: dict, step: int) -> tuple[Gaussians, dict, object, Tensor]:
         self.section(f"one forward and backward at global step {step} (first batch)")
         model = self.fabric.to_device(self.model)
         model.train()
@@ -117,7 +125,11 @@ class Inspection:
         def capture(module, args, output):
             captured["gaussians"], captured["context"] = output, args[0]
 
-        hooks = [model.encoder.register_forward_hook(capture)]
+        def capture_depth_logits(module, args, output):  # [(v b), D, h, w] before the softmax over candidates
+            captured["depth_logits"] = output.detach()
+
+        hooks = [model.encoder.register_forward_hook(capture),
+                 model.encoder.depth_predictor.depth_head_lowres.register_forward_hook(capture_depth_logits)]
         parts = model_parts(model)
         with PartProfiler(parts, self.fabric.device) as profiler:
             output = model(batch, step)
@@ -150,7 +162,30 @@ class Inspection:
         if bad:
             self.problems.append(f"non-finite gradients in {bad}")
         model.zero_grad(set_to_none=True)
-        return captured["gaussians"], captured["context"], captured.get("rendered")
+        return captured["gaussians"], captured["context"], captured.get("rendered"), captured["depth_logits"]
+
+    def report_plane_sweep(self, depth_logits: Tensor, context: dict) -> None:
+        """Does the cost volume still match? Its softmax over the D depth candidates at every 1/4-resolution
+        context pixel: one candidate the most probable nearly everywhere means the depth is a constant plus
+        what the refinement U-Net makes of one image."""
+        self.section("plane sweep: the depth candidates' probabilities (first batch, 1/4 resolution)")
+        probabilities = depth_logits.float().softmax(dim=1)  # [(v b), D, h, w]
+        count = probabilities.shape[1]
+        entropy = torch.special.entr(probabilities).sum(dim=1)  # -sum p log p, nats
+        votes = torch.bincount(probabilities.argmax(dim=1).flatten(), minlength=count)
+        commonest = int(votes.argmax())
+        share = float(votes[commonest] / votes.sum())
+        disparities = disparity_candidates(context["near"][:1, :1], context["far"][:1, :1], count, torch.float32)
+        depth = float(1 / disparities.flatten()[commonest])
+        self.say("  most probable candidate's probability: " + quantiles(probabilities.amax(dim=1)))
+        self.say(f"  entropy (nats; uniform over the {count} candidates: {math.log(count):.3g}): " + quantiles(entropy))
+        self.say(f"  {int((votes > 0).sum())} of {count} candidates are the most probable somewhere; the commonest, "
+                 f"candidate {commonest} (depth {depth:.3g}), at {percent(share)} of the pixels")
+        if count > 1 and share >= COLLAPSED:
+            self.problems.append(
+                f"the plane sweep has collapsed: depth candidate {commonest} of {count} (depth {depth:.3g}) is the "
+                f"most probable at {percent(share)} of the context pixels: the cost volume no longer decides the depth "
+                "(docs/debugging.md, 'A plane sweep that no longer matches')")
 
     def report_gaussians(self, gaussians: Gaussians, context: dict) -> None:
         self.section("predicted Gaussians (first batch)")
