@@ -16,6 +16,7 @@ import dataclasses
 import math
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import yaml
@@ -42,6 +43,15 @@ MOST = 0.5  # "most depths": more than half
 # 20 steps later 95%, after 120 all of them (docs/demo.md, "Where the depth comes from").
 COLLAPSED = 0.9
 SCENES_TO_SCAN = 256  # training scenes whose cameras are checked (the data loader skips bad ones silently)
+
+
+class ForwardCapture(NamedTuple):
+    """What the inspected forward produced, captured by hooks on the encoder and its depth head."""
+
+    gaussians: Gaussians
+    context: dict  # the encoder's input views, after the data shim
+    rendered: object  # DecoderOutput of the targets with depth, for the picture
+    depth_logits: Tensor  # [(v b), D, h, w] the depth head's output, before the softmax over the D candidates
 
 
 # ---------------------------------------------------------------------------------------------- entry point
@@ -85,15 +95,15 @@ class Inspection:
         for number, batch in enumerate(batches):
             self.report_batch(number, batch)
         self.report_skips(stream)
-        gaussians, context, rendered, depth_logits = self.report_forward_backward(batches[0], step)
+        forward = self.report_forward_backward(batches[0], step)
         if not cfg.model.encoder.wo_cost_volume:
-            self.report_plane_sweep(depth_logits, context)
-        self.report_gaussians(gaussians, context)
+            self.report_plane_sweep(forward.depth_logits, forward.context)
+        self.report_gaussians(forward.gaussians, forward.context)
         self.report_ground_truth_depth()
         self.directory.mkdir(parents=True, exist_ok=True)
         pictures = [self.directory / "cameras.png", self.directory / "images_depth.png"]
         save_camera_picture(batches, pictures[0])
-        save_image(images_and_depth(batches[0], gaussians, rendered), pictures[1])
+        save_image(images_and_depth(batches[0], forward.gaussians, forward.rendered), pictures[1])
         self.section("pictures")
         for path in pictures:
             self.say(f"  {path}")
@@ -115,7 +125,7 @@ class Inspection:
             self.say(f"  {name:<45} {count:>12,}{frozen}")
         self.say(f"  {'total':<45} {total:>12,}")
 
-    def report_forward_backward(self, batch: dict, step: int) -> tuple[Gaussians, dict, object, Tensor]:
+    def report_forward_backward(self, batch: dict, step: int) -> ForwardCapture:
         self.section(f"one forward and backward at global step {step} (first batch)")
         model = self.fabric.to_device(self.model)
         model.train()
@@ -125,7 +135,7 @@ class Inspection:
         def capture(module, args, output):
             captured["gaussians"], captured["context"] = output, args[0]
 
-        def capture_depth_logits(module, args, output):  # [(v b), D, h, w] before the softmax over candidates
+        def capture_depth_logits(module, args, output):
             captured["depth_logits"] = output.detach()
 
         hooks = [model.encoder.register_forward_hook(capture),
@@ -162,7 +172,7 @@ class Inspection:
         if bad:
             self.problems.append(f"non-finite gradients in {bad}")
         model.zero_grad(set_to_none=True)
-        return captured["gaussians"], captured["context"], captured.get("rendered"), captured["depth_logits"]
+        return ForwardCapture(**captured)
 
     def report_plane_sweep(self, depth_logits: Tensor, context: dict) -> None:
         """Does the cost volume still match? Its softmax over the D depth candidates at every 1/4-resolution
