@@ -9,6 +9,7 @@ from lightning_fabric import Fabric
 from .config import LATEST_CHECKPOINT, RootCfg
 from .data.scene_names import scene_file_name
 from .loop import EXIT_STOPPED_BY_SIGNAL, TrainingSummary
+from .model.encoder.plane_sweep import COLLAPSED
 from .shell_command import hydra_overrides, override_key, train_command
 
 
@@ -37,6 +38,11 @@ def report_end(fabric: Fabric, cfg: RootCfg, summary: TrainingSummary, output_di
         if abs_rel is not None:  # datasets with ground-truth depth (the synthetic demo's)
             lines.append(f"validation depth: AbsRel {abs_rel:.3f}, delta<1.25 {delta:.3f}" + (
                 " (every Gaussian at the far plane? see docs/demo.md)" if abs_rel > 1 else ""))
+        share = summary.val.get("val/plane_sweep_commonest_share")
+        if share is not None and share >= COLLAPSED:
+            lines.append(f"validation plane sweep: one depth candidate is the most probable at {share:.0%} of the "
+                         "context pixels, so the depth comes from the refinement U-Net's guess from one image, not "
+                         "from matching the views (docs/debugging.md, 'A plane sweep that no longer matches')")
     elif summary.val:
         lines.append("last validation: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(summary.val.items())))
     last = summary.last_checkpoint

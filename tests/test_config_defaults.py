@@ -62,7 +62,7 @@ def test_the_yaml_tree_and_the_dataclasses_hold_the_same_defaults():
 
 def test_every_view_sampler_and_loss_option_agrees_too():
     """Their group files mirror one dataclass each (dataset files are per-dataset choices: DatasetCfg holds re10k's)."""
-    for overrides in (["dataset/view_sampler=arbitrary"], ["dataset/view_sampler=all"], ["loss=[mse,lpips,depth]"]):
+    for overrides in (["dataset/view_sampler=arbitrary"], ["dataset/view_sampler=all"], ["loss=[mse,lpips,depth,ssim]"]):
         cfg, yaml = composed("trainer.max_steps=5", *overrides)
         yaml["trainer"]["max_steps"] = -1
         found = disagreements(cfg, None, yaml)

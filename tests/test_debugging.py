@@ -248,6 +248,35 @@ def test_inspect_flags_a_plane_sweep_that_picks_one_candidate(synthetic_root, de
     assert not [p for p in healthy["problems"] if "plane sweep" in p]
 
 
+def test_validation_logs_the_plane_sweep_and_the_run_summary_names_a_collapse(synthetic_root, capsys):
+    """The same failure seen while training: each validation logs the commonest candidate's share, and a run that
+    ends collapsed says so in its last lines."""
+    from types import SimpleNamespace
+
+    from fabric_mvsplat.build import make_model
+    from fabric_mvsplat.data import StepTracker, TrainStream
+    from fabric_mvsplat.loop import TrainingSummary
+    from fabric_mvsplat.report import report_end
+
+    cfg = compose_cfg(demo_overrides(synthetic_root))
+    model = make_model(cfg).eval()
+    batch = next(iter(TrainStream(cfg.dataset, cfg.data_loader.train, StepTracker(), 0, 1, cfg.seed)))
+    fresh = model.validation_step(batch, global_step=0).scalars["val/plane_sweep_commonest_share"]
+    with torch.no_grad():
+        model.encoder.depth_predictor.depth_head_lowres[2].bias[7] += 1e4
+    collapsed = model.validation_step(batch, global_step=0).scalars["val/plane_sweep_commonest_share"]
+    assert fresh < 0.9 and collapsed == 1.0
+
+    fabric = SimpleNamespace(global_rank=0, world_size=1)
+    for share, named in ((fresh, False), (collapsed, True)):
+        summary = TrainingSummary(start_step=0, end_step=2, tensorboard=Path("tb"), best_val_psnr=20.0,
+                                  val={"val/psnr": 20.0, "val/plane_sweep_commonest_share": share})
+        report_end(fabric, cfg, summary, Path("run"))
+        printed = capsys.readouterr().out
+        assert ("validation plane sweep: one depth candidate is the most probable at 100% of the context pixels"
+                in printed) is named
+
+
 def test_inspect_flags_near_far_that_exclude_the_scene(synthetic_root, tmp_path):
     """The demo's scenes lie at depths 1-20; near/far ten times too large leave most ground-truth depths out."""
     result = inspect_in_process(synthetic_root, tmp_path / "run", "dataset.near=10", "dataset.far=200")

@@ -425,7 +425,7 @@ def typed_leaves(node: typing.Any, prefix: str = "") -> dict[str, typing.Any]:
     ("+experiment=re10k",),
     ("+experiment=re10k", "dataset/view_sampler=evaluation"),
     ("+experiment=re10k", "dataset/view_sampler=arbitrary"),
-    ("+experiment=demo", "loss=[mse,lpips,depth]", "train.depth_mode=log"),
+    ("+experiment=demo", "loss=[mse,lpips,depth,ssim]", "train.depth_mode=log"),
 ], ids=" ".join)
 def test_every_typed_config_field_is_in_the_yaml_tree_with_the_same_default(overrides):
     """A key added to the typed config only would be invisible to --cfg job, the docs and the original's tools."""

@@ -32,7 +32,7 @@ def test_training_steps_reduce_the_loss_on_a_fixed_batch(synthetic_root):
         output.loss.backward()
         optimizer.step()
         losses.append(output.loss.item())
-    assert set(output.logs) >= {"loss/mse", "loss/total", "train/psnr", "info/near", "info/far"}
+    assert set(output.logs) >= {"loss/mse", "loss/depth", "loss/ssim", "loss/total", "train/psnr", "info/near", "info/far"}
     assert min(losses[-3:]) < 0.8 * losses[0], losses
 
 
@@ -41,7 +41,8 @@ def test_validation_step_gives_scores_a_comparison_image_and_videos(synthetic_ro
     model = make_model(cfg).eval()
     stream = TrainStream(cfg.dataset, cfg.data_loader.train, StepTracker(), 0, 1, cfg.seed)
     output = model.validation_step(next(iter(stream)), global_step=0)
-    assert set(output.scalars) == {"val/psnr", "val/ssim"}  # no LPIPS weights configured
+    assert set(output.scalars) == {"val/psnr", "val/ssim", "val/plane_sweep_commonest_share"}  # no LPIPS weights
+    assert 0 < output.scalars["val/plane_sweep_commonest_share"] <= 1
     assert 0 < output.scalars["val/psnr"] < 60 and -1 <= output.scalars["val/ssim"] <= 1
     grid = output.images["comparison"]
     assert grid.shape[0] == 3 and grid.shape[1] > 4 * 32 and 0 <= grid.min() and grid.max() <= 1

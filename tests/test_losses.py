@@ -1,11 +1,15 @@
-"""The training losses: weights, LPIPS gating and checkpointing, the depth regulariser."""
+"""The training losses: weights, LPIPS gating and checkpointing, the depth regulariser, the SSIM loss."""
 
 import pytest
 import torch
 
 from lpips_test_weights import write_lpips_test_weights
-from fabric_mvsplat.model.loss_config import LossCfg, LossDepthCfg, LossLpipsCfg, LossMseCfg
-from fabric_mvsplat.model.losses import LossDepth, LossLpips, LossMse, build_losses
+from skimage.metrics import structural_similarity
+
+from fabric_mvsplat.errors import ConfigError
+from fabric_mvsplat.metrics.psnr_ssim import ssim_map
+from fabric_mvsplat.model.loss_config import LossCfg, LossDepthCfg, LossLpipsCfg, LossMseCfg, LossSsimCfg
+from fabric_mvsplat.model.losses import LossDepth, LossLpips, LossMse, LossSsim, build_losses
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +98,40 @@ def test_depth_loss_equals_the_originals(sigma_image, second):
         assert absolute(color, color, 0, depth=depth, near=near, far=far).item() < ours
 
 
+def test_ssim_map_is_scikit_images_ssim_and_differentiable():
+    # the loss and the test score must measure the same thing: scikit-image's full SSIM image, in float64
+    generator = torch.Generator().manual_seed(3)
+    target = torch.rand(2, 3, 23, 30, generator=generator, dtype=torch.float64)
+    rendered = (0.7 * target + 0.3 * torch.rand(2, 3, 23, 30, generator=generator, dtype=torch.float64))
+    rendered.requires_grad_(True)
+    ours = ssim_map(target, rendered)
+    assert ours.shape == (2, 3, 13, 20)
+    for i in range(2):
+        _, full = structural_similarity(target[i].numpy(), rendered[i].detach().numpy(), win_size=11,
+                                        gaussian_weights=True, channel_axis=0, data_range=1.0, full=True)
+        # scikit-image computes every pixel and averages only those 5 px from the border
+        assert torch.allclose(ours[i], torch.from_numpy(full[:, 5:-5, 5:-5]), atol=1e-10)
+    ours.mean().backward()
+    assert rendered.grad is not None and rendered.grad.abs().sum() > 0
+
+
+def test_ssim_loss_is_zero_for_the_target_and_weighs_a_faint_shift_more_than_mse():
+    # a faint texture moved by one pixel: MSE barely sees it, SSIM does (why the demo trains with both)
+    row = 0.5 + 0.02 * torch.sin(torch.arange(48, dtype=torch.float64) * 0.8)
+    target = row.expand(1, 1, 3, 48, 48).clone()  # [B, V, 3, H, W]
+    shifted = target.roll(1, dims=-1)
+    ssim_loss = LossSsim(LossSsimCfg(weight=1.0))
+    assert ssim_loss(target, target, global_step=0).item() == pytest.approx(0.0, abs=1e-12)
+    mse = ((shifted - target) ** 2).mean().item()
+    assert ssim_loss(shifted, target, global_step=0).item() > 100 * mse  # 0.078 against 1.2e-4
+    assert LossSsim(LossSsimCfg(weight=0.5))(shifted, target, global_step=0).item() == pytest.approx(
+        0.5 * ssim_loss(shifted, target, global_step=0).item())
+    with pytest.raises(ConfigError, match="weight"):
+        LossSsimCfg(weight=-1.0)
+
+
 def test_build_losses_keeps_the_config_order_and_rejects_none():
     assert list(build_losses(LossCfg(mse=LossMseCfg(), depth=LossDepthCfg()))) == ["mse", "depth"]
+    assert list(build_losses(LossCfg(ssim=LossSsimCfg(), mse=LossMseCfg()))) == ["mse", "ssim"]
     with pytest.raises(ValueError, match="loss"):
         build_losses(LossCfg())

@@ -23,7 +23,7 @@ def check_before_work(cfg: RootCfg) -> None:
     training = cfg.mode in ("train", "inspect")
     resolve_backend(cfg.model.decoder.backend, run_device_type(cfg.trainer.accelerator))
     if training:
-        if cfg.loss.mse is None and cfg.loss.lpips is None and cfg.loss.depth is None:
+        if not cfg.loss.enabled():
             check_losses(cfg.loss)  # no loss at all; LPIPS weights are checked with the other files below
         if cfg.loss.depth is not None and cfg.train.depth_mode not in ("log", "log_clamped"):
             raise ConfigError("train.depth_mode", cfg.train.depth_mode,

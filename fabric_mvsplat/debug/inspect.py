@@ -31,6 +31,7 @@ from ..data.chunks import ChunkCache, SceneRejected, list_scenes
 from ..errors import DatasetError
 from ..evaluation.media import save_image
 from ..model.encoder.cost_volume import disparity_candidates
+from ..model.encoder.plane_sweep import depth_logits_of, plane_sweep_statistics
 from ..types import Gaussians
 from ..visualization.layout import colorize_depth, hcat, image_tensor, label_rows, vcat
 from .health import gaussian_statistics, gradient_norms, model_parts, plane_fractions
@@ -38,10 +39,6 @@ from .health import gaussian_statistics, gradient_norms, model_parts, plane_frac
 ROTATION_TOLERANCE = 1e-3
 BASELINE_TOLERANCE = 0.1  # a target may lie 10% of the baseline beyond either context camera
 MOST = 0.5  # "most depths": more than half
-# One candidate the most probable at this fraction of the pixels: the plane sweep no longer matches. A fresh demo
-# model's commonest candidate wins ~70% of the pixels (its features' large dot products saturate the softmax);
-# 20 steps later 95%, after 120 all of them (docs/demo.md, "Where the depth comes from").
-COLLAPSED = 0.9
 SCENES_TO_SCAN = 256  # training scenes whose cameras are checked (the data loader skips bad ones silently)
 
 
@@ -51,7 +48,8 @@ class ForwardCapture(NamedTuple):
     gaussians: Gaussians
     context: dict  # the encoder's input views, after the data shim
     rendered: object  # DecoderOutput of the targets with depth, for the picture
-    depth_logits: Tensor  # [(v b), D, h, w] the depth head's output, before the softmax over the D candidates
+    depth_logits: Tensor | None  # [(v b), D, h, w] the depth head's output before its softmax over the D candidates;
+    # None under model.compile, whose compiled encoder does not call the forward hooks of its parts
 
 
 # ---------------------------------------------------------------------------------------------- entry point
@@ -135,17 +133,13 @@ class Inspection:
         def capture(module, args, output):
             captured["gaussians"], captured["context"] = output, args[0]
 
-        def capture_depth_logits(module, args, output):
-            captured["depth_logits"] = output.detach()
-
-        hooks = [model.encoder.register_forward_hook(capture),
-                 model.encoder.depth_predictor.depth_head_lowres.register_forward_hook(capture_depth_logits)]
+        hook = model.encoder.register_forward_hook(capture)
         parts = model_parts(model)
-        with PartProfiler(parts, self.fabric.device) as profiler:
+        with PartProfiler(parts, self.fabric.device) as profiler, depth_logits_of(model.encoder) as depth_logits:
             output = model(batch, step)
             output.loss.backward()
-        for hook in hooks:
-            hook.remove()
+        hook.remove()
+        captured["depth_logits"] = depth_logits[0] if depth_logits else None
         with torch.no_grad():  # the targets once more with depth, for the picture (training renders colour only)
             shimmed = model.data_shim(batch)["target"]
             image_shape = tuple(shimmed["image"].shape[-2:])
@@ -174,28 +168,30 @@ class Inspection:
         model.zero_grad(set_to_none=True)
         return ForwardCapture(**captured)
 
-    def report_plane_sweep(self, depth_logits: Tensor, context: dict) -> None:
-        """Does the cost volume still match? Its softmax over the D depth candidates at every 1/4-resolution
-        context pixel: one candidate the most probable nearly everywhere means the depth is a constant plus
+    def report_plane_sweep(self, depth_logits: Tensor | None, context: dict) -> None:
+        """Does the cost volume still match? Its softmax over the D depth candidates at every context pixel of the
+        feature resolution (1/4 by default): one candidate the most probable nearly everywhere means the depth is a constant plus
         what the refinement U-Net makes of one image."""
-        self.section("plane sweep: the depth candidates' probabilities (first batch, 1/4 resolution)")
-        probabilities = depth_logits.float().softmax(dim=1)  # [(v b), D, h, w]
-        count = probabilities.shape[1]
-        entropy = torch.special.entr(probabilities).sum(dim=1)  # -sum p log p, nats
-        votes = torch.bincount(probabilities.argmax(dim=1).flatten(), minlength=count)
-        commonest = int(votes.argmax())
-        share = float(votes[commonest] / votes.sum())
+        stride = self.cfg.model.encoder.downscale_factor
+        self.section(f"plane sweep: the depth candidates' probabilities (first batch, 1/{stride} resolution)")
+        if depth_logits is None:
+            self.say("  not seen: the compiled encoder (model.compile=true) skips the hook that reads the depth head; "
+                     "inspect with model.compile=false")
+            return
+        sweep = plane_sweep_statistics(depth_logits)
+        count = sweep.probabilities.shape[1]
         disparities = disparity_candidates(context["near"][:1, :1], context["far"][:1, :1], count, torch.float32)
-        depth = float(1 / disparities.flatten()[commonest])
-        self.say("  most probable candidate's probability: " + quantiles(probabilities.amax(dim=1)))
-        self.say(f"  entropy (nats; uniform over the {count} candidates: {math.log(count):.3g}): " + quantiles(entropy))
-        self.say(f"  {int((votes > 0).sum())} of {count} candidates are the most probable somewhere; the commonest, "
-                 f"candidate {commonest} (depth {depth:.3g}), at {percent(share)} of the pixels")
-        if count > 1 and share >= COLLAPSED:
+        depth = float(1 / disparities.flatten()[sweep.commonest])
+        self.say("  most probable candidate's probability: " + quantiles(sweep.probabilities.amax(dim=1)))
+        self.say(f"  entropy (nats; uniform over the {count} candidates: {math.log(count):.3g}): "
+                 + quantiles(sweep.entropy))
+        self.say(f"  {sweep.winners} of {count} candidates are the most probable somewhere; the commonest, "
+                 f"candidate {sweep.commonest} (depth {depth:.3g}), at {percent(sweep.commonest_share)} of the pixels")
+        if sweep.collapsed:
             self.problems.append(
-                f"the plane sweep has collapsed: depth candidate {commonest} of {count} (depth {depth:.3g}) is the "
-                f"most probable at {percent(share)} of the context pixels: the cost volume no longer decides the depth "
-                "(docs/debugging.md, 'A plane sweep that no longer matches')")
+                f"the plane sweep has collapsed: depth candidate {sweep.commonest} of {count} (depth {depth:.3g}) is "
+                f"the most probable at {percent(sweep.commonest_share)} of the context pixels: the cost volume no "
+                "longer decides the depth (docs/debugging.md, 'A plane sweep that no longer matches')")
 
     def report_gaussians(self, gaussians: Gaussians, context: dict) -> None:
         self.section("predicted Gaussians (first batch)")

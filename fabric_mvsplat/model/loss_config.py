@@ -39,12 +39,30 @@ class LossDepthCfg:
 
 
 @dataclass
+class LossSsimCfg:
+    """Added (the original has no SSIM loss): weight * (1 - mean SSIM) of each rendered target view against its
+    image, SSIM as the test score computes it (11-px Gaussian window, sigma 1.5). It weighs a faint texture's
+    misalignment by the texture's own contrast, where MSE weighs it by its small absolute error."""
+
+    weight: float = 0.05
+
+    def __post_init__(self) -> None:
+        if self.weight < 0:
+            raise ConfigError("weight", self.weight, "a weight >= 0")
+
+
+@dataclass
 class LossCfg:
     """`loss:` after composition is a dict keyed by loss name; absent losses are None."""
 
     mse: LossMseCfg | None = None
     lpips: LossLpipsCfg | None = None
     depth: LossDepthCfg | None = None
+    ssim: LossSsimCfg | None = None
+
+    def enabled(self) -> list[str]:
+        """The names of the losses this config trains with, in the order they are summed."""
+        return [name for name in ("mse", "lpips", "depth", "ssim") if getattr(self, name) is not None]
 
 
 # What to do about an LPIPS loss without weights. Under +experiment=re10k (acid, dtu) `loss=[mse]` alone
@@ -55,7 +73,7 @@ NO_LPIPS_ADVICE = ("a directory holding vgg16.pth and vgg.pth (docs/training.md,
 
 def check_losses(cfg: LossCfg) -> None:
     """At least one loss, and weights for the LPIPS loss (ConfigError otherwise)."""
-    if cfg.mse is None and cfg.lpips is None and cfg.depth is None:
+    if not cfg.enabled():
         raise ConfigError("loss", {}, "at least one loss, e.g. loss=[mse] or loss=[mse,lpips]")
     if cfg.lpips is not None and cfg.lpips.weights is None:
         raise ConfigError("loss.lpips.weights", None, NO_LPIPS_ADVICE)

@@ -5,7 +5,8 @@ from einops import reduce
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from .loss_config import LossCfg, LossDepthCfg, LossLpipsCfg, LossMseCfg, check_losses
+from ..metrics.psnr_ssim import ssim_map
+from .loss_config import LossCfg, LossDepthCfg, LossLpipsCfg, LossMseCfg, LossSsimCfg, check_losses
 
 
 class LossMse(nn.Module):
@@ -82,8 +83,21 @@ class LossDepth(nn.Module):
         return self.cfg.weight * (dx.abs().mean() + dy.abs().mean())
 
 
+class LossSsim(nn.Module):
+    """weight * (1 - mean local SSIM) over all B*V target views (added; the original has no SSIM loss)."""
+
+    def __init__(self, cfg: LossSsimCfg) -> None:
+        super().__init__()
+        self.cfg = cfg
+
+    def forward(self, rendered: Tensor, target: Tensor, global_step: int, **_) -> Tensor:
+        """rendered, target: [B, V, 3, H, W], H and W at least 11"""
+        similarity = ssim_map(target.flatten(0, 1), rendered.flatten(0, 1))  # [(B V), 3, H-10, W-10]
+        return self.cfg.weight * (1 - similarity.mean())
+
+
 def build_losses(cfg: LossCfg) -> nn.ModuleDict:
-    """The enabled losses in the config's order (mse, lpips, depth)."""
+    """The enabled losses in the config's order (mse, lpips, depth, ssim)."""
     check_losses(cfg)
     losses = nn.ModuleDict()
     if cfg.mse is not None:
@@ -92,5 +106,7 @@ def build_losses(cfg: LossCfg) -> nn.ModuleDict:
         losses["lpips"] = LossLpips(cfg.lpips)
     if cfg.depth is not None:
         losses["depth"] = LossDepth(cfg.depth)
+    if cfg.ssim is not None:
+        losses["ssim"] = LossSsim(cfg.ssim)
     return losses
 

@@ -20,6 +20,7 @@ from ..visualization.trajectories import (
 )
 from .decoder import DecoderSplatting, render
 from .encoder import EncoderCostVolume
+from .encoder.plane_sweep import depth_logits_of, plane_sweep_statistics
 from ..metrics import compute_depth_errors, compute_psnr, compute_ssim
 from .config import ModelCfg
 from .loss_config import LossCfg
@@ -94,7 +95,8 @@ class MVSplat(nn.Module):
         batch = self.data_shim(batch)
         context, target = batch["context"], batch["target"]
         image_shape = tuple(target["image"].shape[-2:])
-        gaussians = self.encode(context, global_step)
+        with depth_logits_of(self.encoder) as depth_logits:
+            gaussians = self.encode(context, global_step)
         output = self.render_views(gaussians, target, image_shape, depth_mode="expected_depth")
 
         rendered = output.color[0].float()  # [V, 3, H, W]
@@ -103,6 +105,9 @@ class MVSplat(nn.Module):
             "val/psnr": float(compute_psnr(ground_truth, rendered).mean()),
             "val/ssim": float(compute_ssim(ground_truth, rendered).mean()),
         }
+        if depth_logits:  # none under model.compile: the compiled encoder skips its parts' hooks
+            # does the cost volume still decide the depth? >= 0.9: no (plane_sweep.COLLAPSED)
+            scalars["val/plane_sweep_commonest_share"] = plane_sweep_statistics(depth_logits[0]).commonest_share
         if self.lpips_metric is not None:
             scalars["val/lpips"] = float(self.lpips_metric(rendered, ground_truth, normalize=True).mean())
         if "depth" in target:  # ground-truth depth (our synthetic chunks): is the geometry right?
