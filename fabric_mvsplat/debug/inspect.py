@@ -170,8 +170,8 @@ class Inspection:
 
     def report_plane_sweep(self, depth_logits: Tensor | None, context: dict) -> None:
         """Does the cost volume still match? Its softmax over the D depth candidates at every context pixel of the
-        feature resolution (1/4 by default): one candidate the most probable nearly everywhere means the depth is a constant plus
-        what the refinement U-Net makes of one image."""
+        feature resolution (1/4 by default): one candidate the most probable nearly everywhere means the depth is
+        a constant plus what the refinement U-Net makes of one image."""
         stride = self.cfg.model.encoder.downscale_factor
         self.section(f"plane sweep: the depth candidates' probabilities (first batch, 1/{stride} resolution)")
         if depth_logits is None:
