@@ -37,6 +37,20 @@ def test_scalars_match_what_tensorboard_reads(tmp_path):
     assert len(ours["loss/total"]) == 40 and len(ours["val/psnr"]) == 4
 
 
+def test_validation_psnr_is_drawn_as_dots_not_a_line():
+    """Each validation scores another scene, so a line between them would draw a trend that is not there."""
+    from fabric_mvsplat.visualization.demo_figures import training_curve
+
+    red = (200, 30, 30)
+    scalars = {"loss/total": [(s, 1.0 / s) for s in range(1, 41)], "val/psnr": [(10, 20.0), (40, 30.0)]}
+    pixels = np.asarray(training_curve(scalars))
+    is_red = (pixels == red).all(axis=-1)
+    columns = np.flatnonzero(is_red.any(axis=0))
+    # two dots of 7 px (and the legend's text), nothing in the long gap between them
+    gaps = np.diff(columns)
+    assert gaps.max() > 100, columns
+
+
 def write_test_outputs(test_dir):
     scene = test_dir / "abc"
     rng = np.random.default_rng(0)

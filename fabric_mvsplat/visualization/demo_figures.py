@@ -59,8 +59,9 @@ def _smooth(values: list[float], window: int) -> list[float]:
 
 
 def draw_panel(series: list[tuple[list[tuple[int, float]], tuple[int, int, int], str]], title: str, size=(360, 240),
-               log_y: bool = False) -> Image.Image:
-    """A line chart of (points, colour, legend) series with labelled axes."""
+               log_y: bool = False, unjoined: frozenset[str] = frozenset()) -> Image.Image:
+    """A line chart of (points, colour, legend) series with labelled axes; the series named in `unjoined` are
+    dots only (values that are not one quantity over time, e.g. each validation on another scene)."""
     width, height = size
     left, right, top, bottom = 46, 10, 22, 30
     canvas = Image.new("RGB", size, "white")
@@ -98,7 +99,7 @@ def draw_panel(series: list[tuple[list[tuple[int, float]], tuple[int, int, int],
     legend_x = width - right - 4
     for points_, colour, name in series:
         pixels = [to_pixel(step, value) for step, value in points_]
-        if len(pixels) > 1:
+        if len(pixels) > 1 and name not in unjoined:
             draw.line(pixels, fill=colour, width=2)
         for x, y in pixels if len(pixels) <= 20 else []:
             draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
@@ -125,9 +126,10 @@ def training_curve(scalars: dict[str, list[tuple[int, float]]]) -> Image.Image:
             train_window = max(1, len(train_psnr) // 30)
             series.append((list(zip([s for s, _ in train_psnr], _smooth([v for _, v in train_psnr], train_window))),
                            (230, 120, 20), "train/psnr (mean)"))
+        validation = "val/psnr (one scene each)"  # the validation source moves on: a new scene each time
         if psnr:
-            series.append((psnr, (200, 30, 30), "val/psnr"))
-        panels.append(draw_panel(series, "PSNR (dB)"))
+            series.append((psnr, (200, 30, 30), validation))
+        panels.append(draw_panel(series, "PSNR (dB)", unjoined=frozenset({validation})))
     width = sum(p.width for p in panels)
     canvas = Image.new("RGB", (width, panels[0].height), "white")
     x = 0
