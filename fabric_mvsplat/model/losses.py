@@ -99,14 +99,6 @@ class LossSsim(nn.Module):
 def build_losses(cfg: LossCfg) -> nn.ModuleDict:
     """The enabled losses in the config's order (mse, lpips, depth, ssim)."""
     check_losses(cfg)
-    losses = nn.ModuleDict()
-    if cfg.mse is not None:
-        losses["mse"] = LossMse(cfg.mse)
-    if cfg.lpips is not None:
-        losses["lpips"] = LossLpips(cfg.lpips)
-    if cfg.depth is not None:
-        losses["depth"] = LossDepth(cfg.depth)
-    if cfg.ssim is not None:
-        losses["ssim"] = LossSsim(cfg.ssim)
-    return losses
+    classes = {"mse": LossMse, "lpips": LossLpips, "depth": LossDepth, "ssim": LossSsim}
+    return nn.ModuleDict({name: classes[name](getattr(cfg, name)) for name in cfg.enabled()})
 
