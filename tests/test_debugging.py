@@ -266,6 +266,8 @@ def test_validation_logs_the_plane_sweep_and_the_run_summary_names_a_collapse(sy
         model.encoder.depth_predictor.depth_head_lowres[2].bias[7] += 1e4
     collapsed = model.validation_step(batch, global_step=0).scalars["val/plane_sweep_commonest_share"]
     assert fresh < 0.9 and collapsed == 1.0
+    without_volume = make_model(compose_cfg(demo_overrides(synthetic_root, "model.encoder.wo_cost_volume=true")))
+    assert "val/plane_sweep_commonest_share" not in without_volume.eval().validation_step(batch, 0).scalars
 
     fabric = SimpleNamespace(global_rank=0, world_size=1)
     for share, named in ((fresh, False), (collapsed, True)):

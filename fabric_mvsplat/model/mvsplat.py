@@ -105,7 +105,9 @@ class MVSplat(nn.Module):
             "val/psnr": float(compute_psnr(ground_truth, rendered).mean()),
             "val/ssim": float(compute_ssim(ground_truth, rendered).mean()),
         }
-        if depth_logits:  # none under model.compile: the compiled encoder skips its parts' hooks
+        # none under model.compile (the compiled encoder skips its parts' hooks); without a cost volume there is no
+        # plane sweep to collapse (inspect skips it too)
+        if depth_logits and not self.encoder.cfg.wo_cost_volume:
             # does the cost volume still decide the depth? >= 0.9: no (plane_sweep.COLLAPSED)
             scalars["val/plane_sweep_commonest_share"] = plane_sweep_statistics(depth_logits[0]).commonest_share
         if self.lpips_metric is not None:
