@@ -188,7 +188,7 @@ SECTIONS = ["== config: differences from the defaults", "== parameters per model
             "== stored cameras of the first", "== training batch 0: scenes", "== training batch 1: scenes",
             "== one forward and backward at global step 0", "== gradient norms per model part",
             "== plane sweep: the depth candidates' probabilities", "== predicted Gaussians",
-            "== ground-truth depth", "== pictures ==", "== problems =="]
+            "== ground-truth depth", "== how far the plane sweep can see", "== pictures ==", "== problems =="]
 
 
 def test_inspect_mode_on_the_demo_data_prints_every_section_and_saves_the_pictures(synthetic_root, tmp_path):
@@ -205,6 +205,9 @@ def test_inspect_mode_on_the_demo_data_prints_every_section_and_saves_the_pictur
     assert "context: image [1, 2, 3, 32, 32] float32 range [" in result.stdout
     assert "near 1, far 20" in result.stdout and "context gap" in result.stdout and "baseline" in result.stdout
     assert "at the near plane:" in result.stdout and "opacity: min" in result.stdout
+    assert "a context pixel moves in the other view, between the near and far planes: min" in result.stdout
+    assert re.search(r"between its true depth / 1.25 and x 1.25: .*; under one feature pixel at [\d.]+% of the "
+                     r"pixels\n  a colour plane sweep .* AbsRel [\d.]+, delta<1.25 [\d.]+, where", result.stdout)
     assert result.stdout.rstrip().endswith("== problems ==\n  none found")
     assert not (run / "checkpoints").exists()  # nothing trained, nothing saved
     for name in ("cameras.png", "images_depth.png"):
@@ -280,10 +283,13 @@ def test_validation_logs_the_plane_sweep_and_the_run_summary_names_a_collapse(sy
 
 
 def test_inspect_flags_near_far_that_exclude_the_scene(synthetic_root, tmp_path):
-    """The demo's scenes lie at depths 1-20; near/far ten times too large leave most ground-truth depths out."""
+    """The demo's scenes lie at depths 1-20; near/far ten times too large leave most ground-truth depths out, and
+    the plane sweep's candidates all land within a feature pixel or two of each other."""
     result = inspect_in_process(synthetic_root, tmp_path / "run", "dataset.near=10", "dataset.far=200")
     [problem] = [p for p in result["problems"] if p.startswith("near/far exclude most ground-truth depths")]
     assert "[near, far] = [10, 200]" in problem
+    [problem] = [p for p in result["problems"] if p.startswith("the context views barely move against each other")]
+    assert "between the near (10) and far (200) planes a context pixel moves a median 0." in problem
     assert (tmp_path / "run" / "inspect" / "cameras.png").is_file()
 
 

@@ -202,13 +202,15 @@ class ExampleBuilder:
         prepared = preprocess_views(frames, extrinsics, intrinsics, context, target, self.preprocessing,
                                     flip=flip, key=key)
         views = {"context": prepared.context, "target": prepared.target}
-        # Ground-truth depth (our synthetic chunks) is only scored, never trained on: val/test carry it.
+        # Ground-truth depth (our synthetic chunks) is only scored, never trained on: val/test carry it, the
+        # targets' for the depth scores, the contexts' for the plane sweep's reach (debug/parallax.py).
         if DEPTH_KEY in scene and self.stage != "train":
-            views["target"]["depth"] = self._depths(scene, chunk, target, frames) / prepared.scale
+            for side, indices in (("context", context), ("target", target)):
+                views[side]["depth"] = self._depths(scene, chunk, indices, frames) / prepared.scale
         return {**views, "scene": name or key}
 
     def _depths(self, scene: dict, chunk: str, indices: Tensor, frames: dict[int, Image.Image]) -> Tensor:
-        """The target frames' z-depth [V, H, W] (world units, 0 = unknown), resized (nearest: never a depth
+        """The frames' z-depth [V, H, W] (world units, 0 = unknown), resized (nearest: never a depth
         between two surfaces) and cropped exactly like the images."""
         depths = scene[DEPTH_KEY]
         if not isinstance(depths, list) or len(depths) != len(scene["images"]):

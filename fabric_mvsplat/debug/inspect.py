@@ -4,12 +4,13 @@
 checkpointing.load's weights when set), reads debug.inspect_batches real training batches and prints:
 the config's differences from the defaults, parameters per model part, each batch's shapes and value ranges
 (images, near/far, baseline, camera positions, context gap), one forward and backward's time and peak memory
-per model part, gradient norms per model part, the plane sweep's depth-candidate probabilities and statistics
-of the predicted Gaussians. It saves
+per model part, gradient norms per model part, the plane sweep's depth-candidate probabilities, statistics
+of the predicted Gaussians and how far the plane sweep can see in a validation scene's context views. It saves
 output_dir/inspect/cameras.png (top-down and side views of the cameras) and images_depth.png (the batch's
 images with the predicted depth), writes the report to output_dir/inspect/report.txt, and ends with the
 problems it found: cameras that are not rotations, targets outside the context baseline, near/far that
-exclude most depths, every Gaussian at one plane, a plane sweep that picks one depth candidate everywhere.
+exclude most depths, every Gaussian at one plane, a plane sweep that picks one depth candidate everywhere, context
+views that barely move against each other between the near and far planes.
 """
 
 import dataclasses
@@ -35,10 +36,12 @@ from ..model.encoder.plane_sweep import depth_logits_of, plane_sweep_statistics
 from ..types import Gaussians
 from ..visualization.layout import colorize_depth, hcat, image_tensor, label_rows, vcat
 from .health import gaussian_statistics, gradient_norms, model_parts, plane_fractions
+from .parallax import COLOUR_WINDOW, DELTA, sweep_reach
 
 ROTATION_TOLERANCE = 1e-3
 BASELINE_TOLERANCE = 0.1  # a target may lie 10% of the baseline beyond either context camera
 MOST = 0.5  # "most depths": more than half
+NARROW_REACH = 2.0  # feature pixels between the near and far planes: less, and the plane sweep sees no depth
 SCENES_TO_SCAN = 256  # training scenes whose cameras are checked (the data loader skips bad ones silently)
 
 
@@ -97,7 +100,11 @@ class Inspection:
         if not cfg.model.encoder.wo_cost_volume:
             self.report_plane_sweep(forward.depth_logits, forward.context)
         self.report_gaussians(forward.gaussians, forward.context)
-        self.report_ground_truth_depth()
+        validation = self.read_validation_batch()
+        if validation is not None:
+            self.report_ground_truth_depth(validation)
+            if not cfg.model.encoder.wo_cost_volume:
+                self.report_sweep_reach(validation)
         self.directory.mkdir(parents=True, exist_ok=True)
         pictures = [self.directory / "cameras.png", self.directory / "images_depth.png"]
         save_camera_picture(batches, pictures[0])
@@ -293,13 +300,16 @@ class Inspection:
         if skips:
             self.say(f"  scenes the data loader skipped while reading these batches: {skips}")
 
-    def report_ground_truth_depth(self) -> None:
-        """Datasets with ground-truth depth (the synthetic one) carry it in validation batches: how much of it
-        lies inside [near, far]."""
+    def read_validation_batch(self) -> dict | None:
+        """The first validation batch (None where the dataset has no validation scenes): it carries ground-truth
+        depth where the dataset has it (the synthetic one)."""
         try:
-            batch = next(ValidationSource(self.cfg.dataset, self.cfg.data_loader.val, StepTracker(), self.cfg.seed))
+            return next(ValidationSource(self.cfg.dataset, self.cfg.data_loader.val, StepTracker(), self.cfg.seed))
         except DatasetError:
-            return
+            return None
+
+    def report_ground_truth_depth(self, batch: dict) -> None:
+        """How much of the validation targets' ground-truth depth lies inside [near, far]."""
         target = batch["target"]
         if "depth" not in target:
             return
@@ -316,6 +326,35 @@ class Inspection:
                                  f"scene's depths lie outside [near, far] = [{float(near.min()):.3g}, "
                                  f"{float(far.max()):.3g}] (depth {range_of(depth[known])}): set dataset.near/far "
                                  "to the scenes' scale")
+
+    def report_sweep_reach(self, batch: dict) -> None:
+        """How far a context pixel moves in the other context view, in the cost volume's feature pixels: between
+        the near and far planes (the sweep's search range) and, with ground-truth depth, between the true depth
+        / 1.25 and x 1.25; and what a plain colour plane sweep recovers from the same views."""
+        encoder = self.cfg.model.encoder
+        stride, count = encoder.downscale_factor, encoder.num_depth_candidates
+        context = batch["context"]
+        if context["image"].shape[1] < 2:
+            return
+        height, width = context["image"].shape[-2:]
+        reach = sweep_reach(context, stride, count)
+        self.section(f"how far the plane sweep can see (validation scene {batch['scene'][0]}, context frames "
+                     f"{context['index'][0].tolist()}, in feature pixels at 1/{stride} of {height}x{width})")
+        self.say("  a context pixel moves in the other view, between the near and far planes: " + quantiles(reach.reach))
+        if reach.band is not None:
+            self.say(f"  between its true depth / {DELTA} and x {DELTA}: " + quantiles(reach.band)
+                     + f"; under one feature pixel at {percent((reach.band < 1).float().mean())} of the pixels")
+            self.say(f"  a colour plane sweep ({COLOUR_WINDOW}x{COLOUR_WINDOW} windows, {count} candidates, "
+                     f"winner-take-all at {height}x{width}, no learning) against the true depth: AbsRel "
+                     f"{reach.colour_abs_rel:.3f}, delta<{DELTA} {reach.colour_delta:.3f}, where the other view "
+                     f"sees the pixel at its true depth ({percent(reach.colour_seen)} of them)")
+        median = float(reach.reach.median())
+        if median < NARROW_REACH:
+            self.problems.append(
+                f"the context views barely move against each other: between the near ({unique_values(context['near'])}) "
+                f"and far ({unique_values(context['far'])}) planes a context pixel moves a median {median:.2f} feature "
+                f"pixels (1/{stride} resolution) in the other view, so the plane sweep cannot tell near from far: the "
+                "cameras' baseline is small against dataset.near/far (check their scale, or widen the context gap)")
 
 
 # ------------------------------------------------------------------------------------------------ helpers
