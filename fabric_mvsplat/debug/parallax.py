@@ -12,6 +12,7 @@ sampler a test run would use:
     python -m fabric_mvsplat.debug.parallax +experiment=demo dataset/view_sampler=evaluation
 """
 
+import argparse
 import sys
 from typing import NamedTuple
 
@@ -170,7 +171,17 @@ def main(argv: list[str] | None = None) -> None:
     from ..config.command_line import check_overrides
     from ..errors import UserError
 
-    overrides = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(
+        prog="python -m fabric_mvsplat.debug.parallax",
+        description="How far the plane sweep can see in each test scene's context views: the feature pixels a context "
+                    "pixel moves in the other view between the near and far planes and, with ground-truth depth, "
+                    "between its true depth / 1.25 and x 1.25, and a colour plane sweep's depth scored against the "
+                    "truth (docs/debugging.md, 'How far the plane sweep can see').",
+        epilog="example: python -m fabric_mvsplat.debug.parallax +experiment=demo dataset/view_sampler=evaluation")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, as python -m fabric_mvsplat.train takes them "
+                        "(the dataset, view sampler, image shape and model.encoder's downscale_factor and "
+                        "num_depth_candidates count)")
+    overrides = parser.parse_args(sys.argv[1:] if argv is None else argv).overrides
     try:
         check_overrides(CONFIG_DIR, overrides)
         with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
