@@ -27,6 +27,7 @@ from ..model.encoder.cost_volume import (candidate_sample_grid, disparity_candid
 
 DELTA = 1.25  # the band's ratio: delta<1.25's
 COLOUR_WINDOW = 3  # the colour sweep compares 3 x 3 windows: one pixel alone matches noise
+CANDIDATES_AT_ONCE = 16
 
 
 class SweepReach(NamedTuple):
@@ -64,18 +65,28 @@ def colour_sweep_depth(images: Tensor, intrinsics: Tensor, extrinsics: Tensor, n
     depths = (1 / disparities).expand(-1, -1, h, w)
     k = feature_intrinsics(intrinsics, h, w)
     reference = rearrange(images.float(), "b v c h w -> (v b) c h w")
-    costs = []
-    for other, pose in zip(shifted_features(images.float()), relative_poses(extrinsics)):
-        grid = candidate_sample_grid(k, pose, depths)  # [(v b), D*h, w, 2]
-        inside = (grid.abs() <= 1).all(dim=-1).view(v * b, candidates, h, w)
-        warped = F.grid_sample(other, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-        difference = (warped.view(v * b, 3, candidates, h, w) - reference[:, :, None]).abs().sum(dim=1)
-        window = F.avg_pool2d(difference, COLOUR_WINDOW, stride=1, padding=COLOUR_WINDOW // 2,
-                              count_include_pad=False)
-        costs.append(torch.where(inside, window, torch.nan))
-    cost = torch.stack(costs).nanmean(dim=0).nan_to_num(nan=torch.inf)  # [(v b), D, h, w]
-    best = cost.argmin(dim=1)
-    seen = torch.isfinite(cost.amin(dim=1))
+    others, poses = shifted_features(images.float()), relative_poses(extrinsics)
+    best_cost = torch.full((v * b, h, w), torch.inf, device=images.device)
+    best = torch.zeros((v * b, h, w), dtype=torch.long, device=images.device)
+    # A few candidates at a time: all their warped colours at once would take 1 GB at 256 x 256 with 128 candidates.
+    for first in range(0, candidates, CANDIDATES_AT_ONCE):
+        chunk = depths[:, first:first + CANDIDATES_AT_ONCE]
+        count = chunk.shape[1]
+        per_view = []
+        for other, pose in zip(others, poses):
+            grid = candidate_sample_grid(k, pose, chunk)  # [(v b), count*h, w, 2]
+            inside = (grid.abs() <= 1).all(dim=-1).view(v * b, count, h, w)
+            warped = F.grid_sample(other, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+            difference = (warped.view(v * b, 3, count, h, w) - reference[:, :, None]).abs().sum(dim=1)
+            window = F.avg_pool2d(difference, COLOUR_WINDOW, stride=1, padding=COLOUR_WINDOW // 2,
+                                  count_include_pad=False)
+            per_view.append(torch.where(inside, window, torch.nan))
+        cost = torch.stack(per_view).nanmean(dim=0).nan_to_num(nan=torch.inf)  # [(v b), count, h, w]
+        chunk_cost, chunk_best = cost.min(dim=1)
+        better = chunk_cost < best_cost  # ties keep the earlier candidate
+        best_cost = torch.where(better, chunk_cost, best_cost)
+        best = torch.where(better, chunk_best + first, best)
+    seen = torch.isfinite(best_cost)
     depth = torch.gather(depths, 1, best[:, None])[:, 0]
     return depth, seen
 
