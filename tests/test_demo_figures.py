@@ -61,6 +61,9 @@ def write_test_outputs(test_dir):
             Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(scene / folder / f"{frame:06d}.png")
     (test_dir / "scores_per_scene.json").write_text(json.dumps([
         {"scene": "abc", "psnr": 25.0, "psnr_nearest_context": 19.0, "depth_abs_rel": 0.1}]))
+    bins = [{"from": 1.0, "to": 4.5, "share": 0.0, "abs_rel": None, "ratio": None, "delta_1_25": None},
+            {"from": 4.5, "to": 20.0, "share": 1.0, "abs_rel": 0.3, "ratio": 0.6, "delta_1_25": 0.4}]
+    (test_dir / "scores_all_avg.json").write_text(json.dumps({"psnr": 25.0, "depth_by_true_depth": bins}))
 
 
 def test_demo_figures_from_a_run_and_its_test_outputs(tmp_path):
@@ -75,6 +78,18 @@ def test_demo_figures_from_a_run_and_its_test_outputs(tmp_path):
     assert curve.width >= 600 and curve.height >= 200
     pixels = np.asarray(comparison.convert("L"))
     assert (pixels[20:, :30] < 128).any()  # the row labels are drawn
+    by_depth = np.asarray(Image.open(out / "demo_depth_by_true_depth.png").convert("RGB"))
+    red_columns = np.flatnonzero(((by_depth == (200, 30, 30)).all(axis=-1)).any(axis=0))
+    assert red_columns.size > 20 and red_columns.max() < by_depth.shape[1] // 2  # one AbsRel bar, left panel
+
+
+def test_the_depth_figure_is_left_out_where_the_test_scored_no_depth(tmp_path):
+    run_dir, test_dir, out = tmp_path / "run", tmp_path / "test", tmp_path / "docs"
+    write_run(run_dir)
+    write_test_outputs(test_dir)
+    (test_dir / "scores_all_avg.json").write_text(json.dumps({"psnr": 25.0}))
+    main([str(run_dir), "--test-dir", str(test_dir), "--out", str(out)])
+    assert sorted(p.name for p in out.iterdir()) == ["demo_comparison.png", "demo_training_curve.png"]
 
 
 def test_by_default_the_figures_go_beside_the_run(tmp_path, monkeypatch):
@@ -85,5 +100,7 @@ def test_by_default_the_figures_go_beside_the_run(tmp_path, monkeypatch):
     write_run(run_dir)
     write_test_outputs(tmp_path / "outputs" / "test" / "demo")
     main(["outputs/demo"])
-    assert sorted(p.name for p in (run_dir / "figures").iterdir()) == ["demo_comparison.png", "demo_training_curve.png"]
+    assert sorted(p.name for p in (run_dir / "figures").iterdir()) == ["demo_comparison.png",
+                                                                       "demo_depth_by_true_depth.png",
+                                                                       "demo_training_curve.png"]
     assert not (tmp_path / "docs").exists()

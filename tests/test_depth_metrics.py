@@ -37,16 +37,16 @@ def test_synthetic_chunks_carry_the_ray_cast_depth_into_test_batches(tmp_path):
     cfg = dataset_cfg(tmp_path, height=SIZE, width=SIZE, image_shape=(SIZE, SIZE),
                       view_sampler=ViewSamplerEvaluationCfg(index_path=str(tmp_path / "evaluation_index.json")))
     batch = next(iter(TestLoader(cfg, DataLoaderStageCfg(), 0, 1)))
-    frames = batch["target"]["index"][0].tolist()
     truth = random_scene(scene_seed(4, "test", 0), 8, SIZE, SIZE)
     # make_baseline_1 (on by default) divides the world by the context baseline: the depth follows.
     left, right = batch["context"]["index"][0].tolist()
     baseline = np.linalg.norm(truth.c2w[left, :3, 3] - truth.c2w[right, :3, 3])
-    for view, frame in enumerate(frames):
-        _, depth = render_frame(truth, frame, SIZE, SIZE)
-        stored = batch["target"]["depth"][0, view].numpy() * baseline
-        assert np.abs(stored - depth).max() <= (DEPTH_UNIT / 2) * 1.01 + 1e-5
-    assert "depth" not in batch["context"]
+    # The context views carry theirs too (the plane sweep's reach, debug/parallax.py).
+    for side in ("target", "context"):
+        for view, frame in enumerate(batch[side]["index"][0].tolist()):
+            _, depth = render_frame(truth, frame, SIZE, SIZE)
+            stored = batch[side]["depth"][0, view].numpy() * baseline
+            assert np.abs(stored - depth).max() <= (DEPTH_UNIT / 2) * 1.01 + 1e-5
 
 
 def gaussians_on_the_true_surfaces(scene, frames: list[int], scale: float, size: int) -> Gaussians:
@@ -93,6 +93,39 @@ def test_depth_error_of_gaussians_placed_on_the_true_surfaces():
     assert abs_rel < 0.08 and delta > 0.93
     scaled_abs_rel, scaled_delta = depth_errors_of_true_surfaces(1.5)
     assert 0.3 < scaled_abs_rel < 0.55 and scaled_abs_rel > 4 * abs_rel and scaled_delta < 0.3
+
+
+def test_depth_errors_by_true_depth_add_up_pixel_by_pixel():
+    """Each scored pixel counted in the bin of its true depth (below near: the first; beyond far: the last),
+    checked against a plain loop over the pixels."""
+    from fabric_mvsplat.metrics import depth_error_sums_by_true_depth, depth_errors_by_true_depth, true_depth_edges
+
+    edges = true_depth_edges(1.0, 20.0)
+    assert len(edges) == 7 and edges[0] == pytest.approx(1.0) and edges[-1] == pytest.approx(20.0)
+    assert edges[1] / edges[0] == pytest.approx(edges[-1] / edges[-2])  # the same depth ratio in every bin
+    generator = torch.Generator().manual_seed(0)
+    truth = torch.exp(torch.rand(2, 9, 11, generator=generator) * math.log(30)) * 0.7  # 0.7-21: both ends beyond
+    truth[0, 0, :3] = 0  # unknown
+    predicted = truth * torch.exp(torch.randn(2, 9, 11, generator=generator) * 0.3)
+    alpha = torch.rand(2, 9, 11, generator=generator)
+    sums = depth_error_sums_by_true_depth(truth, predicted, alpha, edges)
+    expected = [[0.0] * 4 for _ in range(6)]
+    for t, p, a in zip(truth.flatten().tolist(), predicted.flatten().tolist(), alpha.flatten().tolist()):
+        if t <= 0 or a <= 0.5:
+            continue
+        bin_ = min(max(sum(t >= e for e in edges[1:-1]), 0), 5)
+        for i, value in enumerate((1.0, abs(p - t) / t, math.log(p / t), float(max(p / t, t / p) < 1.25))):
+            expected[bin_][i] += value
+    torch.testing.assert_close(torch.tensor(sums, dtype=torch.float64), torch.tensor(expected, dtype=torch.float64))
+    rows = depth_errors_by_true_depth(sums, edges)
+    assert sum(row["share"] for row in rows) == pytest.approx(1.0)
+    scored = [row for row in rows if row["abs_rel"] is not None]
+    assert scored and all(row["ratio"] > 0 and 0 <= row["delta_1_25"] <= 1 for row in scored)
+    # twice as far everywhere: AbsRel 1, predicted / true 2, nothing within a factor 1.25
+    doubled = depth_errors_by_true_depth(depth_error_sums_by_true_depth(truth, 2 * truth, alpha, edges), edges)
+    for row in doubled:
+        if row["abs_rel"] is not None:
+            assert (row["abs_rel"], row["ratio"], row["delta_1_25"]) == pytest.approx((1.0, 2.0, 0.0))
 
 
 def test_depth_errors_follow_their_definitions_and_skip_uncovered_pixels():

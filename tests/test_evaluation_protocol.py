@@ -116,6 +116,12 @@ def test_counts_of_rendered_scored_and_skipped_scenes(synthetic_root, tmp_path):
     # The scored scene has ground-truth depth: the depth errors and both baselines are reported.
     assert 0 <= averages["depth_abs_rel"] and 0 <= averages["depth_delta_1_25"] <= 1
     assert averages["num_scenes_with_depth"] == 1
+    # ... and where along the depth range the errors lie: bins log-spaced from near (1) to far (20)
+    bins = averages["depth_by_true_depth"]
+    assert bins[0]["from"] == pytest.approx(1.0) and bins[-1]["to"] == pytest.approx(20.0) and len(bins) == 6
+    assert sum(row["share"] for row in bins) == pytest.approx(1.0)
+    [scene] = json.loads((out / "demo" / "scores_per_scene.json").read_text())
+    assert sum(row[0] for row in scene["depth_sums_by_true_depth"]) > 0
     assert math.isfinite(averages["psnr_nearest_context_baseline"])
     # Saved beside each render: what a person compares it with, without the dataset.
     scene_dir = out / "demo" / keys[2]

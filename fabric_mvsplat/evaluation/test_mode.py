@@ -24,7 +24,8 @@ from ..data.chunks import CORRUPT_REASONS, INDEX_REASONS
 from ..distributed import gather_objects, show_progress_bar
 from ..config import LPIPS_NOT_COMPUTED
 from ..errors import EmptyEvaluationError
-from ..metrics import compute_depth_errors, compute_psnr, compute_ssim, nearest_context_images
+from ..metrics import (compute_depth_errors, compute_psnr, compute_ssim, depth_error_sums_by_true_depth,
+                       depth_errors_by_true_depth, nearest_context_images, true_depth_edges)
 from ..types import BatchedExample
 from ..visualization.layout import colorize_depth
 
@@ -48,6 +49,8 @@ class SceneViews:
     depth: torch.Tensor | None = None  # rendered expected depth [V, H, W]
     alpha: torch.Tensor | None = None  # accumulated opacity [V, H, W]
     depth_truth: torch.Tensor | None = None  # the chunks' depth [V, H, W], where the data has it
+    near: float = 0.0  # the targets' near and far planes: the bins of depth_sums_by_true_depth
+    far: float = 0.0
 
 
 @dataclass
@@ -80,6 +83,10 @@ class SceneScores:
     # Expected depth against the chunks' ground truth (None where the scene has none).
     depth_abs_rel: float | None = None
     depth_delta_1_25: float | None = None
+    # Per bin of true depth (true_depth_edges(near, far), log-spaced): [pixels, sum of |p - t| / t, sum of log(p / t),
+    # pixels within a factor 1.25], summed over the scene's target pixels; scores_all_avg.json adds them up.
+    depth_true_depth_edges: list[float] | None = None
+    depth_sums_by_true_depth: list[list[float]] | None = None
 
 
 TIMING_NOTE = (
@@ -168,6 +175,9 @@ def score_scene(views: SceneViews, lpips_metric=None) -> SceneScores:
     if depth_truth is not None and depth is not None and alpha is not None:
         abs_rel, delta = compute_depth_errors(depth_truth, depth, alpha)
         scores.depth_abs_rel, scores.depth_delta_1_25 = _nan_mean(abs_rel), _nan_mean(delta)
+        scores.depth_true_depth_edges = true_depth_edges(views.near, views.far)
+        scores.depth_sums_by_true_depth = depth_error_sums_by_true_depth(depth_truth, depth, alpha,
+                                                                         scores.depth_true_depth_edges)
     return scores
 
 
@@ -247,7 +257,8 @@ def run_test(fabric: "Fabric", cfg: "RootCfg", model: "MVSplat", test_loader: It
                 target_indices=target["index"][b],
                 depth=depth_output.depth[b].float() if depth_output is not None else None,
                 alpha=depth_output.alpha[b].float() if depth_output is not None else None,
-                depth_truth=target["depth"][b].float() if has_depth else None)
+                depth_truth=target["depth"][b].float() if has_depth else None,
+                near=float(target["near"][b, 0]), far=float(target["far"][b, 0]))
             file_names[scene] = file_name
             if test_cfg.save_image:
                 save_scene_images(inside(out_dir, file_name), views, target["near"][b, 0], target["far"][b, 0])
@@ -286,6 +297,10 @@ def run_test(fabric: "Fabric", cfg: "RootCfg", model: "MVSplat", test_loader: It
         skipped = ", ".join(f"{kind} {n}" for kind, n in counts["skipped"].items())
         fabric.print(f"test: rendered {counts['rendered']} scenes, scored {counts['scored']}, skipped {skipped} "
                      f"-> {out_dir}" + (f": {summary}" if summary else ""))
+        if averages.get("depth_by_true_depth"):
+            fabric.print("test depth by true depth (AbsRel, predicted / true, share of the pixels): " + " | ".join(
+                f"{row['from']:.3g}-{row['to']:.3g} {row['abs_rel']:.3f} x{row['ratio']:.2f} {100 * row['share']:.0f}%"
+                for row in averages["depth_by_true_depth"] if row["abs_rel"] is not None))
         fabric.print(timing_lines(averages, test_cfg.eval_time_skip_steps))
     if counts["rendered"] == 0 or (test_cfg.compute_scores and counts["scored"] == 0):
         reasons = ", ".join(f"{reason}: {n}" for reason, n in counts["skip_reasons"].items()) or "none skipped"
@@ -353,6 +368,16 @@ def timing_lines(averages: dict, skipped_batches: int) -> str:
             "scene")
 
 
+def errors_by_true_depth(scores: list[dict]) -> list[dict] | None:
+    """All scenes' target pixels together, per bin of true depth (metrics.depth_errors_by_true_depth); None when
+    the scenes' near/far differ (dataset.baseline_scale_bounds), which gives each scene other bins."""
+    edges = scores[0]["depth_true_depth_edges"]
+    if any(not torch.allclose(torch.tensor(s["depth_true_depth_edges"]), torch.tensor(edges)) for s in scores):
+        return None
+    sums = torch.tensor([s["depth_sums_by_true_depth"] for s in scores], dtype=torch.float64).sum(dim=0)
+    return depth_errors_by_true_depth(sums.tolist(), edges)
+
+
 def write_test_results(out_dir: Path, scores: list[dict], timings: dict[str, list[float]], peak_memory: int,
                        compute_scores: bool, counts: dict | None = None, lpips_missing: str | None = None) -> dict:
     """The original's files: scores_<metric>_all.json (per-scene lists), scores_all_avg.json,
@@ -361,7 +386,8 @@ def write_test_results(out_dir: Path, scores: list[dict], timings: dict[str, lis
     timings: per-call seconds under TIMING_KEYS. scores_all_avg.json holds [calls, mean seconds] for each
     (encoder/decoder as the original's, the _synchronised ones ours, timing_note saying which is which), the
     scene counts (num_rendered, num_scored = num_scenes, num_skipped by kind, skip_reasons), the baselines, for
-    scenes with ground-truth depth depth_abs_rel and depth_delta_1_25 with num_scenes_with_depth, and, when
+    scenes with ground-truth depth depth_abs_rel and depth_delta_1_25 with num_scenes_with_depth and
+    depth_by_true_depth (the errors per bin of true depth, all their target pixels together), and, when
     LPIPS was not computed, "lpips": null with the reason in "lpips_not_computed".
     """
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -383,6 +409,9 @@ def write_test_results(out_dir: Path, scores: list[dict], timings: dict[str, lis
             averages["depth_abs_rel"] = _mean([s["depth_abs_rel"] for s in with_depth])
             averages["depth_delta_1_25"] = _mean([s["depth_delta_1_25"] for s in with_depth])
             averages["num_scenes_with_depth"] = len(with_depth)
+            by_depth = errors_by_true_depth(with_depth)
+            if by_depth is not None:
+                averages["depth_by_true_depth"] = by_depth
         (out_dir / "scores_per_scene.json").write_text(json.dumps(scores, indent=1))
     for key in TIMING_KEYS:
         times = timings.get(key, [])

@@ -1,5 +1,7 @@
 """Depth against ground truth, and the nearest-context-view baseline (test mode and validation)."""
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -25,6 +27,46 @@ def compute_depth_errors(ground_truth: Tensor, predicted: Tensor, alpha: Tensor,
     abs_rel = torch.where(mask, relative, 0).sum(dim=(1, 2)) / count
     delta = (mask & (ratio < 1.25)).sum(dim=(1, 2)) / count
     return abs_rel.float(), delta.float()  # 0 / 0 = NaN where a view has no scored pixel
+
+
+DEPTH_BINS = 6  # bins of true depth, log-spaced between near and far
+
+
+def true_depth_edges(near: float, far: float, bins: int = DEPTH_BINS) -> list[float]:
+    """bins + 1 edges, log-spaced from near to far: each bin spans the same depth ratio."""
+    return torch.logspace(math.log10(near), math.log10(far), bins + 1, dtype=torch.float64).tolist()
+
+
+@torch.no_grad()
+def depth_error_sums_by_true_depth(ground_truth: Tensor, predicted: Tensor, alpha: Tensor, edges: list[float],
+                                   min_alpha: float = 0.5) -> list[list[float]]:
+    """Where the depth errors lie: z-depths [V, H, W] as in compute_depth_errors -> per bin of true depth
+    (edges from true_depth_edges; depths below the first edge count in the first bin, beyond the last in the
+    last) [pixels, sum of |p - t| / t, sum of log(p / t), pixels with max(p/t, t/p) < 1.25]: sums, so that
+    scenes add up (depth_errors_by_true_depth turns them into means)."""
+    ground_truth, predicted = ground_truth.double(), predicted.double()
+    mask = (alpha > min_alpha) & (ground_truth > 0) & torch.isfinite(ground_truth)
+    truth, guess = ground_truth[mask], predicted[mask].clamp_min(1e-12)
+    bins = torch.bucketize(truth, torch.tensor(edges[1:-1], dtype=torch.float64), right=True)
+    log_ratio = (guess / truth).log()
+    per_pixel = torch.stack([torch.ones_like(truth), (guess - truth).abs() / truth, log_ratio,
+                             (log_ratio.abs() < math.log(1.25)).double()], dim=1)
+    sums = torch.zeros(len(edges) - 1, 4, dtype=torch.float64).index_add_(0, bins, per_pixel)
+    return sums.tolist()
+
+
+def depth_errors_by_true_depth(sums: list[list[float]], edges: list[float]) -> list[dict]:
+    """Summed depth_error_sums_by_true_depth -> per bin: its depth range, share of the scored pixels, AbsRel, the
+    geometric mean of predicted / true (below 1: placed too near) and delta<1.25 (None for an empty bin)."""
+    total = sum(row[0] for row in sums)
+    rows = []
+    for (pixels, relative, log_ratio, within), low, high in zip(sums, edges[:-1], edges[1:]):
+        scored = pixels > 0
+        rows.append({"from": low, "to": high, "share": pixels / total if total else 0.0,
+                     "abs_rel": relative / pixels if scored else None,
+                     "ratio": math.exp(log_ratio / pixels) if scored else None,
+                     "delta_1_25": within / pixels if scored else None})
+    return rows
 
 
 def nearest_context_images(context_images: Tensor, context_indices: Tensor, target_indices: Tensor) -> Tensor:

@@ -3,9 +3,10 @@
     python -m fabric_mvsplat.visualization.demo_figures outputs/demo --test-dir outputs/test/demo --out docs
 
 writes `<out>/demo_comparison.png` (one held-out scene as test mode saved it with test.save_image=true:
-context | target | render | depth | true depth rows, labelled, with the depth colour bar) and
+context | target | render | depth | true depth rows, labelled, with the depth colour bar),
 `<out>/demo_training_curve.png` (training loss and validation PSNR against the step, read from the run's
-TensorBoard event files). No plotting library: the curve is drawn with Pillow.
+TensorBoard event files) and, where the test scored depth, `<out>/demo_depth_by_true_depth.png` (depth AbsRel
+and predicted / true per bin of true depth, from scores_all_avg.json). No plotting library: Pillow draws them.
 """
 
 import argparse
@@ -139,6 +140,54 @@ def training_curve(scalars: dict[str, list[tuple[int, float]]]) -> Image.Image:
     return canvas
 
 
+def depth_by_true_depth_figure(rows: list[dict], size=(360, 252)) -> Image.Image:
+    """test mode's depth_by_true_depth (scores_all_avg.json) as two bar charts over the bins of true depth: AbsRel
+    (the share of the pixels under each bar), and the geometric mean of predicted / true against the line at 1
+    (below: placed too near; above: too far)."""
+    rows = [row for row in rows if row["abs_rel"] is not None]
+    if not rows:
+        raise ValueError("depth_by_true_depth has no scored bin")
+    font = ImageFont.load_default()
+    panels = []
+    for key, title, colour, reference in (("abs_rel", "depth AbsRel by true depth", (200, 30, 30), None),
+                                          ("ratio", "predicted / true depth (geometric mean)", (20, 40, 160), 1.0)):
+        width, height = size
+        left, right, top, bottom = 46, 10, 22, 52
+        canvas = Image.new("RGB", size, "white")
+        draw = ImageDraw.Draw(canvas)
+        draw.text((left, height - 12), "true depth (share of the scored pixels)", fill=(0, 0, 0), font=font)
+        values = [row[key] for row in rows]
+        y_max = max(values + [reference or 0.0]) * 1.15
+        plot_height = height - top - bottom
+
+        def to_y(value: float) -> float:
+            return top + (1 - value / y_max) * plot_height
+
+        draw.rectangle([left, top, width - right, height - bottom], outline=(0, 0, 0))
+        for i in range(5):  # y ticks
+            value = y_max * i / 4
+            draw.line([left - 3, to_y(value), left, to_y(value)], fill=(0, 0, 0))
+            draw.text((2, to_y(value) - 5), f"{value:.2g}", fill=(0, 0, 0), font=font)
+        slot = (width - left - right) / len(rows)
+        for i, row in enumerate(rows):
+            x0, x1 = left + i * slot + slot * 0.15, left + (i + 1) * slot - slot * 0.15
+            draw.rectangle([x0, to_y(row[key]), x1, to_y(0)], fill=colour)
+            draw.text((x0, to_y(row[key]) - 12), f"{row[key]:.2f}", fill=(0, 0, 0), font=font)
+            draw.text((x0 - 2, height - bottom + 4), f"{row['from']:.3g}-", fill=(0, 0, 0), font=font)
+            draw.text((x0 - 2, height - bottom + 14), f"{row['to']:.3g}", fill=(0, 0, 0), font=font)
+            draw.text((x0 - 2, height - bottom + 26), f"{100 * row['share']:.0f}%", fill=(110, 110, 110), font=font)
+        if reference is not None:
+            y = to_y(reference)
+            for x in range(left, width - right, 8):  # dashed
+                draw.line([x, y, min(x + 4, width - right), y], fill=(0, 0, 0))
+        draw.text((left, 5), title, fill=(0, 0, 0), font=font)
+        panels.append(canvas)
+    canvas = Image.new("RGB", (sum(p.width for p in panels), size[1]), "white")
+    for i, panel in enumerate(panels):
+        canvas.paste(panel, (i * size[0], 0))
+    return canvas
+
+
 def _load(folder: Path) -> tuple[list[int], torch.Tensor | None]:
     files = sorted(folder.glob("*.png")) if folder.is_dir() else []
     if not files:
@@ -178,7 +227,7 @@ def main(argv: list[str] | None = None) -> None:
                              "run's config.yaml, as test mode with the run's experiment writes it)")
     parser.add_argument("--scene", default=None, help="scene key (default: the first scored scene)")
     parser.add_argument("--out", type=Path, default=None,
-                        help="folder for the two PNGs (default: RUN_DIR/figures, beside the run; the repository's "
+                        help="folder for the PNGs (default: RUN_DIR/figures, beside the run; the repository's "
                              "docs/ only when you pass --out docs)")
     args = parser.parse_args(argv)
 
@@ -206,8 +255,14 @@ def main(argv: list[str] | None = None) -> None:
             caption.append(f"depth AbsRel {entry['depth_abs_rel']:.3f}")
     names_path = args.test_dir / "scene_file_names.json"  # test mode's folder name per scene key
     folder = json.loads(names_path.read_text()).get(scene, scene) if names_path.is_file() else scene
-    scene_figure(args.test_dir / folder, near, far, caption).save(args.out / "demo_comparison.png", optimize=True)
-    print(f"wrote {args.out / 'demo_comparison.png'} and {args.out / 'demo_training_curve.png'}")
+    written = [args.out / "demo_comparison.png", args.out / "demo_training_curve.png"]
+    scene_figure(args.test_dir / folder, near, far, caption).save(written[0], optimize=True)
+    averages_path = args.test_dir / "scores_all_avg.json"
+    by_depth = json.loads(averages_path.read_text()).get("depth_by_true_depth") if averages_path.is_file() else None
+    if by_depth:
+        written.append(args.out / "demo_depth_by_true_depth.png")
+        depth_by_true_depth_figure(by_depth).save(written[-1], optimize=True)
+    print("wrote " + ", ".join(str(path) for path in written))
 
 
 if __name__ == "__main__":
