@@ -47,7 +47,7 @@ def test_the_demo_pages_next_commands_work_as_printed(tmp_path):
 
     run(shlex.split(figures), tmp_path)
     assert sorted(p.name for p in (tmp_path / "outputs" / "demo" / "figures").iterdir()) == [
-        "demo_comparison.png", "demo_training_curve.png"]
+        "demo_comparison.png", "demo_depth_by_true_depth.png", "demo_training_curve.png"]
     assert not (tmp_path / "docs").exists()
 
     # The command the training run printed for test mode works as printed too.
