@@ -49,8 +49,7 @@ class SceneViews:
     depth: torch.Tensor | None = None  # rendered expected depth [V, H, W]
     alpha: torch.Tensor | None = None  # accumulated opacity [V, H, W]
     depth_truth: torch.Tensor | None = None  # the chunks' depth [V, H, W], where the data has it
-    near: float = 0.0  # the targets' near and far planes: the bins of depth_sums_by_true_depth
-    far: float = 0.0
+    near_far: tuple[float, float] | None = None  # the targets' near and far planes: the bins of true depth
 
 
 @dataclass
@@ -175,9 +174,10 @@ def score_scene(views: SceneViews, lpips_metric=None) -> SceneScores:
     if depth_truth is not None and depth is not None and alpha is not None:
         abs_rel, delta = compute_depth_errors(depth_truth, depth, alpha)
         scores.depth_abs_rel, scores.depth_delta_1_25 = _nan_mean(abs_rel), _nan_mean(delta)
-        scores.depth_true_depth_edges = true_depth_edges(views.near, views.far)
-        scores.depth_sums_by_true_depth = depth_error_sums_by_true_depth(depth_truth, depth, alpha,
-                                                                         scores.depth_true_depth_edges)
+        if views.near_far is not None:
+            scores.depth_true_depth_edges = true_depth_edges(*views.near_far)
+            scores.depth_sums_by_true_depth = depth_error_sums_by_true_depth(depth_truth, depth, alpha,
+                                                                             scores.depth_true_depth_edges)
     return scores
 
 
@@ -258,7 +258,7 @@ def run_test(fabric: "Fabric", cfg: "RootCfg", model: "MVSplat", test_loader: It
                 depth=depth_output.depth[b].float() if depth_output is not None else None,
                 alpha=depth_output.alpha[b].float() if depth_output is not None else None,
                 depth_truth=target["depth"][b].float() if has_depth else None,
-                near=float(target["near"][b, 0]), far=float(target["far"][b, 0]))
+                near_far=(float(target["near"][b, 0]), float(target["far"][b, 0])))
             file_names[scene] = file_name
             if test_cfg.save_image:
                 save_scene_images(inside(out_dir, file_name), views, target["near"][b, 0], target["far"][b, 0])
@@ -371,6 +371,8 @@ def timing_lines(averages: dict, skipped_batches: int) -> str:
 def errors_by_true_depth(scores: list[dict]) -> list[dict] | None:
     """All scenes' target pixels together, per bin of true depth (metrics.depth_errors_by_true_depth); None when
     the scenes' near/far differ (dataset.baseline_scale_bounds), which gives each scene other bins."""
+    if any(s.get("depth_sums_by_true_depth") is None for s in scores):
+        return None
     edges = scores[0]["depth_true_depth_edges"]
     if any(not torch.allclose(torch.tensor(s["depth_true_depth_edges"]), torch.tensor(edges)) for s in scores):
         return None
