@@ -6,6 +6,11 @@ import torch
 from torch import Tensor
 
 
+def scored_pixels(ground_truth: Tensor, alpha: Tensor, min_alpha: float) -> Tensor:
+    """The pixels depth is scored at: the render covers them (alpha > min_alpha) and their depth is known."""
+    return (alpha > min_alpha) & (ground_truth > 0) & torch.isfinite(ground_truth)
+
+
 @torch.no_grad()
 def compute_depth_errors(ground_truth: Tensor, predicted: Tensor, alpha: Tensor,
                          min_alpha: float = 0.5) -> tuple[Tensor, Tensor]:
@@ -19,7 +24,7 @@ def compute_depth_errors(ground_truth: Tensor, predicted: Tensor, alpha: Tensor,
         raise ValueError(f"depth errors expect three [V, H, W] tensors, got ground_truth {tuple(ground_truth.shape)}, "
                          f"predicted {tuple(predicted.shape)}, alpha {tuple(alpha.shape)}")
     ground_truth, predicted = ground_truth.double(), predicted.double()
-    mask = (alpha > min_alpha) & (ground_truth > 0) & torch.isfinite(ground_truth)
+    mask = scored_pixels(ground_truth, alpha, min_alpha)
     count = mask.sum(dim=(1, 2))
     truth = torch.where(mask, ground_truth, torch.ones_like(ground_truth))
     relative = (predicted - truth).abs() / truth
@@ -45,7 +50,7 @@ def depth_error_sums_by_true_depth(ground_truth: Tensor, predicted: Tensor, alph
     last) [pixels, sum of |p - t| / t, sum of log(p / t), pixels with max(p/t, t/p) < 1.25]: sums, so that
     scenes add up (depth_errors_by_true_depth turns them into means)."""
     ground_truth, predicted = ground_truth.double(), predicted.double()
-    mask = (alpha > min_alpha) & (ground_truth > 0) & torch.isfinite(ground_truth)
+    mask = scored_pixels(ground_truth, alpha, min_alpha)
     truth, guess = ground_truth[mask], predicted[mask].clamp_min(1e-12)
     bins = torch.bucketize(truth, torch.tensor(edges[1:-1], dtype=torch.float64), right=True)
     log_ratio = (guess / truth).log()
