@@ -4,6 +4,7 @@ and its fallback to the torch rasterizer when it cannot be built."""
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -176,3 +177,33 @@ def test_missing_compiler_falls_back_in_a_fresh_process(tmp_path):
     assert result.stdout.strip() == "rendered"
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "no C++ compiler" in lines[0] and "no-such-compiler" in lines[0], lines
+
+
+def test_a_build_stopped_midway_neither_hangs_nor_races_later_runs(kernels, tmp_path):
+    """A process killed while compiling (Ctrl-C, SIGKILL, a pre-empted job) leaves torch's lock file in the build
+    directory, and torch alone waits on it forever. Here another process "builds": it holds the build lock and has
+    left torch's lock file. A fresh process says it waits, and once the builder is gone it clears the stale file and
+    loads the kernels."""
+    script = ("from fabric_mvsplat.model.decoder import rasterize_cpu\n"
+              "assert rasterize_cpu.load_cpu_kernels() is not None\n"
+              "print('loaded')\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    stale = rasterize_cpu.build_directory() / "lock"
+    stderr_path = tmp_path / "stderr.txt"
+    try:
+        with rasterize_cpu.build_lock(), open(stderr_path, "w") as stderr:
+            stale.touch()  # the builder's torch lock, as a killed build leaves it
+            process = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                       stderr=stderr, text=True)
+            for _ in range(1200):  # until it reports waiting (it imports torch first), at most 2 minutes
+                if "waiting for another process" in stderr_path.read_text() or process.poll() is not None:
+                    break
+                time.sleep(0.1)
+        stdout, _ = process.communicate(timeout=240)  # the builder is gone: the lock is released
+    finally:
+        stale.unlink(missing_ok=True)
+    printed = stderr_path.read_text()
+    assert process.returncode == 0 and stdout.strip() == "loaded", printed[-2000:]
+    assert "waiting for another process compiling the CPU rasterizer" in printed
+    assert f"removed {stale}, left by a build that was stopped" in printed
+    assert not stale.exists()

@@ -11,9 +11,13 @@ dense reference to rounding (tests/test_rasterizer_cpu.py).
 The extension is compiled by torch.utils.cpp_extension (a C++ compiler and ninja; about a minute once)
 into torch's extension cache (TORCH_EXTENSIONS_DIR, default ~/.cache/torch_extensions), as gsplat builds its
 CUDA code; later processes load the built library. Without a compiler, or if the build fails, one line says
-why and rendering continues with the pure-PyTorch rasterizer (same images, slower).
+why and rendering continues with the pure-PyTorch rasterizer (same images, slower). A process killed while it
+builds leaves torch's lock file behind, and torch would wait for it forever: builders take an OS lock first, which
+dies with its holder, and clear a lock file they find under it (`build_lock`).
 """
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import shutil
@@ -58,6 +62,31 @@ def staged_source() -> Path:
     return staged
 
 
+@contextlib.contextmanager
+def build_lock():
+    """Held around torch's load(): one builder at a time per build directory, through an OS lock that is released
+    when its holder exits, however it exits. torch's own lock is a file it creates and deletes; a process killed
+    while building (Ctrl-C, SIGKILL, a pre-empted job) leaves it behind, and every later load would wait on it
+    forever. Under the OS lock no other process of ours is building, so a torch lock file there is stale."""
+    directory = build_directory()
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / "fabric_mvsplat.flock", "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"fabric_mvsplat: waiting for another process compiling the CPU rasterizer in {directory}",
+                  file=sys.stderr, flush=True)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            stale = directory / "lock"
+            if stale.exists():
+                print(f"fabric_mvsplat: removed {stale}, left by a build that was stopped", file=sys.stderr)
+                stale.unlink(missing_ok=True)
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def is_built() -> bool:
     return (build_directory() / f"{EXTENSION_NAME}.so").exists()
 
@@ -90,8 +119,8 @@ def load_cpu_kernels(verbose: bool = False):
                 from torch.utils.cpp_extension import load
 
                 start = time.perf_counter()
-                with warnings.catch_warnings():  # e.g. compiler ABI notes: the outcome is reported in one line
-                    warnings.simplefilter("ignore")
+                with build_lock(), warnings.catch_warnings():  # warnings: e.g. compiler ABI notes; the outcome is
+                    warnings.simplefilter("ignore")  # reported in one line
                     module = load(name=EXTENSION_NAME, sources=[str(staged_source())],
                                   extra_cflags=["-O3", "-fopenmp"], extra_ldflags=["-fopenmp"], verbose=verbose)
                 seconds = time.perf_counter() - start
