@@ -85,3 +85,26 @@ def test_under_torchrun_rank_zero_builds_first_and_a_failure_stops_every_rank(ba
     assert ranks[1]["start"] >= ranks[0]["end"]  # the others wait until it is done
     assert output.count("model.decoder.backend=torch") >= 2, output[-3000:]  # each rank says why it stops
     assert "nvcc" in output and "did not leave a built extension" in output
+
+
+def test_a_stale_torch_lock_is_cleared_before_gsplat_loads(bare_machine, monkeypatch, capsys):
+    """A run pre-empted while gsplat compiled leaves torch's lock file in gsplat's build directory; torch would wait
+    on it forever at the next start-up. It is gone before gsplat's backend is imported, and the console says so."""
+    import types
+
+    directory = gsplat_build.build_directory()  # made by torch's helper
+    stale = directory / "lock"
+    stale.touch()
+    seen_at_import = []
+
+    class Backend(types.ModuleType):  # stands in for gsplat's backend: records whether the lock was still there
+        @property
+        def _C(self):
+            seen_at_import.append(stale.exists())
+            return object()
+
+    monkeypatch.setitem(sys.modules, "gsplat.cuda._backend", Backend("gsplat.cuda._backend"))
+    monkeypatch.setattr(gsplat_build, "extension_is_built", lambda: True)
+    load_gsplat_kernels()
+    assert seen_at_import == [False] and not stale.exists()
+    assert f"removed {stale}, left by a build that was stopped" in capsys.readouterr().err

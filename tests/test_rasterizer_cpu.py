@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from fabric_mvsplat.model.decoder import rasterize_cpu, render
+from fabric_mvsplat.model.decoder.build_lock import build_lock
 from fabric_mvsplat.types import Gaussians
 from synthetic_scenes import look_at_cameras, pixel_aligned_scene, random_gaussians
 from test_rasterizer import (cameras, compare_with_dense, float32_matches_dense_in_float64, layered_scene, leaves,
@@ -191,7 +192,7 @@ def test_a_build_stopped_midway_neither_hangs_nor_races_later_runs(kernels, tmp_
     stale = rasterize_cpu.build_directory() / "lock"
     stderr_path = tmp_path / "stderr.txt"
     try:
-        with rasterize_cpu.build_lock(), open(stderr_path, "w") as stderr:
+        with build_lock(rasterize_cpu.build_directory(), "the CPU rasterizer"), open(stderr_path, "w") as stderr:
             stale.touch()  # the builder's torch lock, as a killed build leaves it
             process = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                        stderr=stderr, text=True)

@@ -6,7 +6,9 @@ library. Two things go wrong if the first render simply triggers that:
 - without nvcc (or a C++ compiler, or ninja) gsplat prints a warning, leaves `_C = None`, and the
   first render fails with an error about `None`, deep inside a training step;
 - under torchrun every local rank compiles at once, and they delete each other's build lock and
-  directory.
+  directory;
+- a run stopped while compiling (a pre-empted job) leaves torch's lock file, and every later run would wait on
+  it forever (build_lock.py clears it).
 `prepare_gsplat` runs at start-up: local rank 0 loads (building if needed) while the other local
 ranks wait, then they load the built library; missing tools stop every rank with one message.
 """
@@ -21,6 +23,7 @@ from pathlib import Path
 import torch
 
 from ...errors import UserError
+from .build_lock import build_lock
 from .rendering import resolve_backend
 
 EXTENSION_NAME = "gsplat_cuda"  # the name gsplat 1.5 builds under
@@ -102,7 +105,8 @@ def load_gsplat_kernels(build: bool = True) -> float:
         if missing:
             raise GsplatUnavailable(unavailable_message("this machine lacks " + "; ".join(missing)))
     start = time.perf_counter()
-    from gsplat.cuda._backend import _C
+    with build_lock(build_directory(), "gsplat's CUDA kernels"):  # a build stopped midway would hang this import
+        from gsplat.cuda._backend import _C
 
     if _C is None:
         raise GsplatUnavailable(unavailable_message("gsplat's build did not produce a loadable extension "

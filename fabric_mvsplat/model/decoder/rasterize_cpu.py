@@ -13,11 +13,9 @@ into torch's extension cache (TORCH_EXTENSIONS_DIR, default ~/.cache/torch_exten
 CUDA code; later processes load the built library. Without a compiler, or if the build fails, one line says
 why and rendering continues with the pure-PyTorch rasterizer (same images, slower). A process killed while it
 builds leaves torch's lock file behind, and torch would wait for it forever: builders take an OS lock first, which
-dies with its holder, and clear a lock file they find under it (`build_lock`).
+dies with its holder, and clear a lock file they find under it (build_lock.py).
 """
 
-import contextlib
-import fcntl
 import hashlib
 import os
 import shutil
@@ -30,6 +28,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from .build_lock import build_lock
 from .projection import ProjectedGaussians
 from .rasterize_torch import bin_to_tiles, rasterize_torch
 
@@ -60,31 +59,6 @@ def staged_source() -> Path:
         temporary.write_bytes(SOURCE.read_bytes())
         os.replace(temporary, staged)  # atomic: a concurrent build never reads half a file
     return staged
-
-
-@contextlib.contextmanager
-def build_lock():
-    """Held around torch's load(): one builder at a time per build directory, through an OS lock that is released
-    when its holder exits, however it exits. torch's own lock is a file it creates and deletes; a process killed
-    while building (Ctrl-C, SIGKILL, a pre-empted job) leaves it behind, and every later load would wait on it
-    forever. Under the OS lock no other process of ours is building, so a torch lock file there is stale."""
-    directory = build_directory()
-    directory.mkdir(parents=True, exist_ok=True)
-    with open(directory / "fabric_mvsplat.flock", "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(f"fabric_mvsplat: waiting for another process compiling the CPU rasterizer in {directory}",
-                  file=sys.stderr, flush=True)
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            stale = directory / "lock"
-            if stale.exists():
-                print(f"fabric_mvsplat: removed {stale}, left by a build that was stopped", file=sys.stderr)
-                stale.unlink(missing_ok=True)
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def is_built() -> bool:
@@ -119,8 +93,9 @@ def load_cpu_kernels(verbose: bool = False):
                 from torch.utils.cpp_extension import load
 
                 start = time.perf_counter()
-                with build_lock(), warnings.catch_warnings():  # warnings: e.g. compiler ABI notes; the outcome is
-                    warnings.simplefilter("ignore")  # reported in one line
+                # warnings: e.g. compiler ABI notes; the outcome is reported in one line
+                with build_lock(build_directory(), "the CPU rasterizer"), warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
                     module = load(name=EXTENSION_NAME, sources=[str(staged_source())],
                                   extra_cflags=["-O3", "-fopenmp"], extra_ldflags=["-fopenmp"], verbose=verbose)
                 seconds = time.perf_counter() - start
