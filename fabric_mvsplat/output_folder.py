@@ -9,7 +9,6 @@ holding the lock removes the file, and a run that takes the lock checks that the
 at that path (else it retries), so removing it never lets two runs in.
 """
 
-import errno
 import json
 import logging
 import logging.handlers
@@ -27,6 +26,7 @@ from .checkpoint import latest_checkpoint, remove_stray_temporaries
 from .config import LATEST_CHECKPOINT, RootCfg
 from .errors import CheckpointError, ConfigError, OutputFolderError, UserError
 from .evaluation.test_mode import test_results_dir
+from .file_lock import try_lock
 
 log = logging.getLogger(__name__)
 
@@ -34,31 +34,6 @@ log = logging.getLogger(__name__)
 LOCK_NAME = ".fabric_mvsplat.lock"
 PROBE_NAME = ".fabric_mvsplat.write_test"
 LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # Hydra's job-log format
-
-try:
-    import fcntl
-except ImportError:  # Windows
-    fcntl = None
-try:
-    import msvcrt
-except ImportError:  # POSIX
-    msvcrt = None
-
-
-def _try_lock(fd: int) -> bool:
-    """Take the exclusive lock without waiting: True if taken, False if another process holds it."""
-    try:
-        if fcntl is not None:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        elif msvcrt is not None:
-            os.lseek(fd, 0, os.SEEK_SET)
-            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-        return True
-    except OSError as error:
-        if error.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK, errno.EDEADLK):
-            return False
-        raise
-
 
 class FolderLock:
     """`with FolderLock(folder, key):` holds `folder` for this process; raises OutputFolderError naming the other
@@ -84,7 +59,7 @@ class FolderLock:
                 self._remove_created_folder()
                 raise OutputFolderError(self.key, self.folder, f"is not writable ({error.strerror})") from None
             try:
-                taken = _try_lock(fd)
+                taken = try_lock(fd)
             except OSError as error:  # a filesystem without locks (some network mounts): run unguarded
                 print(f"fabric_mvsplat: {self.key}={self.folder}: this filesystem does not support file locks "
                       f"({error.strerror}); a second run started on this folder would not be detected",

@@ -24,6 +24,7 @@ FORBIDDEN = {
     "distributed": ["model", "data", "loop", "train", "evaluation", "config"],
     "progress": ["model", "data", "loop", "train", "evaluation", "config"],
     "errors": ["model", "data", "loop", "train", "evaluation", "config"],
+    "file_lock": ["model", "data", "loop", "train", "evaluation", "config"],
     "loop": ["train"],
     "debug": ["train", "loop"],
 }

@@ -7,9 +7,11 @@ gsplat's CUDA kernels (minutes) are both built this way on first use.
 """
 
 import contextlib
-import fcntl
+import os
 import sys
 from pathlib import Path
+
+from ...file_lock import try_lock, unlock, wait_lock
 
 TORCH_LOCK = "lock"  # the file torch's FileBaton creates in the build directory
 
@@ -22,13 +24,12 @@ def build_lock(directory: Path, what: str):
     extension in the line said while waiting for another process."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    with open(directory / "fabric_mvsplat.flock", "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+    fd = os.open(directory / "fabric_mvsplat.flock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        if not try_lock(fd):
             print(f"fabric_mvsplat: waiting for another process compiling {what} in {directory}", file=sys.stderr,
                   flush=True)
-            fcntl.flock(handle, fcntl.LOCK_EX)
+            wait_lock(fd)
         try:
             stale = directory / TORCH_LOCK
             if stale.exists():
@@ -36,4 +37,6 @@ def build_lock(directory: Path, what: str):
                 stale.unlink(missing_ok=True)
             yield
         finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            unlock(fd)
+    finally:
+        os.close(fd)
