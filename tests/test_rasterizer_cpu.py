@@ -208,3 +208,24 @@ def test_a_build_stopped_midway_neither_hangs_nor_races_later_runs(kernels, tmp_
     assert "waiting for another process compiling the CPU rasterizer" in printed
     assert f"removed {stale}, left by a build that was stopped" in printed
     assert not stale.exists()
+
+
+def test_a_filesystem_without_locks_builds_unguarded_and_says_what_to_delete(tmp_path, monkeypatch, capsys):
+    """Some network mounts refuse file locks: the build goes on as torch alone would run it, a torch lock file there
+    is left alone (it may be a live build's), and one line says which file to delete after a stopped build."""
+    import errno
+
+    from fabric_mvsplat.model.decoder import build_lock as module
+
+    def no_locks(fd):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(module, "try_lock", no_locks)
+    torch_lock = tmp_path / "lock"
+    torch_lock.touch()
+    ran = []
+    with module.build_lock(tmp_path, "the CPU rasterizer"):
+        ran.append(True)
+    assert ran == [True] and torch_lock.exists()
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert "without file locks (No locks available)" in line and f"delete {torch_lock}" in line

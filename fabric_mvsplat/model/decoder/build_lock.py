@@ -26,7 +26,14 @@ def build_lock(directory: Path, what: str):
     directory.mkdir(parents=True, exist_ok=True)
     fd = os.open(directory / "fabric_mvsplat.flock", os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        if not try_lock(fd):
+        try:
+            taken = try_lock(fd)
+        except OSError as error:  # a filesystem without locks (some network mounts): build as torch alone would
+            print(f"fabric_mvsplat: {directory} is on a filesystem without file locks ({error.strerror}): if a build "
+                  f"there is stopped midway, delete {directory / TORCH_LOCK} before the next run", file=sys.stderr)
+            yield
+            return
+        if not taken:
             print(f"fabric_mvsplat: waiting for another process compiling {what} in {directory}", file=sys.stderr,
                   flush=True)
             wait_lock(fd)
