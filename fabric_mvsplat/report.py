@@ -9,7 +9,7 @@ from lightning_fabric import Fabric
 from .config import LATEST_CHECKPOINT, RootCfg
 from .data.scene_names import scene_file_name
 from .loop import EXIT_STOPPED_BY_SIGNAL, TrainingSummary
-from .model.encoder.plane_sweep import COLLAPSED
+from .model.encoder.plane_sweep import is_collapsed
 from .shell_command import hydra_overrides, override_key, train_command
 
 
@@ -39,7 +39,7 @@ def report_end(fabric: Fabric, cfg: RootCfg, summary: TrainingSummary, output_di
             lines.append(f"validation depth: AbsRel {abs_rel:.3f}, delta<1.25 {delta:.3f}" + (
                 " (every Gaussian at the far plane? see docs/demo.md)" if abs_rel > 1 else ""))
         share = summary.val.get("val/plane_sweep_commonest_share")
-        if share is not None and share >= COLLAPSED:
+        if share is not None and is_collapsed(share):
             lines.append(f"validation plane sweep: one depth candidate is the most probable at {share:.0%} of the "
                          "context pixels, so the depth comes from the refinement U-Net's guess from one image, not "
                          "from matching the views (docs/debugging.md, 'A plane sweep that no longer matches')")

@@ -108,7 +108,7 @@ class MVSplat(nn.Module):
         # none under model.compile (the compiled encoder skips its parts' hooks); without a cost volume there is no
         # plane sweep to collapse (inspect skips it too)
         if depth_logits and not self.encoder.cfg.wo_cost_volume:
-            # does the cost volume still decide the depth? >= 0.9: no (plane_sweep.COLLAPSED)
+            # does the cost volume still decide the depth? (plane_sweep.is_collapsed reads the share)
             scalars["val/plane_sweep_commonest_share"] = plane_sweep_statistics(depth_logits[0]).commonest_share
         if self.lpips_metric is not None:
             scalars["val/lpips"] = float(self.lpips_metric(rendered, ground_truth, normalize=True).mean())

@@ -27,7 +27,12 @@ class PlaneSweepStatistics(NamedTuple):
 
     @property
     def collapsed(self) -> bool:
-        return self.probabilities.shape[1] > 1 and self.commonest_share >= COLLAPSED
+        return self.probabilities.shape[1] > 1 and is_collapsed(self.commonest_share)
+
+
+def is_collapsed(commonest_share: float) -> bool:
+    """One candidate the most probable at this share of the pixels: the plane sweep no longer matches."""
+    return commonest_share >= COLLAPSED
 
 
 def plane_sweep_statistics(depth_logits: Tensor) -> PlaneSweepStatistics:
