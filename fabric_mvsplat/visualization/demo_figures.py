@@ -110,6 +110,16 @@ def draw_panel(series: list[tuple[list[tuple[int, float]], tuple[int, int, int],
     return canvas
 
 
+def side_by_side(panels: list[Image.Image]) -> Image.Image:
+    """The panels left to right on one white canvas as high as the tallest."""
+    canvas = Image.new("RGB", (sum(p.width for p in panels), max(p.height for p in panels)), "white")
+    x = 0
+    for panel in panels:
+        canvas.paste(panel, (x, 0))
+        x += panel.width
+    return canvas
+
+
 def training_curve(scalars: dict[str, list[tuple[int, float]]]) -> Image.Image:
     """Left: training loss (raw and smoothed, log scale); right: validation PSNR and SSIM x 30."""
     loss = scalars.get("loss/total") or scalars.get("loss/mse")
@@ -131,13 +141,7 @@ def training_curve(scalars: dict[str, list[tuple[int, float]]]) -> Image.Image:
         if psnr:
             series.append((psnr, (200, 30, 30), validation))
         panels.append(draw_panel(series, "PSNR (dB)", unjoined=frozenset({validation})))
-    width = sum(p.width for p in panels)
-    canvas = Image.new("RGB", (width, panels[0].height), "white")
-    x = 0
-    for panel in panels:
-        canvas.paste(panel, (x, 0))
-        x += panel.width
-    return canvas
+    return side_by_side(panels)
 
 
 def depth_by_true_depth_figure(rows: list[dict], size=(360, 252)) -> Image.Image:
@@ -182,10 +186,7 @@ def depth_by_true_depth_figure(rows: list[dict], size=(360, 252)) -> Image.Image
                 draw.line([x, y, min(x + 4, width - right), y], fill=(0, 0, 0))
         draw.text((left, 5), title, fill=(0, 0, 0), font=font)
         panels.append(canvas)
-    canvas = Image.new("RGB", (sum(p.width for p in panels), size[1]), "white")
-    for i, panel in enumerate(panels):
-        canvas.paste(panel, (i * size[0], 0))
-    return canvas
+    return side_by_side(panels)
 
 
 def _load(folder: Path) -> tuple[list[int], torch.Tensor | None]:
