@@ -38,20 +38,24 @@ class SweepReach(NamedTuple):
     colour_seen: float | None  # the share of the pixels with known depth that another view sees (those scored)
 
 
+def reprojections(intrinsics: Tensor, extrinsics: Tensor, depths: Tensor) -> list[Tensor]:
+    """Where each context pixel lands in each other context view at the z-depths `depths` [b, v, d, h, w], as
+    grid_sample coordinates (align_corners, -1..1 across the h x w grid): one [(v b), d, h, w, 2] per other view.
+    intrinsics [b, v, 3, 3] (normalised), extrinsics [b, v, 4, 4] (camera-to-world)."""
+    b, v, d, h, w = depths.shape
+    k = feature_intrinsics(intrinsics, h, w)
+    depths = rearrange(depths, "b v d h w -> (v b) d h w").float()
+    return [candidate_sample_grid(k, pose, depths).view(v * b, d, h, w, 2) for pose in relative_poses(extrinsics)]
+
+
 def shift_between_depths(intrinsics: Tensor, extrinsics: Tensor, first: Tensor, second: Tensor) -> Tensor:
     """How far each context pixel moves in the other context view when its z-depth goes from `first` to `second`,
-    in pixels of the depth maps' h x w grid. intrinsics [b, v, 3, 3] (normalised), extrinsics [b, v, 4, 4]
-    (camera-to-world), first and second [b, v, h, w]. -> [(v b), h, w]; with more than two views the largest shift
-    over the other views."""
-    b, v, h, w = first.shape
-    k = feature_intrinsics(intrinsics, h, w)
-    depths = rearrange(torch.stack([first, second], dim=2), "b v d h w -> (v b) d h w").float()
+    in pixels of the depth maps' h x w grid. first and second [b, v, h, w]. -> [(v b), h, w]; with more than two
+    views the largest shift over the other views."""
+    h, w = first.shape[-2:]
     scale = torch.tensor([w - 1, h - 1], dtype=torch.float32, device=first.device) / 2
-    shifts = []
-    for pose in relative_poses(extrinsics):
-        grid = candidate_sample_grid(k, pose, depths).view(v * b, 2, h, w, 2)  # align_corners coordinates
-        shifts.append(((grid[:, 0] - grid[:, 1]) * scale).norm(dim=-1))
-    return torch.stack(shifts).amax(dim=0)
+    grids = reprojections(intrinsics, extrinsics, torch.stack([first, second], dim=2))
+    return torch.stack([((grid[:, 0] - grid[:, 1]) * scale).norm(dim=-1) for grid in grids]).amax(dim=0)
 
 
 def colour_sweep_depth(images: Tensor, intrinsics: Tensor, extrinsics: Tensor, near: Tensor, far: Tensor,
@@ -121,12 +125,8 @@ def sweep_reach(context: dict, downscale: int, candidates: int) -> SweepReach:
 
 def seen_at(intrinsics: Tensor, extrinsics: Tensor, depth: Tensor) -> Tensor:
     """[(v b), h, w]: the context pixel at z-depth `depth` [b, v, h, w] lands inside another context view."""
-    b, v, h, w = depth.shape
-    k = feature_intrinsics(intrinsics, h, w)
-    depths = rearrange(depth.float(), "b v h w -> (v b) () h w")
-    inside = [(candidate_sample_grid(k, pose, depths).abs() <= 1).all(dim=-1).view(v * b, h, w)
-              for pose in relative_poses(extrinsics)]
-    return torch.stack(inside).any(dim=0)
+    grids = reprojections(intrinsics, extrinsics, depth[:, :, None])
+    return torch.stack([(grid[:, 0].abs() <= 1).all(dim=-1) for grid in grids]).any(dim=0)
 
 
 # ------------------------------------------------------------------------------------------------ command line
