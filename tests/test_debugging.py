@@ -262,6 +262,9 @@ def test_validation_logs_the_plane_sweep_and_the_run_summary_names_a_collapse(sy
     from fabric_mvsplat.report import report_end
 
     cfg = compose_cfg(demo_overrides(synthetic_root))
+    # Seeded as training seeds it: about 1 random initialisation in 40 already puts one of the tiny model's 8
+    # candidates first at 90 % of the pixels, and this test made that a 1-in-40 failure.
+    torch.manual_seed(cfg.seed)
     model = make_model(cfg).eval()
     batch = next(iter(TrainStream(cfg.dataset, cfg.data_loader.train, StepTracker(), 0, 1, cfg.seed)))
     fresh = model.validation_step(batch, global_step=0).scalars["val/plane_sweep_commonest_share"]
